@@ -1,0 +1,32 @@
+# `make demo` runs the offline demo, `make test` the test suite; each sets itself up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo test setup data
+
+setup: $(VENV)/.installed data
+
+# Reinstall only when the project's dependencies change.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Debian's Fashion-MNIST package when we can install it; otherwise the data layer says so and
+# falls back to the Hub copy of the dataset.
+data:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null \
+	      || echo "could not install dataset-fashion-mnist; the Hub copy will be used"; \
+	  else echo "dataset-fashion-mnist is not installed and apt-get needs root; the Hub copy will be used"; fi; \
+	fi
+
+demo: setup
+	$(BIN)/hf-ckptkd run recipes/fashion_mnist.yaml --output_dir runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,201 @@
+"""Built-in datasets, image transforms and the collator shared by both model families.
+
+Fashion-MNIST comes from Debian's `dataset-fashion-mnist` package (IDX files under
+/usr/share/datasets/fashion-mnist), so the default path needs no network. Any other image
+classification `datasets.Dataset` works the same way once its image and label columns are named.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from PIL import Image as PILImage
+from torchvision.transforms import v2 as T
+
+logger = logging.getLogger(__name__)
+
+FASHION_MNIST_DIR = Path(os.environ.get("HF_CKPTKD_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
+FASHION_MNIST_LABELS = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+_FILES = {"train": "train", "test": "t10k"}
+
+
+class DataError(ValueError):
+    """A dataset is missing, truncated or lacks the columns a model needs."""
+
+
+def _read_idx(path: Path, magic: int, dims: int) -> np.ndarray:
+    """Read one gzipped IDX file (the MNIST format: big-endian header, then uint8 data)."""
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path} is not a readable gzip file ({e}); reinstall it with "
+                        "`apt-get install --reinstall dataset-fashion-mnist`") from e
+    header = 4 + 4 * dims
+    if len(raw) < header or struct.unpack(">I", raw[:4])[0] != magic:
+        raise DataError(f"{path} is not an IDX file (bad header); reinstall it with "
+                        "`apt-get install --reinstall dataset-fashion-mnist`")
+    shape = struct.unpack(">" + "I" * dims, raw[4:header])
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise DataError(f"{path} is truncated: {len(raw) - header} of {expected} bytes; reinstall it with "
+                        "`apt-get install --reinstall dataset-fashion-mnist`")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _fashion_mnist_features() -> Features:
+    return Features({"image": Image(), "label": ClassLabel(names=FASHION_MNIST_LABELS)})
+
+
+def load_fashion_mnist(split: str = "train", limit: int | None = None, data_dir: str | Path | None = None) -> Dataset:
+    """Fashion-MNIST as a `datasets.Dataset` with `image` (PIL) and `label` (ClassLabel).
+
+    Reads Debian's IDX files; when the package is not installed, falls back to the Hub copy
+    (`zalando-datasets/fashion_mnist`) and says so. `limit` keeps the first N examples.
+    """
+    if split not in _FILES:
+        raise DataError(f"unknown Fashion-MNIST split {split!r}; use 'train' or 'test'")
+    root = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
+    images_path = root / f"{_FILES[split]}-images-idx3-ubyte.gz"
+    labels_path = root / f"{_FILES[split]}-labels-idx1-ubyte.gz"
+    try:
+        images = _read_idx(images_path, 2051, 3)
+        labels = _read_idx(labels_path, 2049, 1)
+    except FileNotFoundError as missing:
+        return _load_fashion_mnist_from_hub(split, limit, missing.args[0])
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels; "
+                        "reinstall with `apt-get install --reinstall dataset-fashion-mnist`")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    # Arrays go in as-is; datasets encodes them as PNG images once, when the table is built.
+    return Dataset.from_dict({"image": list(images), "label": labels.astype(np.int64)},
+                             features=_fashion_mnist_features(), split=split)
+
+
+def _load_fashion_mnist_from_hub(split: str, limit: int | None, missing: Path) -> Dataset:
+    logger.warning("%s not found (Debian package dataset-fashion-mnist is not installed); "
+                   "loading %s from the Hub instead", missing, FASHION_MNIST_HUB_ID)
+    try:
+        ds = load_dataset(FASHION_MNIST_HUB_ID, split=split)
+    except Exception as e:  # offline, no cache: the user needs one of the two sources
+        raise DataError(f"Fashion-MNIST is not available: {missing} does not exist and the Hub dataset "
+                        f"{FASHION_MNIST_HUB_ID} could not be loaded ({type(e).__name__}). Install it with "
+                        "`apt-get install dataset-fashion-mnist` or allow network access.") from e
+    return ds.select(range(min(limit, len(ds)))) if limit is not None else ds
+
+
+def load_image_dataset(name_or_path: str, split: str, limit: int | None = None) -> Dataset:
+    """`fashion_mnist` (built in, offline) or anything `datasets.load_dataset` accepts."""
+    if name_or_path == "fashion_mnist":
+        return load_fashion_mnist(split, limit)
+    try:
+        ds = load_dataset(name_or_path, split=split)
+    except Exception as e:
+        raise DataError(f"could not load dataset {name_or_path!r} split {split!r}: {e}. Use 'fashion_mnist' "
+                        "or a `datasets` id / local path that `datasets.load_dataset` accepts.") from e
+    if isinstance(ds, DatasetDict):  # pragma: no cover - load_dataset with split returns a Dataset
+        ds = ds[split]
+    return ds.select(range(min(limit, len(ds)))) if limit is not None else ds
+
+
+def stratified_split(dataset: Dataset, fraction: float, seed: int, label_column: str = "label") -> tuple[Dataset, Dataset]:
+    """Carve a stratified held-out part (e.g. a validation split) from `dataset`: (rest, held_out)."""
+    parts = dataset.train_test_split(test_size=fraction, seed=seed, stratify_by_column=label_column)
+    return parts["train"], parts["test"]
+
+
+@dataclass
+class ImageColumns:
+    """Names of a dataset's image and label columns."""
+
+    image: str = "image"
+    label: str = "label"
+
+
+def label_names(dataset: Dataset, columns: ImageColumns | None = None) -> list[str]:
+    """The class names of the label column (a `ClassLabel`), or the sorted label values."""
+    columns = columns or ImageColumns()
+    check_image_columns(dataset, columns)
+    feature = dataset.features[columns.label]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    return [str(v) for v in sorted(set(dataset[columns.label]))]
+
+
+def check_image_columns(dataset: Dataset, columns: ImageColumns) -> None:
+    missing = [c for c in (columns.image, columns.label) if c not in dataset.column_names]
+    if missing:
+        raise DataError(f"dataset has no column(s) {missing}; its columns are {dataset.column_names}. "
+                        "Name the image and label columns (ImageColumns(image=..., label=...), "
+                        "or --image_column / --label_column).")
+
+
+@dataclass
+class ImageTransformConfig:
+    """How images are turned into tensors: size, channels, normalisation and train-time augmentation."""
+
+    image_size: int = 28
+    in_chans: int = 1
+    mean: tuple[float, ...] = FASHION_MNIST_MEAN
+    std: tuple[float, ...] = FASHION_MNIST_STD
+    crop_padding: int = field(default=4, metadata={"help": "Random crop with this padding at train time (0 = off)."})
+    hflip: bool = field(default=True, metadata={"help": "Random horizontal flip at train time."})
+
+
+def build_image_transform(config: ImageTransformConfig, train: bool) -> T.Compose:
+    """A PIL image → float tensor (C, H, W). Train: random crop with padding and flip; eval: deterministic."""
+    mode = "L" if config.in_chans == 1 else "RGB"
+    steps: list = [T.Lambda(lambda im: im.convert(mode)), T.PILToTensor(), T.Resize((config.image_size, config.image_size), antialias=True)]
+    if train and config.crop_padding > 0:
+        steps.append(T.RandomCrop(config.image_size, padding=config.crop_padding))
+    if train and config.hflip:
+        steps.append(T.RandomHorizontalFlip())
+    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(config.mean, config.std)]
+    return T.Compose(steps)
+
+
+def is_random_transform(config: ImageTransformConfig, train: bool) -> bool:
+    """Whether the transform gives different tensors for the same image on different calls."""
+    return train and (config.crop_padding > 0 or config.hflip)
+
+
+def with_image_transform(dataset: Dataset, transform: T.Compose, columns: ImageColumns | None = None) -> Dataset:
+    """Apply `transform` lazily: each example becomes `pixel_values` (tensor) and `labels` (int)."""
+    columns = columns or ImageColumns()
+    check_image_columns(dataset, columns)
+
+    def apply(batch):
+        images = batch[columns.image]
+        return {"pixel_values": [transform(_as_pil(im)) for im in images], "labels": batch[columns.label]}
+
+    return dataset.with_transform(apply)
+
+
+def _as_pil(image) -> PILImage.Image:
+    if isinstance(image, PILImage.Image):
+        return image
+    return PILImage.fromarray(np.asarray(image))
+
+
+def image_collator(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack `pixel_values` and `labels` into a batch; works for timm (via the adapter) and transformers."""
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "labels": torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long),
+    }

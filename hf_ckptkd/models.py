@@ -1,0 +1,281 @@
+"""The one place that knows timm from transformers: build, save, load, features.
+
+A model spec is `timm:<timm model name>` or `transformers:<config class name or Hub id>`.
+timm models are wrapped in `TimmForImageClassification` so that `transformers.Trainer` trains
+them unchanged (forward takes `pixel_values` and `labels`, returns `loss` and `logits`).
+Saved folders are each family's own format, so a folder is already a Hub-ready model repo:
+timm's Hub format (loadable with `timm.create_model("local-dir:<folder>", pretrained=True)`) or
+transformers' `save_pretrained` files. Weights are safetensors only; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+)
+
+from . import architectures  # noqa: F401  (registers the small-image networks with timm)
+
+TIMM, TRANSFORMERS = "timm", "transformers"
+WEIGHTS_NAME = "model.safetensors"
+PICKLE_WEIGHT_NAMES = ("pytorch_model.bin", "model.bin", "open_clip_pytorch_model.bin", "model.pt", "model.pth")
+
+
+class ModelSpecError(ValueError):
+    """A model spec or saved model folder that cannot be turned into a model."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec: family (`timm` | `transformers`) and name."""
+
+    family: str
+    name: str
+
+    @classmethod
+    def parse(cls, spec: str) -> "ModelSpec":
+        family, sep, name = spec.partition(":")
+        if not sep or family not in (TIMM, TRANSFORMERS) or not name:
+            raise ModelSpecError(
+                f"unknown model spec {spec!r}: write 'timm:<timm model name>' (e.g. timm:resnet18) or "
+                "'transformers:<config class or Hub id>' (e.g. transformers:ViTConfig)")
+        return cls(family, name)
+
+    def __str__(self) -> str:
+        return f"{self.family}:{self.name}"
+
+
+class TimmForImageClassification(nn.Module):
+    """A timm model behind the transformers image-classification interface."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def num_labels(self) -> int:
+        return self.model.num_classes
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> ImageClassifierOutput:
+        logits = self.model(pixel_values)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+
+def build_model(spec: str | ModelSpec, num_labels: int, *, label_names: list[str] | None = None, in_chans: int = 1,
+                image_size: int = 28, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                model_kwargs: dict[str, Any] | None = None, pretrained: bool = False) -> nn.Module:
+    """A model for `num_labels` classes from a spec, randomly initialised unless `pretrained`.
+
+    timm models get `in_chans`, and a `pretrained_cfg` whose input size, mean and std match the
+    data. transformers models get `num_labels`, `id2label`, and for vision configs
+    `num_channels`/`image_size`; `model_kwargs` override config fields (e.g. a small `hidden_size`).
+    """
+    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+    model_kwargs = dict(model_kwargs or {})
+    if spec.family == TIMM:
+        return _build_timm(spec.name, num_labels, label_names, in_chans, image_size, mean, std, model_kwargs, pretrained)
+    return _build_transformers(spec.name, num_labels, label_names, in_chans, image_size, model_kwargs, pretrained)
+
+
+def _build_timm(name, num_labels, label_names, in_chans, image_size, mean, std, model_kwargs, pretrained) -> nn.Module:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        hint = f" Similar names: {', '.join(close)}." if close else " See timm.list_models()."
+        raise ModelSpecError(f"timm does not know a model named {name!r}.{hint}")
+    pretrained_cfg_overlay = {"input_size": (in_chans, image_size, image_size), "num_classes": num_labels}
+    if mean is not None:
+        pretrained_cfg_overlay["mean"] = tuple(mean)
+    if std is not None:
+        pretrained_cfg_overlay["std"] = tuple(std)
+    if label_names is not None:
+        pretrained_cfg_overlay["label_names"] = list(label_names)
+    model = timm.create_model(name, pretrained=pretrained, num_classes=num_labels, in_chans=in_chans,
+                              pretrained_cfg_overlay=pretrained_cfg_overlay, **model_kwargs)
+    return TimmForImageClassification(model)
+
+
+def _is_image_config(config: PretrainedConfig) -> bool:
+    return config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+
+def _config_class(name: str) -> type[PretrainedConfig] | None:
+    import transformers
+
+    cls = getattr(transformers, name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, PretrainedConfig) else None
+
+
+def _build_transformers(name, num_labels, label_names, in_chans, image_size, model_kwargs, pretrained) -> nn.Module:
+    label_names = list(label_names) if label_names is not None else [str(i) for i in range(num_labels)]
+    labels = {"num_labels": num_labels, "id2label": dict(enumerate(label_names)),
+              "label2id": {n: i for i, n in enumerate(label_names)}}
+    config_cls = _config_class(name)
+    if config_cls is not None:
+        config = config_cls(**model_kwargs)
+        if pretrained:
+            raise ModelSpecError(f"{name} is a config class and has no weights; give a Hub id to start from pretrained weights")
+    else:
+        try:
+            config = AutoConfig.from_pretrained(name, **model_kwargs)
+        except (OSError, ValueError) as e:
+            raise ModelSpecError(f"transformers:{name} is neither a transformers config class (e.g. ViTConfig) nor a "
+                                 f"Hub id or folder whose config could be loaded ({e})") from e
+    if config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES | MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise ModelSpecError(f"transformers:{name} ({config.model_type}) has no image or sequence classification model")
+    image = _is_image_config(config)
+    if image:
+        for key, value in (("num_channels", in_chans), ("image_size", image_size)):
+            if hasattr(config, key) and key not in model_kwargs:
+                setattr(config, key, value)
+    for key, value in labels.items():
+        setattr(config, key, value)
+    auto = AutoModelForImageClassification if image else AutoModelForSequenceClassification
+    if pretrained:
+        return auto.from_pretrained(name, config=config, ignore_mismatched_sizes=True)
+    return auto.from_config(config)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model itself, without DDP/compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def model_family(model: nn.Module) -> str:
+    model = unwrap(model)
+    if isinstance(model, TimmForImageClassification):
+        return TIMM
+    if isinstance(model, PreTrainedModel):
+        return TRANSFORMERS
+    raise ModelSpecError(f"{type(model).__name__} is neither a timm model wrapped by hf_ckptkd nor a transformers "
+                         "PreTrainedModel; build it with hf_ckptkd.models.build_model")
+
+
+def num_labels_of(model: nn.Module) -> int:
+    model = unwrap(model)
+    return model.num_labels if isinstance(model, TimmForImageClassification) else model.config.num_labels
+
+
+def label_names_of(model: nn.Module) -> list[str] | None:
+    """The class names a model was built with, or None when it carries none."""
+    model = unwrap(model)
+    if isinstance(model, TimmForImageClassification):
+        names = model.model.pretrained_cfg.get("label_names")
+        return list(names) if names else None
+    id2label = getattr(model.config, "id2label", None) or {}
+    names = [id2label[i] for i in sorted(id2label)]
+    default = [f"LABEL_{i}" for i in range(len(names))]
+    return None if not names or names == default else names
+
+
+def save_model(model: nn.Module, folder: str | Path) -> list[str]:
+    """Write `model` to `folder` in its family's own format; return the weight file names."""
+    model, folder = unwrap(model), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if model_family(model) == TIMM:
+        inner = model.model
+        model_args = {"in_chans": _timm_in_chans(inner), "num_classes": inner.num_classes}
+        timm.models.save_for_hf(inner, folder, model_args=model_args, safe_serialization=True)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+    return sorted(p.name for p in folder.glob("*.safetensors"))
+
+
+def _timm_in_chans(model: nn.Module) -> int:
+    return int(model.pretrained_cfg.get("input_size", (3,))[0])
+
+
+def load_model(folder: str | Path, *, device: str | torch.device | None = None) -> nn.Module:
+    """Load a model saved by `save_model` (or any timm / transformers model folder with safetensors)."""
+    folder = Path(folder)
+    config = _read_folder_config(folder)
+    if not (folder / WEIGHTS_NAME).is_file() and not list(folder.glob("model-*.safetensors")):
+        raise ModelSpecError(f"{folder} has a config.json but no {WEIGHTS_NAME}; save the model with safetensors")
+    if "architecture" in config:  # timm's Hub format
+        model = TimmForImageClassification(timm.create_model(f"local-dir:{folder}", pretrained=True))
+    else:
+        auto = AutoModelForImageClassification if config.get("model_type") in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES \
+            else AutoModelForSequenceClassification
+        model = auto.from_pretrained(folder, use_safetensors=True)
+    return model.to(device) if device is not None else model
+
+
+def _read_folder_config(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise ModelSpecError(f"{folder} is not a folder; give the folder a model was saved to")
+    pickles = [n for n in PICKLE_WEIGHT_NAMES if (folder / n).exists()]
+    if pickles and not (folder / WEIGHTS_NAME).exists():
+        raise ModelSpecError(
+            f"{folder / pickles[0]} is a pickle weight file, which hf-ckptkd refuses to load because unpickling can run "
+            "arbitrary code. Convert it to safetensors (load it yourself, then `save_pretrained(..., "
+            "safe_serialization=True)` or `safetensors.torch.save_file(state_dict, 'model.safetensors')`).")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelSpecError(f"{folder} is not a saved model: it has no config.json (expected a timm or transformers "
+                             "model folder written by save_pretrained / timm's save_for_hf / hf-ckptkd)")
+    try:
+        return json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelSpecError(f"{config_path} is not valid JSON ({e})") from e
+
+
+def _classifier_linear(model: PreTrainedModel) -> nn.Linear:
+    """The last Linear layer that produces the class logits: its input is what the classifier reads."""
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == model.config.num_labels]
+    if not heads:
+        raise ModelSpecError(f"{type(model).__name__} has no Linear layer with {model.config.num_labels} outputs")
+    return heads[-1]
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch without labels: what a model's forward takes."""
+    return {k: v for k, v in batch.items() if k not in ("labels", "label")}
+
+
+def forward_with_features(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penultimate features, logits) in one forward pass, for both families.
+
+    timm: `forward_head(forward_features(x), pre_logits=True)`; transformers: the input of the
+    final classification Linear layer (the pooled representation the head reads).
+    """
+    model = unwrap(model)
+    if isinstance(model, TimmForImageClassification):
+        inner = model.model
+        feature_map = inner.forward_features(batch["pixel_values"])
+        return inner.forward_head(feature_map, pre_logits=True).flatten(1), inner.forward_head(feature_map)
+    captured: list[torch.Tensor] = []
+    handle = _classifier_linear(model).register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    try:
+        logits = model(**model_inputs(batch)).logits
+    finally:
+        handle.remove()
+    features = captured[-1]
+    if features.dim() > 2:  # a head applied per token: take the first token, as the pooled heads do
+        features = features[:, 0]
+    return features.flatten(1), logits
+
+
+def penultimate_features(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """The representation the classifier reads, shape (batch, features)."""
+    return forward_with_features(model, batch)[0]
