@@ -10,6 +10,7 @@ transformers' `save_pretrained` files. Weights are safetensors only; nothing is 
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,9 @@ class ModelSpec:
 class TimmForImageClassification(nn.Module):
     """A timm model behind the transformers image-classification interface."""
 
+    # The loss is a batch mean: Trainer scales it for gradient accumulation itself.
+    accepts_loss_kwargs = False
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
@@ -73,7 +77,7 @@ class TimmForImageClassification(nn.Module):
     def num_labels(self) -> int:
         return self.model.num_classes
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> ImageClassifierOutput:
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
         logits = self.model(pixel_values)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits)
@@ -97,7 +101,7 @@ def build_model(spec: str | ModelSpec, num_labels: int, *, label_names: list[str
 
 def _build_timm(name, num_labels, label_names, in_chans, image_size, mean, std, model_kwargs, pretrained) -> nn.Module:
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
         hint = f" Similar names: {', '.join(close)}." if close else " See timm.list_models()."
         raise ModelSpecError(f"timm does not know a model named {name!r}.{hint}")
     pretrained_cfg_overlay = {"input_size": (in_chans, image_size, image_size), "num_classes": num_labels}

@@ -1,0 +1,196 @@
+"""`hf-ckptkd` command line: thin subcommands over the library's functions.
+
+Every `CheckpointKDConfig` field is a flag (Hugging Face's underscore style); `--config FILE.yaml`
+supplies defaults that flags override. Errors are one sentence on stderr, exit status 2 for bad
+input and 1 for failures; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError
+
+EXIT_BAD_INPUT, EXIT_FAILURE = 2, 1
+
+
+@dataclass
+class DataArguments:
+    """What to train on and which model to build (the flags beside `CheckpointKDConfig`)."""
+
+    model: str = field(metadata={"help": "Model spec: timm:<name> or transformers:<config class or Hub id>."})
+    dataset: str = field(default="fashion_mnist", metadata={"help": "'fashion_mnist' (built in) or a datasets id/path."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation examples."})
+    eval_split: str = field(default="test", metadata={"help": "Split evaluated during training."})
+    image_column: str = field(default="image", metadata={"help": "The dataset's image column."})
+    label_column: str = field(default="label", metadata={"help": "The dataset's label column."})
+    image_size: int = field(default=28, metadata={"help": "Square input size the images are resized to."})
+    in_chans: int = field(default=1, metadata={"help": "Input channels (1 = grey, 3 = RGB)."})
+    crop_padding: int = field(default=4, metadata={"help": "Train-time random crop padding (0 = no crop)."})
+    hflip: bool = field(default=True, metadata={"help": "Train-time random horizontal flip."})
+    model_kwargs: str | None = field(default=None, metadata={"help": "JSON dict of model/config overrides, e.g. "
+                                                                     "'{\"hidden_size\": 64}'."})
+    config: str | None = field(default=None, metadata={"help": "YAML/JSON file of defaults for any flag."})
+
+
+def _config_file_args(argv: list[str]) -> list[str]:
+    """Turn `--config FILE` into flags placed before the command line's own (which then win)."""
+    if "--config" not in argv:
+        return argv
+    i = argv.index("--config")
+    if i + 1 >= len(argv):
+        raise ConfigError("--config needs a file name")
+    path = Path(argv[i + 1])
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path} is not valid YAML ({e})") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path} must hold a mapping of flag names to values")
+    flags: list[str] = []
+    for key, value in values.items():
+        values_list = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *[json.dumps(v) if isinstance(v, dict) else str(v) for v in values_list]]
+    return flags + argv[:i] + argv[i + 2:]
+
+
+def _parse(dataclass_types, argv: list[str], prog: str):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types, prog=prog)
+    parser.add_argument("--debug", action="store_true", help="Show tracebacks.")
+    try:
+        *parsed, rest = parser.parse_args_into_dataclasses(_config_file_args(argv), return_remaining_strings=True)
+    except SystemExit as e:  # argparse already printed the message
+        raise SystemExit(EXIT_BAD_INPUT if e.code else 0) from None
+    if rest:
+        known = sorted(a.lstrip("-") for a in parser._option_string_actions if a.startswith("--"))
+        import difflib
+
+        bad = rest[0].lstrip("-")
+        close = difflib.get_close_matches(bad, known, n=1)
+        raise ConfigError(f"unknown flag {rest[0]}" + (f"; did you mean --{close[0]}?" if close else ""))
+    return parsed
+
+
+def _image_data(data_args: DataArguments):
+    from . import data
+
+    columns = data.ImageColumns(data_args.image_column, data_args.label_column)
+    train = data.load_image_dataset(data_args.dataset, "train", data_args.max_train_samples)
+    evaluation = data.load_image_dataset(data_args.dataset, data_args.eval_split, data_args.max_eval_samples)
+    names = data.label_names(train, columns)
+    transform = data.ImageTransformConfig(image_size=data_args.image_size, in_chans=data_args.in_chans,
+                                          crop_padding=data_args.crop_padding, hflip=data_args.hflip)
+    if data_args.dataset != "fashion_mnist":
+        transform.mean, transform.std = (0.5,) * data_args.in_chans, (0.5,) * data_args.in_chans
+    train_ds = data.with_image_transform(train, data.build_image_transform(transform, train=True), columns)
+    eval_ds = data.with_image_transform(evaluation, data.build_image_transform(transform, train=False), columns)
+    return train_ds, eval_ds, names, transform
+
+
+def _build_student(data_args: DataArguments, names: list[str], transform):
+    from .models import build_model
+
+    kwargs = json.loads(data_args.model_kwargs) if data_args.model_kwargs else None
+    return build_model(data_args.model, len(names), label_names=names, in_chans=transform.in_chans,
+                       image_size=transform.image_size, mean=transform.mean, std=transform.std, model_kwargs=kwargs)
+
+
+def _train(argv: list[str], prog: str, distill: bool) -> int:
+    from .config import CheckpointKDConfig
+    from .data import image_collator
+    from .metrics import compute_metrics
+    from .trainer import CheckpointKDTrainer
+
+    data_args, config = _parse((DataArguments, CheckpointKDConfig), argv, prog)
+    if distill and not config.teachers:
+        raise ConfigError("distill needs --teachers REF [REF ...] (snapshot folders, <snapshot_dir>:<name> or owner/name@rev)")
+    if not distill and config.teachers:
+        raise ConfigError("train-teacher trains without teachers; use `hf-ckptkd distill` to distil from --teachers")
+    if config.cache_teacher_logits and (data_args.crop_padding > 0 or data_args.hflip):
+        raise ConfigError("--cache_teacher_logits needs a deterministic training transform: add --crop_padding 0 "
+                          "--hflip false, or drop --cache_teacher_logits")
+    config.remove_unused_columns = False  # the image transform produces the model's inputs on the fly
+    train_ds, eval_ds, names, transform = _image_data(data_args)
+    model = _build_student(data_args, names, transform)
+    trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                                  data_collator=image_collator, compute_metrics=compute_metrics, label_names=names)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        print(f"{data_args.eval_split} accuracy: {metrics['eval_accuracy']:.4f}")
+        if config.snapshot_strategy != "no":
+            print(f"snapshots: {config.snapshot_dir}")
+    return 0
+
+
+def cmd_snapshots(args) -> int:
+    from .snapshots import SnapshotIndex
+
+    index = SnapshotIndex.load(args.snapshot_dir)
+    print(f"{'name':<14}{'epoch':>8}{'step':>9}{'lr':>11}{'train loss':>12}{'eval acc':>10}  final")
+    for s in index:
+        lr = f"{s.learning_rate:.2e}" if s.learning_rate is not None else "-"
+        loss = f"{s.train_loss:.4f}" if s.train_loss is not None else "-"
+        acc = f"{s.accuracy:.4f}" if s.accuracy is not None else "-"
+        print(f"{s.name:<14}{s.epoch:>8.2f}{s.global_step:>9}{lr:>11}{loss:>12}{acc:>10}  {'yes' if s.final else ''}")
+    return 0
+
+
+def _bad_input_errors() -> tuple[type[Exception], ...]:
+    from .data import DataError
+    from .models import ModelSpecError
+    from .snapshots import SnapshotError
+
+    errors: list[type[Exception]] = [ConfigError, DataError, ModelSpecError, SnapshotError]
+    from . import teachers
+
+    errors += [teachers.TeacherReferenceError, teachers.LabelSpaceError]
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    commands = {
+        "train-teacher": lambda rest: _train(rest, "hf-ckptkd train-teacher", distill=False),
+        "distill": lambda rest: _train(rest, "hf-ckptkd distill", distill=True),
+        "snapshots": lambda rest: cmd_snapshots(_simple_parser("snapshots").parse_args(rest)),
+    }
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        print("usage: hf-ckptkd {" + ",".join(commands) + "} ...", file=sys.stderr if argv else sys.stdout)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"hf-ckptkd: unknown command {argv[0]!r}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return 0
+    try:
+        return commands[argv[0]]([a for a in argv[1:] if a != "--debug"])
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+    except Exception as e:
+        if debug:
+            raise
+        bad_input = isinstance(e, _bad_input_errors())
+        print(f"hf-ckptkd {argv[0]}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT if bad_input else EXIT_FAILURE
+
+
+def _simple_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"hf-ckptkd {command}")
+    if command == "snapshots":
+        parser.add_argument("snapshot_dir", help="A run's snapshot folder (or its output_dir).")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

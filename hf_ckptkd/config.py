@@ -1,0 +1,113 @@
+"""`CheckpointKDConfig`: `TrainingArguments` plus snapshot and distillation settings.
+
+Parses with `HfArgumentParser` from the command line, a dict, a JSON or a YAML file, like any
+`TrainingArguments`. Bad values stop at construction time with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainingArguments
+
+SNAPSHOT_STRATEGIES = ("no", "epoch", "steps")
+KD_LOSSES = ("kl", "mse", "reverse_kl")
+ENSEMBLE_MODES = ("mean_logits", "mean_probs")
+TEACHER_FUSIONS = ("auto", "fused", "loop")
+TEACHER_DTYPES = ("float32", "float16", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A `CheckpointKDConfig` field with a value that cannot work."""
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}")
+
+
+@dataclass
+class CheckpointKDConfig(TrainingArguments):
+    """Training arguments for teachers that keep snapshots and students that learn from them."""
+
+    # --- snapshots (teacher runs) ---
+    snapshot_strategy: str = field(
+        default="no",
+        metadata={"help": "When to keep a teacher snapshot: 'no', 'epoch' (every `snapshot_every` epochs) or "
+                          "'steps' (every `snapshot_every` optimizer steps). The final model is always kept too.",
+                  "choices": list(SNAPSHOT_STRATEGIES)},
+    )
+    snapshot_every: int = field(
+        default=1, metadata={"help": "Epochs or steps between snapshots (a positive integer)."}
+    )
+    snapshot_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder for snapshots; defaults to <output_dir>/snapshots. Kept outside the checkpoint-* "
+                          "pattern, so save_total_limit never deletes snapshots."},
+    )
+    # --- distillation (student runs) ---
+    teachers: list[str] | None = field(
+        default=None,
+        metadata={"help": "Teacher references: a snapshot folder, '<snapshot_dir>:<name>' or a Hub repo "
+                          "'owner/name[@revision]'. Several make a snapshot ensemble. Empty: train without a teacher."},
+    )
+    temperature: float = field(default=4.0, metadata={"help": "Softmax temperature T of the distillation loss (> 0)."})
+    alpha: float = field(
+        default=0.5,
+        metadata={"help": "Weight of the hard-label loss in [0, 1]: loss = alpha*CE + (1-alpha)*T^2*KD."},
+    )
+    kd_loss: str = field(
+        default="kl",
+        metadata={"help": "Distillation loss: 'kl' (KL(teacher||student), the paper's), 'reverse_kl' "
+                          "(KL(student||teacher)) or 'mse' (on logits).", "choices": list(KD_LOSSES)},
+    )
+    ensemble_mode: str = field(
+        default="mean_logits",
+        metadata={"help": "How teacher members are combined: 'mean_logits' (the paper's) or 'mean_probs' "
+                          "(mean of the tempered probabilities).", "choices": list(ENSEMBLE_MODES)},
+    )
+    teacher_weights: list[float] | None = field(
+        default=None, metadata={"help": "Optional weight per teacher (same order as `teachers`); default equal."}
+    )
+    teacher_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype the frozen teachers run in: float32, float16 or bfloat16.", "choices": list(TEACHER_DTYPES)},
+    )
+    teacher_fusion: str = field(
+        default="auto",
+        metadata={"help": "Run same-architecture teachers as one batched forward ('fused', stacked weights with "
+                          "torch.func.vmap), one after another ('loop'), or pick the faster on this device ('auto').",
+                  "choices": list(TEACHER_FUSIONS)},
+    )
+    cache_teacher_logits: bool = field(
+        default=False,
+        metadata={"help": "Compute the teachers' logits for the training set once and reuse them every epoch. "
+                          "Needs a deterministic training transform (no random augmentation)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        _choice("snapshot_strategy", self.snapshot_strategy, SNAPSHOT_STRATEGIES)
+        _choice("kd_loss", self.kd_loss, KD_LOSSES)
+        _choice("ensemble_mode", self.ensemble_mode, ENSEMBLE_MODES)
+        _choice("teacher_fusion", self.teacher_fusion, TEACHER_FUSIONS)
+        _choice("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
+        if not isinstance(self.snapshot_every, int) or self.snapshot_every <= 0:
+            raise ConfigError(f"snapshot_every={self.snapshot_every!r} must be a positive integer (epochs or steps "
+                              "between snapshots)")
+        if self.snapshot_dir is None:
+            self.snapshot_dir = str(Path(self.output_dir) / "snapshots")
+        if Path(self.snapshot_dir).exists() and not Path(self.snapshot_dir).is_dir():
+            raise ConfigError(f"snapshot_dir={self.snapshot_dir!r} is a file, not a folder; choose another path "
+                              "or remove the file")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha={self.alpha} must lie in [0, 1] (the weight of the hard-label loss)")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature={self.temperature} must be > 0")
+        if self.teacher_weights is not None:
+            if not self.teachers or len(self.teacher_weights) != len(self.teachers):
+                raise ConfigError(f"teacher_weights has {len(self.teacher_weights)} values but there are "
+                                  f"{len(self.teachers or [])} teachers; give one weight per teacher")
+            if any(w < 0 for w in self.teacher_weights) or sum(self.teacher_weights) <= 0:
+                raise ConfigError(f"teacher_weights={self.teacher_weights} must be non-negative with a positive sum")

@@ -1,0 +1,162 @@
+"""`CheckpointKDTrainer`: a `Trainer` that keeps teacher snapshots and distils from them.
+
+Without teachers it trains like `Trainer` (keeping snapshots when `snapshot_strategy` says so).
+With teachers (references in `CheckpointKDConfig.teachers` or a `teachers=` argument) it
+overrides `compute_loss` with `alpha*CE + (1-alpha)*T^2*KL(teacher || student)` and logs
+`loss_ce`, `loss_kd` and the teachers' batch accuracy beside `loss`. Everything else — gradient
+accumulation, mixed precision, `accelerate launch` on several processes — is `Trainer`'s own.
+The teachers are a separate frozen object: never wrapped by DDP/FSDP, never in a checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from transformers import Trainer
+
+from .config import CheckpointKDConfig
+from .losses import distillation_loss
+from .models import model_inputs, unwrap
+from .snapshots import SnapshotCallback
+from .teachers import TeacherEnsemble, check_finite, check_label_space, load_teachers
+
+TEACHER_LOGITS = "teacher_logits"
+
+
+class CachedLogitsError(ValueError):
+    """`cache_teacher_logits` asked for with a training set whose examples change between epochs."""
+
+
+class CheckpointKDTrainer(Trainer):
+    """A `Trainer` for teacher runs with snapshots and for students distilled from snapshots."""
+
+    # compute_loss returns a batch mean: Trainer must divide it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model: nn.Module | None = None, args: CheckpointKDConfig | None = None, *,
+                 teachers: TeacherEnsemble | Sequence[str | nn.Module] | None = None,
+                 label_names: list[str] | None = None, teacher_tokenizer=None, student_tokenizer=None, **kwargs):
+        if args is not None and not isinstance(args, CheckpointKDConfig):
+            raise TypeError(f"args must be a CheckpointKDConfig (got {type(args).__name__}); it is a TrainingArguments "
+                            "with the snapshot and distillation fields")
+        super().__init__(model=model, args=args, **kwargs)
+        if self.args.snapshot_strategy != "no":
+            self.add_callback(SnapshotCallback(self.args.snapshot_strategy, self.args.snapshot_every, self.args.snapshot_dir))
+        teachers = teachers if teachers is not None else self.args.teachers
+        self.teachers: TeacherEnsemble | None = None
+        if teachers:
+            self.teachers = teachers if isinstance(teachers, TeacherEnsemble) else load_teachers(
+                list(teachers), device=self.accelerator.device, dtype=self.args.teacher_dtype,
+                mode=self.args.ensemble_mode, temperature=self.args.temperature,
+                weights=self.args.teacher_weights, fusion=self.args.teacher_fusion)
+            self.teachers.to(self.accelerator.device)
+            check_label_space(self.teachers, unwrap(self.model), student_label_names=label_names,
+                              teacher_tokenizer=teacher_tokenizer, student_tokenizer=student_tokenizer)
+            # The loss is computed here, not by the model: never hand it num_items_in_batch.
+            self.model_accepts_loss_kwargs = False
+        self._kd_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.accelerator.device))
+        self._kd_batches = 0
+        self._logits_cache_built = False
+
+    # --- the loss -------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.teachers is None or not model.training:
+            # Evaluation reports the student's own task loss; without teachers this is plain Trainer.
+            inputs = {k: v for k, v in inputs.items() if k != TEACHER_LOGITS}
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        labels = inputs.get("labels")
+        teacher_logits = inputs.get(TEACHER_LOGITS)
+        student_inputs = model_inputs({k: v for k, v in inputs.items() if k != TEACHER_LOGITS})
+        if teacher_logits is None:
+            teacher_logits = self.teachers(**student_inputs)
+        check_finite(teacher_logits, batch_index=self.state.global_step)
+        outputs = model(**student_inputs)
+        loss, loss_ce, loss_kd = distillation_loss(outputs.logits, teacher_logits, labels, alpha=self.args.alpha,
+                                                   temperature=self.args.temperature, kind=self.args.kd_loss)
+        self._record(loss_ce, loss_kd, teacher_logits, labels)
+        return (loss, outputs) if return_outputs else loss
+
+    def _record(self, loss_ce, loss_kd, teacher_logits, labels) -> None:
+        self._kd_sums["loss_ce"] += loss_ce.detach().float()
+        self._kd_sums["loss_kd"] += loss_kd.detach().float()
+        if labels is not None:
+            self._kd_sums["teacher_accuracy"] += (teacher_logits.argmax(-1) == labels).float().mean()
+        self._kd_batches += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Every process logs at the same steps, so the means can be reduced across processes here.
+        if "loss" in logs and self._kd_batches:
+            for key, total in self._kd_sums.items():
+                logs[key] = self.accelerator.reduce(total / self._kd_batches, reduction="mean").item()
+            self._kd_sums.clear()
+            self._kd_batches = 0
+        super().log(logs, start_time)
+
+    # --- cached teacher logits ------------------------------------------------------------
+    def get_train_dataloader(self):
+        if self.teachers is not None and self.args.cache_teacher_logits and not self._logits_cache_built:
+            self._cache_teacher_logits()
+        return super().get_train_dataloader()
+
+    def _cache_teacher_logits(self) -> None:
+        dataset = self.train_dataset
+        if not _is_deterministic(dataset):
+            raise CachedLogitsError(
+                "cache_teacher_logits=True needs a deterministic training transform, but the training set returns "
+                "different inputs for the same example on two reads (random augmentation). Turn augmentation off "
+                "(e.g. --crop_padding 0 --hflip false) or set cache_teacher_logits=False.")
+        collate = self.data_collator
+        indices = list(range(len(dataset)))
+        batch_size = self.args.per_device_eval_batch_size
+        shard_logits, shard_indices = [], []
+        # Each process computes the logits of its shard once; the gathered table serves every epoch.
+        with self.accelerator.split_between_processes(indices, apply_padding=True) as shard:
+            for start in range(0, len(shard), batch_size):
+                chunk = shard[start:start + batch_size]
+                batch = collate([dataset[i] for i in chunk])
+                batch = {k: v.to(self.accelerator.device) for k, v in model_inputs(batch).items()}
+                logits = self.teachers(**batch)
+                check_finite(logits, batch_index=start // batch_size)
+                shard_logits.append(logits)
+                shard_indices.append(torch.tensor(chunk, device=self.accelerator.device))
+        all_logits = self.accelerator.gather(torch.cat(shard_logits)).cpu()
+        all_indices = self.accelerator.gather(torch.cat(shard_indices)).cpu()
+        table = torch.empty(len(dataset), all_logits.shape[-1], dtype=all_logits.dtype)
+        table[all_indices] = all_logits  # padding repeats an index with its own logits: harmless
+        self.train_dataset = _WithTeacherLogits(dataset, table)
+        self.data_collator = _TeacherLogitsCollator(collate)
+        self._logits_cache_built = True
+
+
+def _is_deterministic(dataset: Dataset, probe: int = 4) -> bool:
+    for i in range(min(probe, len(dataset))):
+        a, b = dataset[i], dataset[i]
+        for key, value in a.items():
+            if isinstance(value, torch.Tensor) and not torch.equal(value, b[key]):
+                return False
+    return True
+
+
+class _WithTeacherLogits(Dataset):
+    def __init__(self, dataset, logits: torch.Tensor):
+        self.dataset, self.logits = dataset, logits
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return {**self.dataset[i], TEACHER_LOGITS: self.logits[i]}
+
+
+class _TeacherLogitsCollator:
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, examples):
+        batch = self.collate([{k: v for k, v in e.items() if k != TEACHER_LOGITS} for e in examples])
+        batch[TEACHER_LOGITS] = torch.stack([e[TEACHER_LOGITS] for e in examples])
+        return batch
