@@ -6,6 +6,7 @@ Parses with `HfArgumentParser` from the command line, a dict, a JSON or a YAML f
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,13 @@ TEACHER_DTYPES = ("float32", "float16", "bfloat16")
 
 class ConfigError(ValueError):
     """A `CheckpointKDConfig` field with a value that cannot work."""
+
+
+def _launched_distributed_without_accelerator() -> bool:
+    import torch
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return distributed and not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -87,6 +95,10 @@ class CheckpointKDConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        if _launched_distributed_without_accelerator():
+            # Trainer would otherwise see no distributed setup and run N independent copies racing over
+            # output_dir; gloo over CPU processes is what `accelerate launch --multi_gpu` means here.
+            self.use_cpu = True
         super().__post_init__()
         _choice("snapshot_strategy", self.snapshot_strategy, SNAPSHOT_STRATEGIES)
         _choice("kd_loss", self.kd_loss, KD_LOSSES)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .models import load_model, model_family, save_model, unwrap
@@ -248,7 +249,7 @@ def write_snapshot(model, snapshot_dir: str | Path, name: str, *, epoch: float, 
         else:
             os.replace(tmp, target)
         SnapshotIndex.scan(snapshot_dir).write()
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # disk full, permissions, file size limits
         shutil.rmtree(tmp, ignore_errors=True)
         raise SnapshotError(
             f"could not write snapshot {name} to {snapshot_dir}: {e}. The earlier snapshots and {INDEX_NAME} are "

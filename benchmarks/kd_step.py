@@ -1,0 +1,226 @@
+"""What distillation costs per step, and which teacher-ensemble path is faster on this device.
+
+Side by side in one run (GPU when there is one, CPU otherwise):
+  (a) student step alone, (b) teacher forward alone, (c) KD step with one teacher
+      -> (c) / ((a) + (b)), goal <= 1.05;
+  (d) a k=4 snapshot ensemble: the fused path (stacked weights, vmap(functional_call)), the same
+      under torch.compile, and a Python loop over the members -> loop/fused, the path
+      teacher_fusion='auto' chose, and the ensemble's forward / the sum of its members' single
+      forwards, goal <= 1.05 (and, on a GPU, fused >= 1.5x the loop);
+  (e) a KD epoch with cached teacher logits vs a plain student epoch -> goal <= 1.10.
+The KD step is the project's loss, `hf_ckptkd.losses.distillation_loss` (alpha*CE +
+(1-alpha)*T^2*KL). Inputs are Fashion-MNIST-shaped random tensors (1x28x28, 10 classes): the
+timings do not depend on the pixel values. Cases are timed interleaved (one repetition of each in
+turn) and the fastest repetition of each is reported: on a machine shared with other processes,
+the least-disturbed run is the best estimate of what each case costs.
+
+    python benchmarks/kd_step.py                       # the full run (~2-3 minutes on 2 CPU cores)
+    python benchmarks/kd_step.py --repeats 3 --no_compile --batch_size 64   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hf_ckptkd.losses import distillation_loss
+from hf_ckptkd.models import build_model
+from hf_ckptkd.snapshots import write_snapshot
+from hf_ckptkd.teachers import check_finite, load_teachers
+
+NUM_LABELS = 10
+ALPHA, TEMPERATURE = 0.5, 4.0
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(cases: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 1) -> dict[str, float]:
+    """Seconds per call of each case (the fastest repetition), timed one repetition of each case in turn."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: min(ts) for name, ts in times.items()}
+
+
+def line(label: str, ratio: float, goal: str, ok: bool | None, detail: str = "") -> None:
+    status = "INFO" if ok is None else ("PASS" if ok else "MISS")
+    print(f"{label:<58} ratio {ratio:6.3f}   goal {goal:<14} {status}   {detail}", flush=True)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+class Batches(Dataset):
+    """Per-example dicts, as a Trainer's dataset gives them (optionally with cached teacher logits)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None):
+        self.x, self.y, self.logits = x, y, logits
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        example = {"pixel_values": self.x[i], "labels": self.y[i]}
+        if self.logits is not None:
+            example["teacher_logits"] = self.logits[i]
+        return example
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per case (the fastest is reported)")
+    parser.add_argument("--student", default="timm:resnet10t")
+    parser.add_argument("--teacher", default="timm:resnet18")
+    parser.add_argument("--members", type=int, default=4, help="k of the snapshot ensemble in (d)")
+    parser.add_argument("--epoch_batches", type=int, default=8, help="batches per epoch in (e)")
+    parser.add_argument("--no_compile", action="store_true", help="skip torch.compile of the fused path in (d)")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    args = parser.parse_args()
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"device: {device} ({name}); torch {torch.__version__}; batch {args.batch_size}; student {args.student}; "
+          f"teacher {args.teacher}; repeats {args.repeats}", flush=True)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, 1, 28, 28, device=device)
+    y = torch.randint(0, NUM_LABELS, (args.batch_size,), device=device)
+
+    student = build_model(args.student, NUM_LABELS, in_chans=1).to(device).train()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    teacher = load_teachers([build_model(args.teacher, NUM_LABELS, in_chans=1)], device=device)
+
+    def student_step():
+        optimizer.zero_grad(set_to_none=True)
+        student(pixel_values=x, labels=y).loss.backward()
+        optimizer.step()
+
+    def teacher_forward():
+        return teacher(pixel_values=x)
+
+    step_index = [0]
+
+    def kd_step(teacher_logits=None):
+        if teacher_logits is None:
+            teacher_logits = teacher(pixel_values=x)
+        check_finite(teacher_logits, batch_index=step_index[0])
+        step_index[0] += 1
+        optimizer.zero_grad(set_to_none=True)
+        logits = student(pixel_values=x).logits
+        loss, _, _ = distillation_loss(logits, teacher_logits, y, alpha=ALPHA, temperature=TEMPERATURE)
+        loss.backward()
+        optimizer.step()
+
+    # --- (a) (b) (c) -----------------------------------------------------------------------
+    t = interleaved({"a": student_step, "b": teacher_forward, "c": kd_step}, args.repeats, device)
+    print(f"(a) student step {ms(t['a'])}   (b) teacher forward {ms(t['b'])}   (c) KD step {ms(t['c'])}")
+    ratio = t["c"] / (t["a"] + t["b"])
+    line("(c) KD step / (student step + teacher forward)", ratio, "<= 1.05", ratio <= 1.05)
+
+    # --- (d) k-member snapshot ensemble ------------------------------------------------------
+    with tempfile.TemporaryDirectory(prefix="kd-step-snapshots-") as snapshot_dir:
+        refs = []
+        for i in range(args.members):
+            torch.manual_seed(100 + i)
+            snap = write_snapshot(build_model(args.teacher, NUM_LABELS, in_chans=1), snapshot_dir,
+                                  f"epoch-{i + 1:04d}", epoch=i + 1, global_step=10 * (i + 1))
+            refs.append(snap.reference)
+        ensembles = {fusion: load_teachers(refs, device=device, fusion=fusion) for fusion in ("loop", "fused", "auto")}
+        compiled = None
+        if not args.no_compile:
+            compiled = load_teachers(refs, device=device, fusion="fused", compile=True)
+    auto = ensembles["auto"]
+    auto(pixel_values=x)  # the one-off measurement on the first real batch
+    compile_seconds = None
+    if compiled is not None:
+        start = time.perf_counter()
+        compiled(pixel_values=x)
+        sync(device)
+        compile_seconds = time.perf_counter() - start
+    members = ensembles["loop"].members
+
+    def single(member):
+        def run():
+            with torch.inference_mode():
+                return member(pixel_values=x).logits
+        return run
+
+    cases = {f"single{i}": single(m) for i, m in enumerate(members)}
+    cases.update({"loop": lambda: ensembles["loop"](pixel_values=x), "fused": lambda: ensembles["fused"](pixel_values=x),
+                  "auto": lambda: auto(pixel_values=x)})
+    if compiled is not None:
+        cases["compiled"] = lambda: compiled(pixel_values=x)
+    t = interleaved(cases, args.repeats, device)
+    singles = sum(t[f"single{i}"] for i in range(len(members)))
+    print(f"(d) k={len(members)} {args.teacher}: sum of single forwards {ms(singles)}   loop {ms(t['loop'])}   "
+          f"fused {ms(t['fused'])}" + (f"   fused+compile {ms(t['compiled'])} (compilation {compile_seconds:.1f} s)"
+                                       if compiled is not None else ""))
+    gpu = device.type == "cuda"
+    line("(d) loop / fused (>1: the fused path is faster)", t["loop"] / t["fused"], ">= 1.5 on GPU",
+         t["loop"] / t["fused"] >= 1.5 if gpu else None, "(CPU: informative only)" if not gpu else "")
+    if compiled is not None:
+        line("(d) loop / fused+torch.compile", t["loop"] / t["compiled"], ">= 1.5 on GPU",
+             t["loop"] / t["compiled"] >= 1.5 if gpu else None,
+             f"compile helps the fused path: {'yes' if t['compiled'] < t['fused'] else 'no'} "
+             f"(fused / fused+compile {t['fused'] / t['compiled']:.2f})")
+    times = auto.fusion_times or {}
+    print(f"(d) teacher_fusion='auto' chose {auto.fusion_used!r} (its start-up measurement: "
+          + ", ".join(f"{k} {ms(v)}" for k, v in times.items()) + ")")
+    ratio = t["auto"] / singles
+    line("(d) ensemble forward (auto) / sum of members' single forwards", ratio, "<= 1.05", ratio <= 1.05)
+    del ensembles, compiled, auto, members
+
+    # --- (e) an epoch with cached teacher logits vs a plain student epoch ------------------------
+    n = args.epoch_batches * args.batch_size
+    xs = torch.randn(n, 1, 28, 28)
+    ys = torch.randint(0, NUM_LABELS, (n,))
+    start = time.perf_counter()
+    cache = torch.cat([teacher(pixel_values=xs[i:i + args.batch_size].to(device)).cpu()
+                       for i in range(0, n, args.batch_size)])
+    cache_seconds = time.perf_counter() - start
+    plain_loader = DataLoader(Batches(xs, ys), batch_size=args.batch_size, shuffle=True)
+    cached_loader = DataLoader(Batches(xs, ys, cache), batch_size=args.batch_size, shuffle=True)
+
+    def plain_epoch():
+        for batch in plain_loader:
+            optimizer.zero_grad(set_to_none=True)
+            student(pixel_values=batch["pixel_values"].to(device), labels=batch["labels"].to(device)).loss.backward()
+            optimizer.step()
+
+    def cached_epoch():
+        for i, batch in enumerate(cached_loader):
+            teacher_logits = batch["teacher_logits"].to(device)
+            check_finite(teacher_logits, batch_index=i)
+            optimizer.zero_grad(set_to_none=True)
+            logits = student(pixel_values=batch["pixel_values"].to(device)).logits
+            loss, _, _ = distillation_loss(logits, teacher_logits, batch["labels"].to(device), alpha=ALPHA,
+                                           temperature=TEMPERATURE)
+            loss.backward()
+            optimizer.step()
+
+    t = interleaved({"plain": plain_epoch, "cached": cached_epoch}, max(3, args.repeats // 2), device, warmup=0)
+    print(f"(e) {args.epoch_batches} batches: plain epoch {ms(t['plain'])}   KD epoch with cached logits "
+          f"{ms(t['cached'])}   (building the cache once: {ms(cache_seconds)})")
+    ratio = t["cached"] / t["plain"]
+    line("(e) KD epoch with cached logits / plain student epoch", ratio, "<= 1.10", ratio <= 1.10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""The selection report: machine-readable (`selection.json`), human-readable (`table.md`) and
+visual (`information_plane.png`).
+
+`SelectionReport.save(dir)` writes all three; `SelectionReport.load(dir)` reads the JSON back into
+an equal report. The JSON holds every field of the report and its per-snapshot scores, plus
+`format_version`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SELECTION_JSON = "selection.json"
+TABLE_MD = "table.md"
+PLANE_PNG = "information_plane.png"
+FORMAT_VERSION = 1
+
+OBJECTIVE_DESCRIPTIONS = {
+    "outputs": "J = m(Î(Y;P)) + β·m(Î(X;P)) on the outputs softened at temperature T",
+    "features": "J = m(Î(Y;F)) + β·m(Î(X;F)) on the penultimate features",
+}
+
+
+@dataclass
+class SnapshotScore:
+    """One snapshot's scores on the probe set. Information values are normalised to [0, 1].
+
+    `j` is the snapshot's own objective value (min–max rescaled over the candidates; the
+    initialisation's may fall outside [0, 1 + beta]). `rank` is its 1-based position in
+    `SelectionReport.selected`, None when not chosen.
+    """
+
+    name: str
+    epoch: float | None
+    step: int | None
+    accuracy: float
+    i_xf: float
+    i_yf: float
+    i_xp: float
+    i_yp: float
+    j: float
+    chosen: bool = False
+    rank: int | None = None
+    init: bool = False
+    path: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SelectionReport:
+    """The outcome of a selection: the chosen snapshots and every snapshot's scores.
+
+    Attributes:
+        selected: names of the chosen snapshots, in rank order.
+        scores: one `SnapshotScore` per snapshot, in training order (the initialisation included).
+        objective: "outputs" or "features".
+        k, temperature, beta, kappa, estimator, probe_size, seed: the settings it ran with.
+        search: "exhaustive" or "greedy".
+        ensemble: {"members", "i_x", "i_y", "j"}: the chosen set scored as a whole under the
+            objective (i_x, i_y are Î(X;·), Î(Y;·) of its mean probabilities or joint features).
+        ranges: {"i_x": [lo, hi], "i_y": [lo, hi]}: the min–max ranges over the candidates.
+        estimator_options: the estimator's own settings.
+        snapshot_dir: where the snapshots live, if the selector knows it.
+        extra: free-form metadata (e.g. the run, the probe set's source).
+    """
+
+    selected: list[str]
+    scores: list[SnapshotScore]
+    objective: str
+    k: int
+    temperature: float
+    beta: float
+    kappa: float
+    estimator: str
+    probe_size: int
+    seed: int
+    search: str = "exhaustive"
+    ensemble: dict[str, Any] = field(default_factory=dict)
+    ranges: dict[str, list[float]] = field(default_factory=dict)
+    estimator_options: dict[str, Any] = field(default_factory=dict)
+    snapshot_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # -- access ----------------------------------------------------------------------------------
+
+    def score(self, name: str) -> SnapshotScore:
+        """The scores of the snapshot called `name` (KeyError if there is none)."""
+        for s in self.scores:
+            if s.name == name:
+                return s
+        raise KeyError(f"no snapshot named {name!r} in this selection; it has {[s.name for s in self.scores]}")
+
+    @property
+    def selected_scores(self) -> list[SnapshotScore]:
+        """The chosen snapshots' scores, in rank order."""
+        return [self.score(name) for name in self.selected]
+
+    def explain(self, name: str) -> str:
+        """One or two sentences on why `name` was (or was not) chosen, e.g. for a model card."""
+        s = self.score(name)
+        n_candidates = sum(not t.init for t in self.scores)
+        values = (f"Î(X;F)={s.i_xf:.3f}, Î(Y;F)={s.i_yf:.3f}, Î(X;P)={s.i_xp:.3f}, Î(Y;P)={s.i_yp:.3f}, "
+                  f"J={s.j:.3f}, probe accuracy {s.accuracy:.1%}")
+        if s.init:
+            return f"{name} is the initialisation, excluded from the selection ({values})."
+        if not s.chosen:
+            return f"{name} was not chosen ({values})."
+        what = OBJECTIVE_DESCRIPTIONS.get(self.objective, self.objective)
+        if self.k == 1:
+            order = sorted((t for t in self.scores if not t.init), key=lambda t: -t.j)
+            return (f"{name} maximises the task-related information {what} (T={self.temperature:g}, "
+                    f"β={self.beta:g}) among {n_candidates} snapshots ({values}; next best "
+                    f"{order[1].name if len(order) > 1 else 'none'}).")
+        return (f"{name} is member {s.rank} of {self.k} of the snapshot ensemble chosen ({self.search} search over "
+                f"{n_candidates} snapshots) to maximise {what} of the members' mean probabilities "
+                f"(ensemble J={self.ensemble.get('j', float('nan')):.3f}; {values}).")
+
+    # -- serialisation ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"format_version": FORMAT_VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SelectionReport":
+        data = dict(data)
+        version = data.pop("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ValueError(f"selection.json has format_version {version}, newer than this hf-ckptkd reads "
+                             f"({FORMAT_VERSION}); upgrade hf-ckptkd")
+        known = {f.name for f in fields(SnapshotScore)}
+        data["scores"] = [SnapshotScore(**{k: v for k, v in s.items() if k in known}) for s in data.get("scores", [])]
+        own = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in own})
+
+    def to_markdown(self) -> str:
+        """The table.md text: settings, then one row per snapshot."""
+        what = OBJECTIVE_DESCRIPTIONS.get(self.objective, self.objective)
+        lines = [
+            "# Teacher selection",
+            "",
+            f"Selected ({self.k}): " + ", ".join(f"**{n}**" for n in self.selected),
+            "",
+            f"- objective: `{self.objective}`: {what}; m = min–max over the candidates (the initialisation excluded)",
+            f"- temperature T = {self.temperature:g}, β = {self.beta:g}, κ = {self.kappa:g}, "
+            f"estimator `{self.estimator}`, probe set of {self.probe_size} examples, seed {self.seed}, "
+            f"{self.search} search",
+        ]
+        if self.k > 1 and self.ensemble:
+            lines.append(f"- ensemble (mean of the members' {'probabilities' if self.objective == 'outputs' else 'features'}): "
+                         f"Î(X;·) = {self.ensemble['i_x']:.4f}, Î(Y;·) = {self.ensemble['i_y']:.4f}, "
+                         f"J = {self.ensemble['j']:.4f}")
+        lines += [
+            "",
+            "| snapshot | epoch | step | accuracy | Î(X;F) | Î(Y;F) | Î(X;P) | Î(Y;P) | J | chosen |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        ]
+        for s in self.scores:
+            chosen = f"✓ ({s.rank})" if s.chosen else ("init, excluded" if s.init else "")
+            lines.append(
+                f"| {s.name} | {_fmt_epoch(s.epoch)} | {'' if s.step is None else s.step} | {s.accuracy:.2%} | "
+                f"{s.i_xf:.4f} | {s.i_yf:.4f} | {s.i_xp:.4f} | {s.i_yp:.4f} | {s.j:.4f} | {chosen} |")
+        return "\n".join(lines) + "\n"
+
+    def save(self, directory: str | os.PathLike, *, plot: bool = True) -> Path:
+        """Write selection.json, table.md and (with `plot`) information_plane.png; returns the folder."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out / SELECTION_JSON, json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+        _atomic_write(out / TABLE_MD, self.to_markdown())
+        if plot:
+            from .plot import plot_information_plane
+
+            plot_information_plane(self, out / PLANE_PNG)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "SelectionReport":
+        """Read a report saved with `save` (give the folder or the selection.json path)."""
+        path = Path(directory)
+        if path.is_dir():
+            path = path / SELECTION_JSON
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; run `hf-ckptkd select` to write a selection first")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def _fmt_epoch(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    return f"{int(epoch)}" if float(epoch).is_integer() else f"{epoch:.2f}"
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,614 @@
+"""Frozen teachers: `TeacherEnsemble`, `load_teachers`, teacher references and label-space checks.
+
+A teacher reference is an `nn.Module` (used as is), a snapshot folder, `<snapshot_dir>:<name>`
+(e.g. `runs/t/snapshots:epoch-0012`), a saved model folder, or a Hub repo `owner/name` with an
+optional `@revision`. `load_teachers(refs)` turns references into one `TeacherEnsemble`, whose
+forward returns ONE float32 logits tensor (batch, labels): the weighted mean of the members'
+logits (`mean_logits`, the paper's) or `T * log(sum_i w_i softmax(z_i / T))` (`mean_probs`, so
+that `softmax(out / T)` is exactly the weighted mean of the members' tempered probabilities).
+
+Members that share one architecture can run as one batched forward: their weights and buffers are
+stacked with `torch.func.stack_module_state` and a weightless ("meta") copy of the first member is
+called with `torch.func.functional_call` under `torch.vmap` — the model-ensembling recipe of the
+PyTorch docs. BatchNorm in eval mode reads its running statistics, so it vmaps. On CPU this
+measured slower than a plain loop over the members (vmap turns each convolution into one grouped
+convolution, which CPU kernels run less efficiently), so `fusion="auto"` times both paths once on
+the first real batch and keeps the faster one (`.fusion_used`, `.fusion_times`).
+
+The ensemble is a separate object the trainer holds: never a submodule of the student, never
+wrapped by DDP/FSDP, never saved with the student. (Its own `state_dict()` holds the members'
+weights, but nothing in the project saves it.) It always stays in eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import re
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ENSEMBLE_MODES, TEACHER_DTYPES, TEACHER_FUSIONS
+from .models import (
+    TRANSFORMERS,
+    ModelSpecError,
+    TimmForImageClassification,
+    _is_image_config,
+    label_names_of,
+    load_model,
+    model_family,
+    model_inputs,
+    num_labels_of,
+    unwrap,
+)
+from .snapshots import SnapshotError, resolve_snapshot_reference
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+assert set(DTYPES) == set(TEACHER_DTYPES)
+
+REFERENCE_FORMS = ("an nn.Module, a snapshot folder (holding snapshot.json), '<snapshot_dir>:<name>' (e.g. "
+                   "runs/t/snapshots:epoch-0012), a saved model folder (config.json + model.safetensors), or a "
+                   "Hub repo 'owner/name' with an optional '@revision'")
+
+# Relative difference (to the largest logit) above which the fused path is taken to disagree with the loop.
+# It only catches gross errors (members that are not really one architecture): TF32/half kernels differ far less.
+_FUSION_CHECK_TOL = 5e-2
+
+
+class TeacherReferenceError(ValueError):
+    """A teacher reference that names no loadable teacher."""
+
+
+class TeacherFusionError(ValueError):
+    """`fusion="fused"` asked for with members that cannot run as one batched forward."""
+
+
+class LabelSpaceError(ValueError):
+    """Teachers and student (or two teachers) that do not share one label space or vocabulary."""
+
+
+class TeacherOutputError(RuntimeError):
+    """Teacher logits that contain NaN or inf."""
+
+
+# --- references ---------------------------------------------------------------------------
+
+_HUB_NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
+_HUB_REPO_RE = re.compile(rf"^(?P<owner>{_HUB_NAME})/(?P<name>{_HUB_NAME})$")
+_BAD_REVISION_RE = re.compile(r"\s|\.\.|[:~^?*\[\\]|@\{")
+
+
+def parse_hub_reference(reference: str) -> tuple[str, str | None]:
+    """`owner/name[@revision]` -> `(repo_id, revision or None)`; `TeacherReferenceError` for another shape.
+
+    Owner and name follow the Hub's rules (letters, digits, `-`, `_`, `.`; no `--` or `..`; at most
+    96 characters); a revision is a branch, tag or commit (`main`, `v1.0`, `refs/pr/1`, a SHA).
+    """
+    if not isinstance(reference, str):
+        raise TeacherReferenceError(f"Hub reference {reference!r} is not a string 'owner/name[@revision]'")
+    repo_id, sep, revision = reference.partition("@")
+    match = _HUB_REPO_RE.match(repo_id)
+    if match is None or "--" in repo_id or ".." in repo_id or repo_id.endswith(".git"):
+        raise TeacherReferenceError(
+            f"{reference!r} is not a Hub reference: write 'owner/name' or 'owner/name@revision' (letters, digits, "
+            "'-', '_' and '.' in owner and name, no '--' or '..', at most 96 characters each)")
+    if sep and (not revision or _BAD_REVISION_RE.search(revision) or revision.endswith(("/", "."))):
+        raise TeacherReferenceError(
+            f"{reference!r} has an invalid revision {revision!r}: after '@' give a branch, tag or commit "
+            "(e.g. main, v1.0, refs/pr/1 or a commit SHA)")
+    return repo_id, (revision if sep else None)
+
+
+def is_hub_reference(reference: str) -> bool:
+    try:
+        parse_hub_reference(reference)
+    except TeacherReferenceError:
+        return False
+    return True
+
+
+def _as_member(model: nn.Module, reference: str) -> nn.Module:
+    """A teacher model in a form the project understands (a bare timm model gets the project's wrapper)."""
+    inner = unwrap(model)
+    if not isinstance(inner, TimmForImageClassification) and hasattr(inner, "forward_features") \
+            and hasattr(inner, "num_classes") and hasattr(inner, "pretrained_cfg"):
+        inner = TimmForImageClassification(inner)
+    try:
+        model_family(inner)
+    except ModelSpecError as e:
+        raise TeacherReferenceError(f"teacher {reference} is not a model hf-ckptkd can distil from: {e}") from e
+    return inner
+
+
+def load_teacher(reference: str | Path | nn.Module) -> nn.Module:
+    """One teacher model from a reference (see the module docstring); weights of snapshots are verified.
+
+    A snapshot whose weight files no longer match the SHA-256 in its `snapshot.json` raises the
+    snapshot's own `SnapshotError` (naming the snapshot): it is refused, not loaded.
+    """
+    if isinstance(reference, nn.Module):
+        return _as_member(reference, _describe_module(reference))
+    if not isinstance(reference, (str, Path)):
+        raise TeacherReferenceError(f"teacher reference {reference!r} ({type(reference).__name__}) is not "
+                                    f"{REFERENCE_FORMS}")
+    ref = str(reference)
+    path = Path(ref).expanduser()
+    try:
+        snapshot = resolve_snapshot_reference(str(path) if path.exists() else ref)
+    except SnapshotError as e:
+        raise TeacherReferenceError(f"teacher reference {ref!r} looks like a snapshot reference but cannot be "
+                                    f"resolved: {e}") from e
+    if snapshot is not None:
+        return _as_member(snapshot.load_model(verify=True), ref)  # SnapshotError if the weights were altered
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise TeacherReferenceError(
+                f"teacher reference {ref!r} exists but is neither a snapshot folder (no snapshot.json) nor a saved "
+                f"model folder (no config.json); a teacher reference is {REFERENCE_FORMS}")
+        try:
+            return _as_member(load_model(path), ref)
+        except ModelSpecError as e:
+            raise TeacherReferenceError(f"teacher reference {ref!r}: {e}") from e
+    if is_hub_reference(ref):
+        return _as_member(_load_from_hub(ref), ref)
+    raise TeacherReferenceError(f"teacher reference {ref!r} is not a local path that exists, nor a snapshot "
+                                f"'<snapshot_dir>:<name>' whose snapshot_dir exists, nor a Hub repo; a teacher "
+                                f"reference is {REFERENCE_FORMS}")
+
+
+def _load_from_hub(reference: str) -> nn.Module:
+    try:
+        from .hub import load_hub_teacher
+    except ImportError as e:
+        missing = getattr(e, "name", None)
+        if missing not in (None, "hf_ckptkd.hub") and "load_hub_teacher" not in str(e):
+            raise  # hub.py exists but one of its own imports failed: show that error as it is
+        raise TeacherReferenceError(
+            f"teacher reference {reference!r} is a Hub repo (it is not a local path), and Hub references need "
+            f"hf_ckptkd.hub.load_hub_teacher, which is not available ({e}). Download the teacher and pass its "
+            "folder instead, or install a version of hf-ckptkd with Hub support.") from e
+    return load_hub_teacher(reference)
+
+
+def _describe_module(model: nn.Module) -> str:
+    inner = unwrap(model)
+    if isinstance(inner, TimmForImageClassification):
+        return f"<timm:{inner.model.pretrained_cfg.get('architecture', type(inner.model).__name__)}>"
+    config = getattr(inner, "config", None)
+    if config is not None and getattr(config, "model_type", None):
+        return f"<transformers:{type(inner).__name__}({config.model_type})>"
+    return f"<{type(inner).__name__}>"
+
+
+# --- architecture signatures -------------------------------------------------------------
+
+_CONFIG_KEYS_IGNORED = {"id2label", "label2id", "_name_or_path", "transformers_version", "torch_dtype", "dtype",
+                        "architectures", "num_labels", "finetuning_task"}
+
+
+def architecture_signature(model: nn.Module) -> tuple:
+    """What must be equal for two models to run as one vmapped forward.
+
+    The class, the module tree with its hyperparameters (`repr`, e.g. activation, eps, stride),
+    every parameter and buffer name with shape and dtype, and for transformers models the config
+    apart from labels and bookkeeping fields.
+    """
+    inner = unwrap(model)
+    tensors = tuple((name, tuple(t.shape), t.dtype) for name, t in
+                    itertools.chain(inner.named_parameters(), inner.named_buffers()))
+    config = getattr(inner, "config", None)
+    config_sig = None
+    if config is not None and hasattr(config, "to_dict"):
+        config_sig = json.dumps({k: v for k, v in config.to_dict().items() if k not in _CONFIG_KEYS_IGNORED},
+                                sort_keys=True, default=str)
+    return type(inner), repr(inner), tensors, config_sig
+
+
+def _logits_of(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is not None:
+        return logits
+    return output[0]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type != "cpu" and hasattr(torch, "accelerator"):
+        torch.accelerator.synchronize()
+
+
+class _Fused:
+    """Stacked weights and buffers of k same-architecture members and the vmapped forward over them."""
+
+    def __init__(self, members: Sequence[nn.Module], compile: bool):
+        self.params, self.buffers = torch.func.stack_module_state(list(members))
+        first = members[0]
+        memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False) for p in first.parameters()}
+        memo.update({id(b): torch.empty_like(b, device="meta") for b in first.buffers()})
+        self.base = copy.deepcopy(first, memo)  # the module tree without weights: functional_call supplies them
+        base = self.base
+
+        def one(params, buffers, inputs):
+            return _logits_of(torch.func.functional_call(base, (params, buffers), (), inputs))
+
+        self.eager = torch.vmap(one, in_dims=(0, 0, None))
+        self.compiled = torch.compile(self.eager) if compile else None
+        self.compile_error: str | None = None
+
+    def __call__(self, inputs: dict[str, Any]) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(self.params, self.buffers, inputs)
+            except Exception as e:  # e.g. no C++ compiler for inductor on this machine
+                self.compile_error = f"{type(e).__name__}: {e}"
+                self.compiled = None
+                warnings.warn(f"torch.compile of the fused teacher forward failed ({self.compile_error}); running "
+                              "the fused path eagerly", RuntimeWarning, stacklevel=3)
+        return self.eager(self.params, self.buffers, inputs)
+
+
+# --- the ensemble ------------------------------------------------------------------------
+
+class TeacherEnsemble(nn.Module):
+    """Frozen teachers producing one float32 logits tensor per batch.
+
+    Args:
+        members: the teacher models (`TimmForImageClassification` or transformers models; a bare
+            timm model is wrapped). Use `load_teachers` to build them from references.
+        mode: "mean_logits" (weighted mean of the members' logits, the paper's) or "mean_probs"
+            (`T * log(sum_i w_i softmax(z_i / T))`: `softmax(out / T)` is the weighted mean of the
+            members' tempered probabilities).
+        temperature: T of "mean_probs" (the distillation temperature); unused by "mean_logits".
+        weights: one non-negative weight per member (normalised to sum 1); default equal.
+        dtype: the dtype the members run in ("float32", "float16", "bfloat16" or a torch dtype).
+            Floating inputs are cast to it; the output is always float32.
+        fusion: "fused" (one vmapped forward over stacked weights; needs one architecture, else
+            `TeacherFusionError`), "loop" (one member after another) or "auto" (mixed
+            architectures loop; same-architecture members are timed both ways on the first batch
+            and the faster path is kept: `.fusion_used`, `.fusion_times`).
+        compile: `torch.compile` the fused path.
+        references: how each member was named (for messages); default a description of each.
+        device: move the members there.
+        auto_repeats: timed repetitions per path of the "auto" measurement (after one warm-up).
+
+    Call it like the student: `ensemble(**model_inputs(batch))` (labels are ignored). The result
+    is a normal (not inference-mode) float32 tensor that does not require grad.
+    """
+
+    def __init__(self, members: Sequence[nn.Module], *, mode: str = "mean_logits", temperature: float = 4.0,
+                 weights: Sequence[float] | None = None, dtype: str | torch.dtype = "float32", fusion: str = "auto",
+                 compile: bool = False, references: Sequence[str] | None = None,
+                 device: str | torch.device | None = None, auto_repeats: int = 3):
+        super().__init__()
+        members = list(members)
+        if not members:
+            raise TeacherReferenceError("a TeacherEnsemble needs at least one teacher")
+        if references is None:
+            references = [_describe_module(m) for m in members]
+        self.references: list[str] = [str(r) for r in references]
+        if len(self.references) != len(members):
+            raise ValueError(f"{len(self.references)} references for {len(members)} teachers")
+        if mode not in ENSEMBLE_MODES:
+            raise ValueError(f"ensemble mode {mode!r} is not one of {', '.join(map(repr, ENSEMBLE_MODES))}")
+        if fusion not in TEACHER_FUSIONS:
+            raise ValueError(f"teacher fusion {fusion!r} is not one of {', '.join(map(repr, TEACHER_FUSIONS))}")
+        if not temperature > 0:
+            raise ValueError(f"temperature={temperature} must be > 0")
+        self.mode, self.temperature, self.fusion, self.compile = mode, float(temperature), fusion, bool(compile)
+        self.auto_repeats = max(1, int(auto_repeats))
+        self.dtype = _resolve_dtype(dtype)
+        self.weights: list[float] = _normalise_weights(weights, len(members))
+        self.members = nn.ModuleList([_as_member(m, r) for m, r in zip(members, self.references)])
+        for member in self.members:
+            member.eval().requires_grad_(False).to(self.dtype)
+        if device is not None:
+            self.members.to(device)
+        self.register_buffer("_weight_tensor", torch.tensor(self.weights, dtype=torch.float32,
+                                                            device=self.device), persistent=False)
+        self.num_labels, self.label_names = self._agreed_label_space()
+        self.vocab_size = self._agreed_vocab_size()
+
+        self.fusable, self.fusion_reason = self._fusability()
+        self.fusion_used: str | None = None  # "fused" | "loop"; None until "auto" has measured
+        self.fusion_times: dict[str, float] | None = None  # seconds per forward of the measured batch
+        self._fused: _Fused | None = None
+        self._measured_on: torch.device | None = None
+        if fusion == "fused" and not self.fusable:
+            raise TeacherFusionError(f"teacher_fusion='fused' needs teachers of one architecture, but "
+                                     f"{self.fusion_reason}; use teacher_fusion='auto' or 'loop'")
+        if fusion == "loop" or len(self.members) == 1 or not self.fusable:
+            self.fusion_used = "loop"
+            if fusion == "auto" and len(self.members) > 1:
+                logger.info("teacher fusion: auto uses the loop because %s", self.fusion_reason)
+        elif fusion == "fused":
+            self.fusion_used = "fused"
+
+    # -- construction helpers --
+    def _agreed_label_space(self) -> tuple[int, list[str] | None]:
+        counts = [num_labels_of(m) for m in self.members]
+        for i, n in enumerate(counts[1:], 1):
+            if n != counts[0]:
+                raise LabelSpaceError(
+                    f"teacher {self.references[i]!r} predicts {n} labels but teacher {self.references[0]!r} predicts "
+                    f"{counts[0]}; all members of an ensemble must share one label space (use teachers of one run or "
+                    "dataset)")
+        names = [_label_names(m) for m in self.members]
+        named = [(i, n) for i, n in enumerate(names) if n is not None]
+        for i, n in named[1:]:
+            j, first = named[0]
+            if n != first:
+                k = next(p for p, (a, b) in enumerate(zip(first, n)) if a != b)
+                raise LabelSpaceError(
+                    f"teachers {self.references[j]!r} and {self.references[i]!r} name their labels differently "
+                    f"(label {k} is {first[k]!r} for the first and {n[k]!r} for the second; labels "
+                    f"{first} vs {n}); all members of an ensemble must share one label space in one order")
+        return counts[0], (list(named[0][1]) if named else None)
+
+    def _agreed_vocab_size(self) -> int | None:
+        sizes = [(r, _vocab_size(m)) for r, m in zip(self.references, self.members)]
+        texts = [(r, v) for r, v in sizes if v is not None]
+        if texts and len(texts) != len(sizes):
+            image = next(r for r, v in sizes if v is None)
+            raise LabelSpaceError(f"teacher {texts[0][0]!r} is a text model but teacher {image!r} is not; an "
+                                  "ensemble's members must read the same inputs")
+        for r, v in texts[1:]:
+            if v != texts[0][1]:
+                raise LabelSpaceError(f"teacher {r!r} has a vocabulary of {v} tokens but teacher {texts[0][0]!r} has "
+                                      f"{texts[0][1]}; an ensemble's members must share one tokenizer")
+        return texts[0][1] if texts else None
+
+    def _fusability(self) -> tuple[bool, str]:
+        if len(self.members) == 1:
+            return True, "there is one teacher"
+        signatures = [architecture_signature(m) for m in self.members]
+        for i, sig in enumerate(signatures[1:], 1):
+            if sig != signatures[0]:
+                what = "class" if sig[0] is not signatures[0][0] else \
+                    "module structure" if sig[1] != signatures[0][1] else \
+                    "parameter/buffer names, shapes or dtypes" if sig[2] != signatures[0][2] else "config"
+                return False, (f"teacher {self.references[i]!r} ({_describe_module(self.members[i])}) differs from "
+                               f"teacher {self.references[0]!r} ({_describe_module(self.members[0])}) in its {what}")
+        return True, f"all {len(self.members)} teachers share one architecture"
+
+    # -- properties --
+    @property
+    def device(self) -> torch.device:
+        return next(itertools.chain(self.members.parameters(), self.members.buffers())).device
+
+    def train(self, mode: bool = True) -> "TeacherEnsemble":
+        """Teachers are frozen: the ensemble and its members stay in eval mode whatever `mode` says."""
+        return super().train(False)
+
+    def _apply(self, fn, recurse: bool = True):
+        before = self.device
+        result = super()._apply(fn, recurse)
+        self._fused = None  # the stacked weights are rebuilt from the moved members on next use
+        floating = [p.dtype for p in self.members.parameters() if p.is_floating_point()]
+        if floating:
+            self.dtype = floating[0]
+        if self.fusion == "auto" and self.fusable and len(self.members) > 1 and self.device != before:
+            self.fusion_used, self.fusion_times = None, None  # the faster path depends on the device: measure again
+        return result
+
+    # -- forward --
+    def forward(self, **inputs: Any) -> torch.Tensor:
+        inputs = self._prepare(model_inputs(inputs))
+        with torch.inference_mode():
+            if self.fusion_used is None:
+                stacked = self._choose_fusion(inputs)
+            else:
+                stacked = self._run(self.fusion_used, inputs)
+            out = self._combine(stacked.float())
+        return out.clone()  # outside inference mode: a normal tensor the loss may save for backward
+
+    def member_logits(self, **inputs: Any) -> torch.Tensor:
+        """Each member's float32 logits, shape (members, batch, labels), with the current fusion path."""
+        inputs = self._prepare(model_inputs(inputs))
+        with torch.inference_mode():
+            stacked = self._run(self.fusion_used or "loop", inputs).float()
+        return stacked.clone()
+
+    def _prepare(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        device = self.device
+        return {k: (v.to(device=device, dtype=self.dtype if v.is_floating_point() else v.dtype)
+                    if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+
+    def _run(self, path: str, inputs: dict[str, Any]) -> torch.Tensor:
+        if path == "fused":
+            if self._fused is None:
+                self._fused = _Fused(list(self.members), self.compile)
+            return self._fused(inputs)
+        return torch.stack([_logits_of(m(**inputs)) for m in self.members])
+
+    def _combine(self, stacked: torch.Tensor) -> torch.Tensor:
+        w = self._weight_tensor.to(stacked.device)[:, None, None]
+        if self.mode == "mean_logits":
+            return (w * stacked).sum(0)
+        t = self.temperature
+        return t * torch.logsumexp(torch.log_softmax(stacked / t, dim=-1) + torch.log(w), dim=0)
+
+    def _choose_fusion(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """Time the fused and the loop path on this batch (one warm-up, then interleaved repeats); keep the faster."""
+        device = self.device
+        loop_out = self._run("loop", inputs)
+        try:
+            fused_out = self._run("fused", inputs)  # warm-up (and compilation)
+        except Exception as e:  # an architecture whose forward does not vmap
+            self._fused = None
+            self.fusion_used, self.fusion_times = "loop", None
+            warnings.warn(f"teacher fusion: the fused forward failed on this model ({type(e).__name__}: {e}); "
+                          "using the loop over the teachers", RuntimeWarning, stacklevel=3)
+            return loop_out
+        scale = 1.0 + loop_out.float().abs().max().item()
+        error = (fused_out.float() - loop_out.float()).abs().max().item()
+        if not error <= _FUSION_CHECK_TOL * scale:
+            self._fused = None
+            self.fusion_used, self.fusion_times = "loop", None
+            warnings.warn(f"teacher fusion: the fused forward disagrees with the loop (max difference {error:.3g}); "
+                          "using the loop over the teachers", RuntimeWarning, stacklevel=3)
+            return loop_out
+        times: dict[str, list[float]] = {"fused": [], "loop": []}
+        for _ in range(self.auto_repeats):
+            for path in ("fused", "loop"):
+                _sync(device)
+                start = time.perf_counter()
+                self._run(path, inputs)
+                _sync(device)
+                times[path].append(time.perf_counter() - start)
+        self.fusion_times = {path: min(ts) for path, ts in times.items()}
+        self.fusion_used = "fused" if self.fusion_times["fused"] < self.fusion_times["loop"] else "loop"
+        self._measured_on = device
+        if self.fusion_used == "loop":
+            self._fused = None  # free the stacked copy of the weights
+        batch = next((v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim()), "?")
+        logger.info("teacher fusion: auto chose %r on %s for %d teachers (per batch of %s: fused %.4f s%s, loop %.4f s)",
+                    self.fusion_used, device, len(self.members), batch, self.fusion_times["fused"],
+                    " compiled" if self.compile else "", self.fusion_times["loop"])
+        return fused_out if self.fusion_used == "fused" else loop_out
+
+    def extra_repr(self) -> str:
+        return (f"mode={self.mode!r}, temperature={self.temperature}, weights={self.weights}, dtype={self.dtype}, "
+                f"fusion={self.fusion!r}, fusion_used={self.fusion_used!r}, references={self.references}")
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"teacher dtype {dtype} is not one of {', '.join(DTYPES)}")
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"teacher dtype {dtype!r} is not one of {', '.join(map(repr, DTYPES))}")
+    return DTYPES[dtype]
+
+
+def _normalise_weights(weights: Sequence[float] | None, k: int) -> list[float]:
+    if weights is None:
+        return [1.0 / k] * k
+    weights = [float(w) for w in weights]
+    if len(weights) != k:
+        raise ValueError(f"{len(weights)} teacher weights for {k} teachers; give one weight per teacher")
+    if any(not (w >= 0) or w == float("inf") for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"teacher weights {weights} must be finite, non-negative and have a positive sum")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def _label_names(model: nn.Module) -> list[str] | None:
+    """`models.label_names_of`, with the placeholder names "0", "1", ... (what `build_model` gives a
+    transformers model built without names) read as no names."""
+    names = label_names_of(model)
+    return None if names is None or names == [str(i) for i in range(len(names))] else names
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    """The input vocabulary size of a text model; None for image models."""
+    inner = unwrap(model)
+    if isinstance(inner, TimmForImageClassification) or model_family(inner) != TRANSFORMERS:
+        return None
+    config = inner.config
+    if _is_image_config(config):
+        return None
+    return getattr(config, "vocab_size", None)
+
+
+# --- public helpers -------------------------------------------------------------------------
+
+def load_teachers(refs: str | Path | nn.Module | Sequence[str | Path | nn.Module], *,
+                  device: str | torch.device | None = None, dtype: str | torch.dtype = "float32",
+                  mode: str = "mean_logits", temperature: float = 4.0, weights: Sequence[float] | None = None,
+                  fusion: str = "auto", compile: bool = False) -> TeacherEnsemble:
+    """A frozen `TeacherEnsemble` from teacher references (see `load_teacher` for the accepted forms)."""
+    if isinstance(refs, (str, Path, nn.Module)):
+        refs = [refs]
+    refs = list(refs)
+    if not refs:
+        raise TeacherReferenceError(f"no teacher references given; a teacher reference is {REFERENCE_FORMS}")
+    members = [load_teacher(ref) for ref in refs]
+    references = [_describe_module(r) if isinstance(r, nn.Module) else str(r) for r in refs]
+    return TeacherEnsemble(members, mode=mode, temperature=temperature, weights=weights, dtype=dtype, fusion=fusion,
+                           compile=compile, references=references, device=device)
+
+
+def check_finite(logits: torch.Tensor, batch_index: int, *, references: Sequence[str] | None = None) -> None:
+    """Raise `TeacherOutputError` if the teacher logits hold NaN or inf (one device sync per call)."""
+    finite = torch.isfinite(logits)
+    if bool(finite.all()):
+        return
+    n_nan = int(torch.isnan(logits).sum())
+    n_inf = int(logits.numel() - finite.sum().item() - n_nan)
+    who = f" (teachers: {', '.join(references)})" if references else ""
+    raise TeacherOutputError(
+        f"teacher logits contain NaN/inf at batch {batch_index}{who}; {n_nan} NaN and {n_inf} inf of {logits.numel()} "
+        "values. A teacher snapshot from a diverged run, or a float16 overflow, gives this: check the teachers on a "
+        "few examples, drop a bad snapshot from the ensemble, or use teacher_dtype='float32' (or 'bfloat16').")
+
+
+def check_label_space(ensemble: TeacherEnsemble | nn.Module, student: nn.Module, *,
+                      student_label_names: Sequence[str] | None = None, teacher_tokenizer=None,
+                      student_tokenizer=None) -> None:
+    """Raise `LabelSpaceError` unless teachers and student agree on what they predict and read.
+
+    Checked: the number of labels; the label names in order when both sides carry names
+    (`student_label_names` overrides the names the student was built with); for text models the
+    tokenizer vocabulary (`get_vocab()` of the two tokenizers when both are given, else the
+    models' `config.vocab_size`); and that both read the same kind of input (text or images).
+    """
+    if isinstance(ensemble, TeacherEnsemble):
+        references, n_t, t_names, t_vocab_size = (ensemble.references, ensemble.num_labels, ensemble.label_names,
+                                                  ensemble.vocab_size)
+    else:  # one bare teacher model: read it without freezing or moving it
+        references, n_t = [_describe_module(ensemble)], num_labels_of(ensemble)
+        t_names, t_vocab_size = _label_names(ensemble), _vocab_size(ensemble)
+    teachers = f"the teachers ({', '.join(references)})"
+    student_desc = f"the student ({_describe_module(student)})"
+    n_s = num_labels_of(student)
+    if n_t != n_s:
+        raise LabelSpaceError(
+            f"{teachers} predict {n_t} labels but {student_desc} predicts {n_s}; build the student "
+            f"with num_labels={n_t} (the teachers' label space) or distil from teachers trained on "
+            "the student's dataset")
+    s_names = list(student_label_names) if student_label_names is not None else _label_names(student)
+    if s_names is not None and t_names is not None and list(s_names) != list(t_names):
+        k = next((i for i, (a, b) in enumerate(zip(t_names, s_names)) if a != b), min(len(t_names), len(s_names)))
+        t_k = t_names[k] if k < len(t_names) else None
+        s_k = s_names[k] if k < len(s_names) else None
+        raise LabelSpaceError(
+            f"{teachers} and {student_desc} name their labels differently: label {k} is {t_k!r} for the teachers "
+            f"and {s_k!r} for the student (teachers: {list(t_names)}; student: {list(s_names)}). Build the student "
+            "with the teachers' label names in the same order (label_names=...), or map the dataset's labels to them")
+    s_vocab = _vocab_size(student)
+    if (t_vocab_size is None) != (s_vocab is None):
+        kinds = ("text", "image") if s_vocab is None else ("image", "text")
+        raise LabelSpaceError(f"{teachers} are {kinds[0]} models but {student_desc} is a {kinds[1]} model; teachers "
+                              "and student must read the same inputs")
+    if teacher_tokenizer is not None and student_tokenizer is not None:
+        t_vocab, s_vocab_map = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+        if t_vocab != s_vocab_map:
+            differ = sorted(tok for tok in set(t_vocab) | set(s_vocab_map) if t_vocab.get(tok) != s_vocab_map.get(tok))
+            examples = ", ".join(f"{tok!r}: {t_vocab.get(tok)} vs {s_vocab_map.get(tok)}" for tok in differ[:3])
+            raise LabelSpaceError(
+                f"the teachers' tokenizer ({len(t_vocab)} tokens) and the student's ({len(s_vocab_map)} tokens) differ "
+                f"in {len(differ)} tokens (e.g. {examples}); the student must use the teachers' tokenizer, since both "
+                "read the same input_ids")
+    elif s_vocab is not None and t_vocab_size != s_vocab:
+        raise LabelSpaceError(
+            f"{teachers} have a vocabulary of {t_vocab_size} tokens but {student_desc} has {s_vocab}; both read "
+            f"the same input_ids, so build the student with the teachers' tokenizer (vocab_size={t_vocab_size})")
+
+
+__all__ = ["TeacherEnsemble", "load_teachers", "load_teacher", "parse_hub_reference", "is_hub_reference",
+           "check_finite", "check_label_space", "architecture_signature", "TeacherReferenceError",
+           "TeacherFusionError", "LabelSpaceError", "TeacherOutputError", "REFERENCE_FORMS"]
