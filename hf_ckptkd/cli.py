@@ -67,7 +67,6 @@ def _parse(dataclass_types, argv: list[str], prog: str):
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(dataclass_types, prog=prog)
-    parser.add_argument("--debug", action="store_true", help="Show tracebacks.")
     try:
         *parsed, rest = parser.parse_args_into_dataclasses(_config_file_args(argv), return_remaining_strings=True)
     except SystemExit as e:  # argparse already printed the message
@@ -126,7 +125,9 @@ def _train(argv: list[str], prog: str, distill: bool) -> int:
     trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
                                   data_collator=image_collator, compute_metrics=compute_metrics, label_names=names)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    metrics = trainer.evaluate()
+    # Reuse the evaluation the run already made at its last step instead of evaluating twice.
+    last = trainer.state.log_history[-2] if len(trainer.state.log_history) > 1 else {}
+    metrics = last if last.get("step") == trainer.state.global_step and "eval_accuracy" in last else trainer.evaluate()
     if trainer.is_world_process_zero():
         print(f"{data_args.eval_split} accuracy: {metrics['eval_accuracy']:.4f}")
         if config.snapshot_strategy != "no":

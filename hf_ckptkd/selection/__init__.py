@@ -19,6 +19,7 @@ from .estimators import (
     EmptyProbeError,
     InformationEstimator,
     MutualInformation,
+    NonFiniteError,
     Renyi2Estimator,
     SelectionError,
     ShapeMismatchError,
@@ -46,7 +47,7 @@ from .report import SelectionReport, SnapshotScore
 __all__ = [
     "BinningEstimator", "Candidate", "ClassCountMismatchError", "DEFAULT_ESTIMATOR", "DEFAULT_KAPPA",
     "DegenerateProbeError", "ESTIMATORS", "EmptyProbeError", "InformationEstimator", "MinMax", "MutualInformation",
-    "OBJECTIVES", "Renyi2Estimator", "SelectionError", "SelectionReport", "ShapeMismatchError",
+    "NonFiniteError", "OBJECTIVES", "Renyi2Estimator", "SelectionError", "SelectionReport", "ShapeMismatchError",
     "SingleClassProbeError", "SnapshotScore", "TooManyTeachersError", "UnknownEstimatorError",
     "UnknownObjectiveError", "build_estimator", "choose_members", "gaussian_gram", "label_gram",
     "median_pairwise_distance", "objective_value", "renyi2_entropy", "renyi2_mutual_information",

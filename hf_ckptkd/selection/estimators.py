@@ -107,6 +107,10 @@ class UnknownObjectiveError(SelectionError):
     """The requested selection objective does not exist."""
 
 
+class NonFiniteError(SelectionError):
+    """Inputs, features or outputs hold NaN or infinite values (e.g. a diverged snapshot)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # The estimator's functional core (dense, for small matrices and for checking by hand).
 
@@ -223,8 +227,7 @@ class _GaussianKernel:
         self.gamma = 0.0 if width <= 0 else 1.0 / (2.0 * width * width)
 
     def sq_dists(self, a: int, b: int) -> Tensor:
-        d2 = self.sq[a:b, None] + self.sq[None, :] - 2.0 * (self.z[a:b] @ self.z.T)
-        d2.clamp_(min=0.0)
+        d2 = torch.addmm(self.sq[a:b, None], self.z[a:b], self.z.T, alpha=-2.0).add_(self.sq[None, :]).clamp_(min=0.0)
         r = torch.arange(b - a, device=d2.device)
         d2[r, r + a] = 0.0
         return d2
@@ -304,22 +307,35 @@ def _check_rows(t: Tensor, n: int, what: str) -> Tensor:
         raise ShapeMismatchError(
             f"{what} has shape {shape} but the probe set has {n} examples; extract it on exactly the "
             "probe inputs, in the same order")
-    return t.reshape(n, -1)
+    t = t.reshape(n, -1)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise NonFiniteError(f"{what} hold NaN or infinite values; a snapshot that diverged cannot be scored, so "
+                             "leave it out of the candidates")
+    return t
 
 
-def _feature_matrix(features: FeatureInput, n: int, *, device, dtype, max_pairs: int, seed: int) -> Tensor:
+def _feature_matrix(features: FeatureInput, n: int, *, device, dtype, max_pairs: int, seed: int,
+                    scales: dict | None = None) -> Tensor:
     """One feature matrix, or the concatenation of several, each divided by its own median distance.
 
     A single tensor is returned as is (flattened); for a list (an ensemble) every member is put on
     the same scale first (median pairwise distance 1), so each member weighs equally in the
-    concatenation and a one-member list gives the same values as the member alone.
+    concatenation and a one-member list gives the same values as the member alone. `scales`, if
+    given, caches each member's median by tensor identity across calls (the greedy and exhaustive
+    searches score the same members many times).
     """
     if isinstance(features, Tensor):
         return _check_rows(features, n, "features").to(device=device, dtype=dtype)
     parts = []
     for m, f in enumerate(features):
         z = _check_rows(f, n, f"features of ensemble member {m}").to(device=device, dtype=dtype)
-        med = median_pairwise_distance(z, max_pairs=max_pairs, seed=seed)
+        cached = scales.get(id(f)) if scales is not None else None
+        if cached is not None and cached[0] is f:
+            med = cached[1]
+        else:
+            med = median_pairwise_distance(z, max_pairs=max_pairs, seed=seed)
+            if scales is not None:
+                scales[id(f)] = (f, med)  # holding `f` keeps its id from being reused
         parts.append(z / med if med > 0 else torch.zeros_like(z))
     if not parts:
         raise ValueError("an ensemble needs at least one member's features")
@@ -330,9 +346,13 @@ def _check_probs(probs: Tensor, n: int, num_classes: int | None, device, dtype) 
     p = _check_rows(probs, n, "output probabilities")
     if num_classes is not None and p.shape[1] != num_classes:
         raise ClassCountMismatchError(
-            f"the outputs have {p.shape[1]} classes but the probe labels reach class {num_classes - 1}; "
+            f"the outputs have {p.shape[1]} classes but the snapshots have {num_classes}; "
             "select snapshots of a model trained on the probe set's label space")
-    return p.to(device=device, dtype=dtype)
+    p = p.to(device=device, dtype=dtype)
+    if bool((p < 0).any()) or not torch.allclose(p.sum(dim=1), torch.ones((), dtype=dtype, device=p.device), atol=1e-3):
+        raise ShapeMismatchError("output probabilities must be non-negative with rows summing to 1; pass "
+                                 "softmax(logits / T) (e.g. `output_embedding(logits, T)`), not logits")
+    return p
 
 
 def _resolve_device(inputs: Tensor, device) -> torch.device:
@@ -411,6 +431,7 @@ class Renyi2Estimator:
         if output_width <= 0:
             raise ValueError(f"output_width must be positive, got {output_width}")
         x, y = check_probe(inputs, labels)
+        x = _check_rows(x, y.numel(), "probe inputs")
         self.device = _resolve_device(inputs, device)
         self.dtype = dtype
         self.kappa, self.output_width = float(kappa), float(output_width)
@@ -418,6 +439,7 @@ class Renyi2Estimator:
         self.n = n = y.numel()
         self.num_classes = _num_classes(y, num_classes)
         self._block = _block_rows(n, chunk_size)
+        self._member_scales: dict = {}
 
         y = y.cpu()
         self._order = torch.argsort(y, stable=True).to(self.device)  # examples sorted by label
@@ -473,11 +495,8 @@ class Renyi2Estimator:
     def _same_label_sum(self, k2: Tensor, a: int) -> float:
         """sum_ij (K∘K_Y)^2 over rows a:a+len(k2) = the sum of `k2` over same-label (i, j)."""
         b = a + k2.shape[0]
-        total = 0.0
-        for lo, hi in self._class_ranges:
-            if lo < b and hi > a:
-                total += float(k2[max(lo, a) - a:min(hi, b) - a, lo:hi].sum())
-        return total
+        parts = [k2[max(lo, a) - a:min(hi, b) - a, lo:hi].sum() for lo, hi in self._class_ranges if lo < b and hi > a]
+        return float(torch.stack(parts).sum(dtype=torch.float64))  # one device sync per block, not per class
 
     def features(self, features: FeatureInput) -> MutualInformation:
         """Î(X;F) = I(X;F)/S2(K_X) and Î(Y;F) = I(Y;F)/S2(Y), width kappa × median distance of F.
@@ -486,7 +505,7 @@ class Renyi2Estimator:
         each by its own median pairwise distance (see `_feature_matrix`).
         """
         z = _feature_matrix(features, self.n, device=self.device, dtype=self.dtype,
-                            max_pairs=self.max_pairs, seed=self.seed)
+                            max_pairs=self.max_pairs, seed=self.seed, scales=self._member_scales)
         kernel = self._relative_kernel(self._sorted(z))
         s_f = s_xf = s_yf = 0.0
         for a, b in self._blocks():

@@ -45,7 +45,9 @@ from .estimators import (
     ESTIMATORS,
     ClassCountMismatchError,
     MutualInformation,
+    NonFiniteError,
     SelectionError,
+    ShapeMismatchError,
     TooManyTeachersError,
     UnknownEstimatorError,
     UnknownObjectiveError,
@@ -211,6 +213,9 @@ def select_from_candidates(
         labels: the probe labels, N integer class indices.
         k: how many teachers; 1 <= k <= number of non-initial candidates.
         objective: "outputs" (J on Î(X;P), Î(Y;P); default) or "features" (J on Î(X;F), Î(Y;F)).
+            An ensemble (k > 1) is scored on the mean of its members' probabilities ("outputs") or
+            on the concatenation of its members' features, each scaled to unit median pairwise
+            distance ("features").
         temperature: the distillation temperature T at which outputs are softened.
         beta: weight of the input term in J.
         kappa: feature/input kernel width as a fraction of the median pairwise distance.
@@ -227,9 +232,9 @@ def select_from_candidates(
     Returns:
         a `SelectionReport` (`.selected` in rank order, `.scores` in the candidates' order).
 
-    Raises (all `ValueError` subclasses): `EmptyProbeError`, `SingleClassProbeError`,
-    `ClassCountMismatchError`, `TooManyTeachersError`, `ShapeMismatchError`, `UnknownEstimatorError`,
-    `UnknownObjectiveError`, `SelectionError`.
+    Raises (all subclasses of `SelectionError`, a `ValueError`): `EmptyProbeError`,
+    `SingleClassProbeError`, `ClassCountMismatchError`, `TooManyTeachersError`, `ShapeMismatchError`,
+    `NonFiniteError`, `DegenerateProbeError`, `UnknownEstimatorError`, `UnknownObjectiveError`.
     """
     if objective not in OBJECTIVES:
         raise UnknownObjectiveError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
@@ -263,10 +268,15 @@ def select_from_candidates(
         from tqdm.auto import tqdm
         iterator = tqdm(candidates, desc="scoring snapshots", unit="snapshot")
     for c in iterator:
-        p = output_embedding(c.logits.to(device), temperature)
+        try:
+            p = output_embedding(c.logits.to(device), temperature)
+            outs.append(est.outputs(p))
+            feats.append(est.features(c.features))
+        except NonFiniteError as e:
+            raise NonFiniteError(f"snapshot {c.name!r}: {e}") from None
+        except ShapeMismatchError as e:
+            raise ShapeMismatchError(f"snapshot {c.name!r}: {e}") from None
         probs.append(p)
-        outs.append(est.outputs(p))
-        feats.append(est.features(c.features))
         accuracy.append(float((c.logits.argmax(dim=1).cpu() == y_cpu).float().mean()))
 
     infos = outs if objective == "outputs" else feats

@@ -117,8 +117,13 @@ class SelectionReport:
                     f"β={self.beta:g}) among {n_candidates} snapshots ({values}; next best "
                     f"{order[1].name if len(order) > 1 else 'none'}).")
         return (f"{name} is member {s.rank} of {self.k} of the snapshot ensemble chosen ({self.search} search over "
-                f"{n_candidates} snapshots) to maximise {what} of the members' mean probabilities "
+                f"{n_candidates} snapshots) to maximise {what}, scored on {self._ensemble_representation()} "
                 f"(ensemble J={self.ensemble.get('j', float('nan')):.3f}; {values}).")
+
+    def _ensemble_representation(self) -> str:
+        if self.objective == "features":
+            return "the members' concatenated features (each scaled to unit median pairwise distance)"
+        return "the mean of the members' probabilities"
 
     # -- serialisation ---------------------------------------------------------------------------
 
@@ -152,7 +157,7 @@ class SelectionReport:
             f"{self.search} search",
         ]
         if self.k > 1 and self.ensemble:
-            lines.append(f"- ensemble (mean of the members' {'probabilities' if self.objective == 'outputs' else 'features'}): "
+            lines.append(f"- the ensemble, scored as a whole on {self._ensemble_representation()}: "
                          f"Î(X;·) = {self.ensemble['i_x']:.4f}, Î(Y;·) = {self.ensemble['i_y']:.4f}, "
                          f"J = {self.ensemble['j']:.4f}")
         lines += [

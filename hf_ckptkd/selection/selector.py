@@ -1,0 +1,438 @@
+"""`select_teachers`: score the snapshots of a run on a probe set and choose the teachers.
+
+The probe set is a fixed, seeded, label-stratified sample of the (training) dataset, turned into
+tensors once with the deterministic evaluation transform and shared by every snapshot. Each
+snapshot is loaded (weight hashes verified), put in `eval()` mode (so BatchNorm uses its running
+statistics and the scores are reproducible) and run once over the probe under
+`torch.inference_mode()`, giving its penultimate features and logits (`forward_with_features`).
+Those become `Candidate`s for `select_from_candidates`, which estimates the information terms and
+makes the choice (see `objective` for J and the search). Snapshots at global step 0 are the
+initialisation: scored and reported, never chosen.
+
+The estimator computes every term, the task terms Î(Y;·) included, on one probe set (the kernels
+of inputs, labels, features and outputs are over the same examples), so a `held_out_probe` cannot
+feed the task terms; when given it is used for each snapshot's held-out accuracy
+(`SnapshotScore.metadata["held_out_accuracy"]`), which the report shows beside the probe accuracy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import (
+    DataError,
+    ImageColumns,
+    ImageTransformConfig,
+    _as_pil,
+    build_image_transform,
+    check_image_columns,
+)
+from ..models import TimmForImageClassification, forward_with_features, label_names_of, num_labels_of, unwrap
+from ..snapshots import Snapshot, SnapshotIndex
+from .estimators import (
+    DEFAULT_ESTIMATOR,
+    ESTIMATORS,
+    ClassCountMismatchError,
+    EmptyProbeError,
+    SelectionError,
+    SingleClassProbeError,
+    TooManyTeachersError,
+    UnknownEstimatorError,
+    UnknownObjectiveError,
+)
+from .objective import DEFAULT_OBJECTIVE, DEFAULT_TEMPERATURE, OBJECTIVES, Candidate, select_from_candidates
+from .report import SelectionReport
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PROBE_SAMPLES = 2000
+DEFAULT_BATCH_SIZE = 256
+
+Transform = Callable[[Any], torch.Tensor]
+
+
+class LabelSpaceMismatchError(SelectionError):
+    """Snapshots (or the probe set) that do not share one label space: different label names."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The probe set
+
+
+def stratified_probe_indices(labels: Sequence[int], size: int | None, seed: int) -> list[int]:
+    """Indices of a seeded sample of `size` examples with every class in proportion (sorted).
+
+    Each class gets its share of `size` by largest remainder, at least one example per class when
+    `size` allows; within a class the examples are a seeded random draw. `size=None` or a size at
+    least the dataset's keeps every example. The same labels, size and seed give the same indices.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if size is None or size >= n:
+        return list(range(n))
+    if size <= 0:
+        return []
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * size / n
+    take = np.floor(quota).astype(int)
+    if size >= len(classes):
+        take = np.maximum(take, 1)
+    # Hand out what is left by largest remainder (ties to the larger class, then the lower label),
+    # or take back the excess the minimum of one per class caused from the classes over their quota.
+    order = sorted(range(len(classes)), key=lambda c: (-(quota[c] - take[c]), -counts[c], c))
+    i = 0
+    while take.sum() < size:
+        c = order[i % len(order)]
+        if take[c] < counts[c]:
+            take[c] += 1
+        i += 1
+    while take.sum() > size:
+        c = max(range(len(classes)), key=lambda c: (take[c] - quota[c], take[c]))
+        take[c] -= 1
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for c, t in zip(classes, take):
+        members = np.flatnonzero(labels == c)
+        chosen += rng.choice(members, size=int(t), replace=False).tolist()
+    return sorted(chosen)
+
+
+def _labels_of(dataset, column: str) -> list[int]:
+    values = dataset[column]
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        bad = next(v for v in values if not isinstance(v, (int, np.integer)) or isinstance(v, bool))
+        raise DataError(f"the label column {column!r} must hold integer class indices, found {bad!r}; cast it to a "
+                        "ClassLabel (dataset.class_encode_column) first")
+    return [int(v) for v in values]
+
+
+def _dataset_label_names(dataset, column: str) -> list[str] | None:
+    feature = getattr(dataset, "features", {}).get(column) if hasattr(dataset, "features") else None
+    names = getattr(feature, "names", None)
+    return list(names) if names else None
+
+
+def draw_probe(dataset, size: int | None, seed: int, transform: Transform,
+               columns: ImageColumns) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The probe set as tensors: (inputs N × C × H × W, labels N, dataset indices)."""
+    check_image_columns(dataset, columns)
+    labels = _labels_of(dataset, columns.label)
+    indices = stratified_probe_indices(labels, size, seed)
+    if not indices:
+        raise EmptyProbeError(
+            f"the probe set is empty (the dataset has {len(labels)} examples, max_probe_samples={size}); pass a "
+            "dataset with examples of at least two classes and max_probe_samples > 0 (e.g. 2000)")
+    probe_labels = torch.tensor([labels[i] for i in indices], dtype=torch.long)
+    classes = torch.unique(probe_labels)
+    if classes.numel() < 2:
+        raise SingleClassProbeError(
+            f"the probe set holds a single class (label {int(classes[0])}), so the label terms Î(Y;·) are undefined; "
+            "draw the probe from a dataset with at least two classes (the training split of the teachers' dataset)")
+    images = dataset.select(indices)[columns.image] if hasattr(dataset, "select") else [dataset[i][columns.image]
+                                                                                        for i in indices]
+    inputs = torch.stack([transform(_as_pil(im)) for im in images])
+    return inputs, probe_labels, indices
+
+
+def probe_transform_config(model: nn.Module, snapshot_path: str | Path | None = None,
+                           default: ImageTransformConfig | None = None) -> ImageTransformConfig:
+    """The evaluation transform a model expects: what it records of its input, `default` for the rest.
+
+    timm models record `pretrained_cfg` input_size (channels, height, width), mean and std (a mean
+    or std whose length is not the number of channels is ignored); transformers vision configs
+    record `num_channels` and `image_size`, and a `preprocessor_config.json` in the snapshot folder,
+    if any, `image_mean` and `image_std`. Augmentation is off (the eval transform never uses it).
+    """
+    config = replace(default or ImageTransformConfig(), crop_padding=0, hflip=False)
+    inner = unwrap(model)
+    if isinstance(inner, TimmForImageClassification):
+        cfg = getattr(inner.model, "pretrained_cfg", None) or {}
+        input_size = cfg.get("input_size")
+        if input_size and len(input_size) == 3:
+            config.in_chans, config.image_size = int(input_size[0]), int(input_size[-1])
+        mean, std = cfg.get("mean"), cfg.get("std")
+    else:
+        cfg = getattr(inner, "config", None)
+        if getattr(cfg, "num_channels", None):
+            config.in_chans = int(cfg.num_channels)
+        size = getattr(cfg, "image_size", None)
+        if size:
+            config.image_size = int(size[-1] if isinstance(size, (list, tuple)) else size)
+        mean = std = None
+        processor = Path(snapshot_path) / "preprocessor_config.json" if snapshot_path is not None else None
+        if processor is not None and processor.is_file():
+            import json
+
+            values = json.loads(processor.read_text())
+            mean, std = values.get("image_mean"), values.get("image_std")
+    if mean is not None and std is not None and len(mean) == config.in_chans and len(std) == config.in_chans:
+        config.mean, config.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    elif len(config.mean) != config.in_chans:
+        config.mean, config.std = (config.mean[0],) * config.in_chans, (config.std[0],) * config.in_chans
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots
+
+
+def _as_snapshots(snapshots) -> tuple[list[Snapshot], str | None]:
+    if isinstance(snapshots, (str, os.PathLike)):
+        snapshots = SnapshotIndex.load(snapshots)
+    if isinstance(snapshots, SnapshotIndex):
+        return list(snapshots), str(snapshots.snapshot_dir)
+    if isinstance(snapshots, Snapshot):
+        snapshots = [snapshots]
+    snapshots = list(snapshots) if isinstance(snapshots, Iterable) else snapshots
+    if not isinstance(snapshots, list) or not all(isinstance(s, Snapshot) for s in snapshots):
+        raise TypeError("snapshots must be a SnapshotIndex, a snapshot dir path or a list of Snapshot objects")
+    parents = {str(s.path.parent) for s in snapshots}
+    return snapshots, (parents.pop() if len(parents) == 1 else None)
+
+
+def _label_names(model: nn.Module) -> list[str] | None:
+    """The model's label names; the placeholders "0", "1", ... count as none."""
+    names = label_names_of(model)
+    return None if names is None or names == [str(i) for i in range(len(names))] else list(names)
+
+
+def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
+    k = next((i for i, (u, v) in enumerate(zip(a, b)) if u != v), min(len(a), len(b)))
+    return f"label {k} is {a[k] if k < len(a) else None!r} vs {b[k] if k < len(b) else None!r}"
+
+
+class _LabelSpace:
+    """The label space every snapshot must share: the first snapshot's, checked against the probe."""
+
+    def __init__(self, probe_names: list[str] | None, probe_classes: int):
+        self.probe_names, self.probe_classes = probe_names, probe_classes
+        self.first: tuple[str, int, list[str] | None] | None = None
+
+    def check(self, name: str, model: nn.Module) -> None:
+        n, names = num_labels_of(model), _label_names(model)
+        if self.first is None:
+            if self.probe_classes > n:
+                raise ClassCountMismatchError(
+                    f"the probe set has labels up to {self.probe_classes - 1} but snapshot {name!r} predicts {n} "
+                    "classes; draw the probe from the dataset the teacher was trained on")
+            if names is not None and self.probe_names is not None and names != self.probe_names:
+                raise LabelSpaceMismatchError(
+                    f"snapshot {name!r} and the probe dataset name their labels differently "
+                    f"({_first_difference(names, self.probe_names)}); draw the probe from the dataset the teacher "
+                    "was trained on")
+            self.first = (name, n, names)
+            return
+        first, n0, names0 = self.first
+        if n != n0:
+            raise ClassCountMismatchError(
+                f"snapshot {name!r} has {n} classes but {first!r} has {n0}; every snapshot must share one label "
+                "space, so select among the snapshots of one run (or of runs on the same dataset)")
+        if names is not None and names0 is not None and names != names0:
+            raise LabelSpaceMismatchError(
+                f"snapshots {first!r} and {name!r} name their labels differently ({_first_difference(names0, names)}); "
+                "every snapshot must share one label space, so select among the snapshots of one run (or of runs on "
+                "the same dataset)")
+
+
+def default_device() -> torch.device:
+    """The accelerator if there is one (CUDA, then XPU), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return torch.device("xpu")
+    return torch.device("cpu")
+
+
+@torch.inference_mode()
+def _run(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device,
+         bar=None) -> tuple[torch.Tensor, torch.Tensor]:
+    features, logits = [], []
+    for start in range(0, inputs.shape[0], batch_size):
+        batch = inputs[start:start + batch_size].to(device, non_blocking=True)
+        f, z = forward_with_features(model, {"pixel_values": batch})
+        features.append(f.float())
+        logits.append(z.float())
+        if bar is not None:
+            bar.update(1)
+    return torch.cat(features), torch.cat(logits)
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point
+
+
+def select_teachers(
+    snapshots: SnapshotIndex | str | os.PathLike | Sequence[Snapshot],
+    probe_dataset,
+    k: int = 1,
+    temperature: float = DEFAULT_TEMPERATURE,
+    objective: str = DEFAULT_OBJECTIVE,
+    estimator: str = DEFAULT_ESTIMATOR,
+    max_probe_samples: int | None = DEFAULT_MAX_PROBE_SAMPLES,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device | None = None,
+    label_column: str = "label",
+    image_column: str = "image",
+    transform: ImageTransformConfig | Transform | None = None,
+    held_out_probe=None,
+    progress: bool = True,
+    default_transform: ImageTransformConfig | None = None,
+    **options: Any,
+) -> SelectionReport:
+    """Score every snapshot of a teacher run on a probe set and choose `k` teachers.
+
+    Args:
+        snapshots: a `SnapshotIndex`, a snapshot dir (or a run's output dir holding `snapshots/`),
+            or a list of `Snapshot`s, in training order. Snapshots at global step 0 are the
+            initialisation: scored, never chosen.
+        probe_dataset: a `datasets.Dataset` with raw images and integer labels (e.g.
+            `load_fashion_mnist("train")`), normally the teachers' training data.
+        k: how many teachers (1 <= k <= number of non-initial snapshots).
+        temperature: the distillation temperature T at which the outputs are softened.
+        objective: "outputs" (J on Î(X;P), Î(Y;P), default) or "features" (J on Î(X;F), Î(Y;F)).
+        estimator: "renyi2" (default) or "binning".
+        max_probe_samples: probe size: a label-stratified sample seeded by `seed` (None: all).
+        seed: seeds the probe draw and the estimator.
+        batch_size: probe examples per forward pass.
+        device: where models run and the estimator computes; default the accelerator, if any.
+        label_column, image_column: the dataset's columns.
+        transform: an `ImageTransformConfig` (its evaluation transform is used) or a callable
+            PIL image → tensor; default derived from the first snapshot's model (see
+            `probe_transform_config`), with `default_transform` for what the model does not record
+            (transformers models record channels and size, not the normalisation; the library's
+            default is the Fashion-MNIST mean and std).
+        held_out_probe: an optional dataset like `probe_dataset` (e.g. the test split), drawn the
+            same way; each snapshot's accuracy on it goes into `metadata["held_out_accuracy"]`.
+            It does not enter J: the estimator computes every term on one probe set.
+        progress: tqdm bars over the snapshots and their batches.
+        **options: passed to `select_from_candidates` (beta, kappa, chunk_size, exhaustive_limit,
+            dtype, estimator_options).
+
+    Returns:
+        the `SelectionReport`, with `snapshot_dir` set (when the snapshots share one folder) and
+        `extra` holding the probe's description and the time taken.
+
+    Raises:
+        `SelectionError` subclasses (a `ValueError`) for a bad request: `TooManyTeachersError`,
+        `EmptyProbeError`, `SingleClassProbeError`, `ClassCountMismatchError`,
+        `LabelSpaceMismatchError`, `UnknownObjectiveError`, `UnknownEstimatorError`;
+        `SnapshotError` for a missing or altered snapshot; `DataError` for a dataset without the
+        named columns.
+    """
+    started = time.perf_counter()
+    if objective not in OBJECTIVES:
+        raise UnknownObjectiveError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if estimator not in ESTIMATORS:
+        raise UnknownEstimatorError(f"unknown estimator {estimator!r}; choose one of {', '.join(sorted(ESTIMATORS))}")
+    if not temperature > 0:
+        raise SelectionError(f"the temperature must be positive, got {temperature}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise SelectionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    snapshot_list, snapshot_dir = _as_snapshots(snapshots)
+    if not snapshot_list:
+        raise SelectionError("there are no snapshots to select from; train with snapshot_strategy='epoch' (or "
+                             "'steps') so that the run keeps snapshots")
+    n_init = sum(s.global_step == 0 for s in snapshot_list)
+    n_candidates = len(snapshot_list) - n_init
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_candidates:
+        note = f" ({n_init} initialisation snapshot excluded)" if n_init else ""
+        raise TooManyTeachersError(
+            f"k={k!r} teachers requested but there are {n_candidates} candidate snapshots{note}; use "
+            f"1 <= k <= {n_candidates}, or keep more snapshots (e.g. a smaller snapshot_every)")
+    device = torch.device(device) if device is not None else default_device()
+    columns = ImageColumns(image=image_column, label=label_column)
+    check_image_columns(probe_dataset, columns)
+    labels_all = _labels_of(probe_dataset, label_column)
+    probe_classes = max(labels_all) + 1 if labels_all else 0
+
+    # The first snapshot's model fixes the transform and the label space.
+    first_model = snapshot_list[0].load_model(verify=True)
+    if transform is None:
+        transform_config = probe_transform_config(first_model, snapshot_list[0].path, default_transform)
+        transform_fn: Transform = build_image_transform(transform_config, train=False)
+    elif isinstance(transform, ImageTransformConfig):
+        transform_config = transform
+        transform_fn = build_image_transform(transform, train=False)
+    else:
+        transform_config, transform_fn = None, transform
+
+    t0 = time.perf_counter()
+    inputs, labels, indices = draw_probe(probe_dataset, max_probe_samples, seed, transform_fn, columns)
+    held_out = None
+    if held_out_probe is not None:
+        h_inputs, h_labels, _ = draw_probe(held_out_probe, max_probe_samples, seed, transform_fn, columns)
+        held_out = (h_inputs, h_labels.to(device))
+    probe_s = time.perf_counter() - t0
+
+    space = _LabelSpace(_dataset_label_names(probe_dataset, label_column), probe_classes)
+    candidates: list[Candidate] = []
+    n_batches = -(-inputs.shape[0] // batch_size) + (-(-held_out[0].shape[0] // batch_size) if held_out else 0)
+    outer = snapshot_list
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        outer = tqdm(snapshot_list, desc="snapshots", unit="snapshot")
+        bar = tqdm(total=n_batches, desc="probe batches", unit="batch", leave=False)
+    t0 = time.perf_counter()
+    try:
+        for i, snapshot in enumerate(outer):
+            model = first_model if i == 0 else snapshot.load_model(verify=True)
+            first_model = None
+            space.check(snapshot.name, model)
+            model.to(device).eval()
+            if bar is not None:
+                bar.reset(total=n_batches)
+                bar.set_description(snapshot.name)
+            features, logits = _run(model, inputs, batch_size, device, bar)
+            metadata: dict[str, Any] = {"final": bool(snapshot.final)}
+            if snapshot.accuracy is not None:
+                metadata["eval_accuracy"] = float(snapshot.accuracy)
+            if held_out is not None:
+                _, h_logits = _run(model, held_out[0], batch_size, device, bar)
+                metadata["held_out_accuracy"] = float((h_logits.argmax(dim=1) == held_out[1]).float().mean())
+            del model
+            candidates.append(Candidate(
+                name=snapshot.name, features=features, logits=logits, epoch=float(snapshot.epoch),
+                step=int(snapshot.global_step), init=snapshot.global_step == 0, path=str(snapshot.path),
+                metadata=metadata))
+    finally:
+        if bar is not None:
+            bar.close()
+    forward_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    report = select_from_candidates(
+        candidates, inputs.to(device), labels.to(device), k=k, objective=objective, temperature=temperature,
+        estimator=estimator, seed=seed, device=device, progress=progress, **options)
+    scoring_s = time.perf_counter() - t0
+
+    report.snapshot_dir = snapshot_dir
+    counts = torch.bincount(labels).tolist()
+    report.extra.update({
+        "probe": {
+            "size": int(labels.numel()), "seed": int(seed), "max_probe_samples": max_probe_samples,
+            "source_size": len(labels_all), "class_counts": counts, "label_column": label_column,
+            "image_column": image_column, "held_out_size": int(held_out[1].numel()) if held_out else None,
+            "transform": asdict(transform_config) if transform_config is not None else repr(transform_fn),
+        },
+        "device": str(device),
+        "timing_s": {"probe": round(probe_s, 3), "forward": round(forward_s, 3), "scoring": round(scoring_s, 3),
+                     "total": round(time.perf_counter() - started, 3)},
+    })
+    return report
+
+
+__all__ = ["LabelSpaceMismatchError", "draw_probe", "probe_transform_config", "select_teachers",
+           "stratified_probe_indices"]
