@@ -148,6 +148,66 @@ def cmd_snapshots(args) -> int:
     return 0
 
 
+def _select_parser() -> argparse.ArgumentParser:
+    from .selection import ESTIMATORS, OBJECTIVES
+    from .selection.selector import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PROBE_SAMPLES
+
+    parser = argparse.ArgumentParser(
+        prog="hf-ckptkd select",
+        description="Score every snapshot of a teacher run on a probe set drawn from the training data and "
+                    "choose the teacher(s) with the most task-related information.")
+    parser.add_argument("snapshot_dir", help="A run's snapshot folder (or its output_dir holding snapshots/).")
+    parser.add_argument("--dataset", required=True,
+                        help="'fashion_mnist' (built in) or a datasets id/path: the teachers' training data.")
+    parser.add_argument("--split", default="train", help="Split the probe set is drawn from (default: train).")
+    parser.add_argument("--max_probe_samples", type=int, default=DEFAULT_MAX_PROBE_SAMPLES,
+                        help="Probe set size: a label-stratified sample seeded by --seed.")
+    parser.add_argument("--k", type=int, default=1, help="How many teachers to choose.")
+    parser.add_argument("--estimator", default="renyi2", choices=sorted(ESTIMATORS), help="Information estimator.")
+    parser.add_argument("--objective", default="outputs", choices=list(OBJECTIVES),
+                        help="J on the softened outputs (default) or on the penultimate features.")
+    parser.add_argument("--temperature", type=float, default=4.0, help="Distillation temperature T.")
+    parser.add_argument("--output", default=None, help="Report folder (default: <snapshot_dir>/../selection).")
+    parser.add_argument("--seed", type=int, default=0, help="Seeds the probe draw and the estimator.")
+    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="Probe examples per forward pass.")
+    parser.add_argument("--held_out_split", default=None,
+                        help="Also report each snapshot's accuracy on this split (e.g. test); it does not enter J.")
+    parser.add_argument("--image_column", default="image", help="The dataset's image column.")
+    parser.add_argument("--label_column", default="label", help="The dataset's label column.")
+    parser.add_argument("--disable_tqdm", action="store_true", help="No progress bars.")
+    return parser
+
+
+def cmd_select(args) -> int:
+    import time
+
+    from .data import ImageTransformConfig, load_image_dataset
+    from .selection.selector import select_teachers
+    from .snapshots import SnapshotIndex
+
+    started = time.perf_counter()
+    index = SnapshotIndex.load(args.snapshot_dir)
+    probe = load_image_dataset(args.dataset, args.split)
+    held_out = load_image_dataset(args.dataset, args.held_out_split) if args.held_out_split else None
+    # What a model does not record of its input normalisation follows the training command's convention.
+    default_transform = None if args.dataset == "fashion_mnist" else ImageTransformConfig(mean=(0.5,), std=(0.5,))
+    report = select_teachers(
+        index, probe, k=args.k, temperature=args.temperature, objective=args.objective, estimator=args.estimator,
+        max_probe_samples=args.max_probe_samples, seed=args.seed, batch_size=args.batch_size,
+        label_column=args.label_column, image_column=args.image_column, held_out_probe=held_out,
+        default_transform=default_transform, progress=not args.disable_tqdm)
+    report.extra["dataset"] = {"name": args.dataset, "split": args.split, "held_out_split": args.held_out_split}
+    output = Path(args.output) if args.output else index.snapshot_dir.parent / "selection"
+    report.save(output)
+    print(report.to_markdown())
+    for name in report.selected:
+        print(report.explain(name))
+    print(f"chosen: {', '.join(report.selected)}")
+    print(f"report: {output} (selection.json, table.md, information_plane.png); "
+          f"took {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def _bad_input_errors() -> tuple[type[Exception], ...]:
     from .data import DataError
     from .models import ModelSpecError
@@ -157,6 +217,9 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     from . import teachers
 
     errors += [teachers.TeacherReferenceError, teachers.LabelSpaceError]
+    from .selection import SelectionError
+
+    errors.append(SelectionError)
     return tuple(errors)
 
 
@@ -167,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         "train-teacher": lambda rest: _train(rest, "hf-ckptkd train-teacher", distill=False),
         "distill": lambda rest: _train(rest, "hf-ckptkd distill", distill=True),
         "snapshots": lambda rest: cmd_snapshots(_simple_parser("snapshots").parse_args(rest)),
+        "run": lambda rest: cmd_run(_run_parser().parse_args(rest)),
+        "select": lambda rest: cmd_select(_select_parser().parse_args(rest)),
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: hf-ckptkd {" + ",".join(commands) + "} ...", file=sys.stderr if argv else sys.stdout)
@@ -184,6 +249,31 @@ def main(argv: list[str] | None = None) -> int:
         bad_input = isinstance(e, _bad_input_errors())
         print(f"hf-ckptkd {argv[0]}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT if bad_input else EXIT_FAILURE
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    from .recipe import PIPELINE_STAGES
+
+    parser = argparse.ArgumentParser(prog="hf-ckptkd run", description="Run a recipe end to end (resumable).")
+    parser.add_argument("recipe", help="A recipe YAML file (see recipes/).")
+    parser.add_argument("--output_dir", "--output", default=None, help="Run directory (default runs/<recipe name>).")
+    parser.add_argument("--seeds", type=int, default=None, help="Student seeds per cell (overrides the recipe).")
+    parser.add_argument("--stages", nargs="+", default=None, metavar="STAGE",
+                        help=f"Stages to run, from {', '.join(PIPELINE_STAGES)} (default all).")
+    parser.add_argument("--oracle", action="store_true", default=None, help="Also distil from every snapshot.")
+    parser.add_argument("--push_to_hub", "--push-to-hub", default=None, metavar="REPO_PREFIX",
+                        help="Publish the chosen teachers to <REPO_PREFIX>-k1 / -k2 after the report.")
+    return parser
+
+
+def cmd_run(args) -> int:
+    from .pipeline import run
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    output_dir = args.output_dir or f"runs/{recipe.name}"
+    run(recipe, output_dir, stages=args.stages, seeds=args.seeds, oracle=args.oracle, push_to_hub=args.push_to_hub)
+    return 0
 
 
 def _simple_parser(command: str) -> argparse.ArgumentParser:

@@ -1,0 +1,359 @@
+"""Run a recipe end to end: teachers with snapshots → selection → students → report.
+
+Every stage writes its outputs under the run directory and is skipped when they are complete, so
+an interrupted run continues where it stopped (a teacher run also resumes from its last
+checkpoint). Under `accelerate launch` every process runs the same stages; training is
+data-parallel through `Trainer`, and only the main process selects, writes results and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+
+from .config import CheckpointKDConfig, ConfigError
+from .recipe import PIPELINE_STAGES, Recipe
+from .snapshots import SnapshotIndex
+
+logger = logging.getLogger(__name__)
+
+RECIPE_RECORD = "recipe.json"
+RESULT_NAME = "result.json"
+
+
+@dataclass
+class RunData:
+    """The run's splits: training (minus validation), validation (carved from training), test."""
+
+    train: Any
+    validation: Any
+    test: Any
+    label_names: list[str]
+    transform: Any
+    columns: Any
+
+
+@dataclass(frozen=True)
+class StudentCell:
+    """One row of the results table: how the student is taught."""
+
+    name: str
+    teachers: tuple[str, ...]  # teacher references; empty = no KD
+    description: str
+
+
+def _say(state: PartialState, message: str) -> None:
+    if state.is_main_process:
+        print(message, flush=True)
+
+
+def check_run_dir(recipe: Recipe, output_dir: Path) -> None:
+    """Refuse to mix two recipes' outputs in one run directory."""
+    record = output_dir / RECIPE_RECORD
+    if record.is_file():
+        previous = json.loads(record.read_text())
+        if previous.get("fingerprint") != recipe.fingerprint:
+            raise ConfigError(
+                f"{output_dir} holds a run of a different recipe ({previous.get('source')}, fingerprint "
+                f"{previous.get('fingerprint')}; this one is {recipe.fingerprint}). Use another --output_dir, or delete "
+                f"{output_dir} to start fresh.")
+
+
+def _write_recipe_record(recipe: Recipe, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RECIPE_RECORD).write_text(json.dumps({"fingerprint": recipe.fingerprint, "source": recipe.source,
+                                                        "recipe": recipe.to_dict()}, indent=2, default=str))
+
+
+def load_run_data(recipe: Recipe) -> RunData:
+    from . import data
+
+    columns = data.ImageColumns(recipe.image_column, recipe.label_column)
+    full = data.load_image_dataset(recipe.dataset, recipe.train_split)
+    names = data.label_names(full, columns)
+    # The validation split is carved from the whole training split with a fixed seed, so it is the
+    # same whatever train_samples says; the training subset is then taken from the rest.
+    rest, validation = data.stratified_split(full, recipe.validation_samples, seed=0, label_column=recipe.label_column)
+    if recipe.train_samples is not None:
+        if recipe.train_samples > len(rest):
+            raise ConfigError(f"train_samples={recipe.train_samples} but only {len(rest)} training examples remain after "
+                              f"carving {recipe.validation_samples} for validation")
+        rest = rest.select(range(recipe.train_samples))
+    test = data.load_image_dataset(recipe.dataset, recipe.test_split, recipe.test_samples)
+    mean = tuple(recipe.mean) if recipe.mean else (data.FASHION_MNIST_MEAN if recipe.dataset == "fashion_mnist" else (0.5,) * recipe.in_chans)
+    std = tuple(recipe.std) if recipe.std else (data.FASHION_MNIST_STD if recipe.dataset == "fashion_mnist" else (0.5,) * recipe.in_chans)
+    transform = data.ImageTransformConfig(image_size=recipe.image_size, in_chans=recipe.in_chans, mean=mean, std=std,
+                                          crop_padding=recipe.crop_padding, hflip=recipe.hflip)
+    return RunData(rest, validation, test, names, transform, columns)
+
+
+def _datasets(run: RunData):
+    from . import data
+
+    train = data.with_image_transform(run.train, data.build_image_transform(run.transform, train=True), run.columns)
+    evaluation = data.build_image_transform(run.transform, train=False)
+    return (train, data.with_image_transform(run.validation, evaluation, run.columns),
+            data.with_image_transform(run.test, evaluation, run.columns))
+
+
+def _config(section_training: dict[str, Any], output_dir: Path, seed: int, **fixed) -> CheckpointKDConfig:
+    values = {"report_to": "none", "disable_tqdm": True, "logging_steps": 50, "save_strategy": "no",
+              **section_training, **fixed}
+    values.update(output_dir=str(output_dir), seed=seed, data_seed=seed, remove_unused_columns=False)
+    return CheckpointKDConfig(**values)
+
+
+def _build(section, run: RunData):
+    from .models import build_model
+
+    return build_model(section.model, len(run.label_names), label_names=run.label_names, in_chans=run.transform.in_chans,
+                       image_size=run.transform.image_size, mean=run.transform.mean, std=run.transform.std,
+                       model_kwargs=section.model_kwargs)
+
+
+# --- stage 1: teachers ------------------------------------------------------------------------
+def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: PartialState) -> list[SnapshotIndex]:
+    from .data import image_collator
+    from .metrics import compute_metrics
+    from .trainer import CheckpointKDTrainer
+
+    train, validation, _ = _datasets(run)
+    indexes = []
+    for i in range(recipe.full_ensemble):
+        teacher_dir = output_dir / "teachers" / f"teacher-{i}"
+        if _finished_teacher(teacher_dir):
+            _say(state, f"  teacher-{i}: done, skipped")
+        else:
+            start = time.time()
+            training = {"snapshot_strategy": "epoch", "eval_strategy": "epoch", **recipe.teacher.training}
+            # Checkpoints make an interrupted teacher resumable; one is enough.
+            training.setdefault("save_strategy", "epoch")
+            training.setdefault("save_total_limit", 1)
+            config = _config(training, teacher_dir, seed=i)
+            trainer = CheckpointKDTrainer(model=_build(recipe.teacher, run), args=config, train_dataset=train,
+                                          eval_dataset=validation, data_collator=image_collator,
+                                          compute_metrics=compute_metrics)
+            resume = any(teacher_dir.glob("checkpoint-*"))
+            trainer.train(resume_from_checkpoint=True if resume else None)
+            state.wait_for_everyone()
+            if state.is_main_process:  # checkpoints only served resumption
+                for checkpoint in teacher_dir.glob("checkpoint-*"):
+                    shutil.rmtree(checkpoint, ignore_errors=True)
+            _say(state, f"  teacher-{i}: trained in {time.time() - start:.0f}s"
+                        f"{' (resumed)' if resume else ''}, final validation accuracy "
+                        f"{SnapshotIndex.load(teacher_dir).final.accuracy}")
+        indexes.append(SnapshotIndex.load(teacher_dir))
+    return indexes
+
+
+def _finished_teacher(teacher_dir: Path) -> bool:
+    try:
+        return SnapshotIndex.load(teacher_dir).final is not None
+    except Exception:  # no index yet, or no final snapshot: not finished
+        return False
+
+
+# --- stage 2: selection -----------------------------------------------------------------------
+def select(recipe: Recipe, run: RunData, output_dir: Path, index: SnapshotIndex, state: PartialState) -> dict[int, Any]:
+    from .selection import SelectionReport, select_teachers
+
+    reports = {}
+    for k in sorted({1, recipe.ensemble_k}):
+        folder = output_dir / "selection" / f"k{k}"
+        if not (folder / "selection.json").is_file() and state.is_main_process:
+            start = time.time()
+            options = dict(recipe.selection)
+            report = select_teachers(index, run.validation, k=k, image_column=recipe.image_column,
+                                     label_column=recipe.label_column, progress=False, **options)
+            report.save(folder)
+            _say(state, f"  k={k}: selected {', '.join(report.selected)} in {time.time() - start:.0f}s")
+        state.wait_for_everyone()
+        reports[k] = SelectionReport.load(folder)
+    return reports
+
+
+# --- stage 3: students ------------------------------------------------------------------------
+def student_cells(recipe: Recipe, indexes: list[SnapshotIndex], reports: dict[int, Any]) -> list[StudentCell]:
+    index = indexes[0]
+    final = index.final
+    halfway = min((s for s in index if not s.final), key=lambda s: abs(s.global_step - final.global_step / 2),
+                  default=final)
+    cells = [StudentCell("no_kd", (), "no teacher"),
+             StudentCell("final", (final.reference,), f"final teacher ({final.name})"),
+             StudentCell("halfway", (halfway.reference,), f"halfway snapshot ({halfway.name})")]
+    selected = reports[1].selected[0]
+    cells.append(StudentCell("selected", (index[selected].reference,), f"MI-selected snapshot ({selected})"))
+    if recipe.ensemble_k > 1:
+        members = reports[recipe.ensemble_k].selected
+        cells.append(StudentCell(f"selected_ensemble", tuple(index[m].reference for m in members),
+                                 f"MI-selected {len(members)}-snapshot ensemble ({', '.join(members)})"))
+    if len(indexes) > 1:
+        cells.append(StudentCell("full_ensemble", tuple(ix.final.reference for ix in indexes),
+                                 f"{len(indexes)} independently trained final teachers"))
+    if recipe.oracle:
+        cells += [StudentCell(f"snapshot:{s.name}", (s.reference,), f"snapshot {s.name}") for s in index]
+    return cells
+
+
+def _run_slug(teachers: tuple[str, ...], output_dir: Path) -> str:
+    if not teachers:
+        return "no_kd"
+    parts = []
+    for ref in teachers:
+        folder, _, name = ref.rpartition(":")
+        parts.append(f"{Path(folder).parent.name}-{name}")
+    return "+".join(parts)
+
+
+def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[StudentCell], seeds: int,
+                   state: PartialState) -> dict[str, list[dict]]:
+    """Train each distinct (teachers, seed) once; cells that share teachers share the run."""
+    from .data import image_collator
+    from .metrics import compute_metrics
+    from .trainer import CheckpointKDTrainer
+
+    train, validation, test = _datasets(run)
+    results: dict[str, list[dict]] = {}
+    runs = sorted({(c.teachers, s) for c in cells for s in range(seeds)}, key=lambda r: (len(r[0]), r[0], r[1]))
+    for n, (teachers, seed) in enumerate(runs, 1):
+        run_dir = output_dir / "students" / _run_slug(teachers, output_dir) / f"seed-{seed}"
+        if not (run_dir / RESULT_NAME).is_file():
+            start = time.time()
+            config = _config(recipe.student.training, run_dir, seed=seed, teachers=list(teachers) or None)
+            trainer = CheckpointKDTrainer(model=_build(recipe.student, run), args=config, train_dataset=train,
+                                          data_collator=image_collator, compute_metrics=compute_metrics,
+                                          label_names=run.label_names)
+            trainer.train()
+            val = trainer.evaluate(validation, metric_key_prefix="validation")
+            tst = trainer.evaluate(test, metric_key_prefix="test")
+            if state.is_main_process:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / RESULT_NAME).write_text(json.dumps({
+                    "teachers": list(teachers), "seed": seed, "validation_accuracy": val["validation_accuracy"],
+                    "test_accuracy": tst["test_accuracy"], "seconds": round(time.time() - start, 1)}, indent=2))
+            state.wait_for_everyone()
+            _say(state, f"  student {n}/{len(runs)} [{_run_slug(teachers, output_dir)}, seed {seed}]: test accuracy "
+                        f"{tst['test_accuracy']:.4f} ({time.time() - start:.0f}s)")
+        result = json.loads((run_dir / RESULT_NAME).read_text())
+        for cell in cells:
+            if cell.teachers == teachers:
+                results.setdefault(cell.name, []).append(result)
+    return results
+
+
+def teacher_test_accuracy(run: RunData, snapshots, output_dir: Path) -> dict[str, float]:
+    """Test accuracy of each snapshot used as a teacher (cached in teachers/test_accuracy.json)."""
+    from .data import image_collator
+    from .metrics import load_metric
+
+    cache_path = output_dir / "teachers" / "test_accuracy.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    _, _, test = _datasets(run)
+    accuracy = load_metric("accuracy")
+    device = PartialState().device
+    for snapshot in snapshots:
+        if snapshot.reference in cache:
+            continue
+        model = snapshot.load_model(device=device).eval()
+        predictions, references = [], []
+        with torch.inference_mode():
+            for start in range(0, len(test), 512):
+                batch = image_collator([test[i] for i in range(start, min(start + 512, len(test)))])
+                predictions += model(pixel_values=batch["pixel_values"].to(device)).logits.argmax(-1).tolist()
+                references += batch["labels"].tolist()
+        cache[snapshot.reference] = accuracy.compute(predictions=predictions, references=references)["accuracy"]
+        cache_path.write_text(json.dumps(cache, indent=2))
+    return cache
+
+
+# --- the whole run ----------------------------------------------------------------------------
+def run(recipe: Recipe, output_dir: str | Path, *, stages: list[str] | None = None, seeds: int | None = None,
+        oracle: bool | None = None, push_to_hub: str | None = None) -> dict[str, Any] | None:
+    """Run the recipe's stages under `output_dir`; returns the results (None if the report stage did not run)."""
+    from .results import write_report
+
+    stages = list(stages or PIPELINE_STAGES)
+    unknown = [s for s in stages if s not in PIPELINE_STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; the stages are {', '.join(PIPELINE_STAGES)}")
+    if seeds is not None:
+        recipe.seeds = seeds
+    if oracle is not None:
+        recipe.oracle = oracle
+    output_dir = Path(output_dir)
+    state = PartialState()
+    check_run_dir(recipe, output_dir)
+    if state.is_main_process:
+        _write_recipe_record(recipe, output_dir)
+    state.wait_for_everyone()
+    started = time.time()
+    run_data = load_run_data(recipe)
+    _say(state, f"[{recipe.name}] {len(run_data.train)} training, {len(run_data.validation)} validation, "
+                f"{len(run_data.test)} test examples; run directory {output_dir}")
+
+    def stage(name: str) -> bool:
+        selected = name in stages
+        _say(state, f"stage {name}{'' if selected else ': not requested, using existing outputs'}")
+        return selected
+
+    indexes = train_teachers(recipe, run_data, output_dir, state) if stage("teachers") else \
+        [SnapshotIndex.load(output_dir / "teachers" / f"teacher-{i}") for i in range(recipe.full_ensemble)]
+    reports = select(recipe, run_data, output_dir, indexes[0], state) if stage("select") else _load_reports(recipe, output_dir)
+    cells = student_cells(recipe, indexes, reports)
+    results = train_students(recipe, run_data, output_dir, cells, recipe.seeds, state) if stage("students") else None
+    summary = None
+    if stage("report") and state.is_main_process:
+        if results is None:
+            results = _load_student_results(output_dir, cells, recipe.seeds)
+        used = {ref for c in cells for ref in c.teachers}
+        snapshots = [s for ix in indexes for s in ix if s.reference in used or ix is indexes[0]]
+        teacher_acc = teacher_test_accuracy(run_data, snapshots, output_dir)
+        summary = write_report(recipe, output_dir, cells, results, indexes, reports, teacher_acc)
+        print(summary["table"], flush=True)
+        if push_to_hub:
+            from .hub import push_teachers_to_hub
+
+            for k, report in reports.items():
+                pushed = push_teachers_to_hub(report, f"{push_to_hub}-k{k}")
+                _say(state, f"  pushed k={k}: {pushed}")
+    _say(state, f"total time {time.time() - started:.0f}s")
+    return summary
+
+
+def _load_reports(recipe: Recipe, output_dir: Path) -> dict[int, Any]:
+    from .selection import SelectionReport
+
+    reports = {}
+    for k in sorted({1, recipe.ensemble_k}):
+        folder = output_dir / "selection" / f"k{k}"
+        if not (folder / "selection.json").is_file():
+            raise ConfigError(f"{folder} has no selection yet; run the 'select' stage first")
+        reports[k] = SelectionReport.load(folder)
+    return reports
+
+
+def _load_student_results(output_dir: Path, cells: list[StudentCell], seeds: int) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {}
+    for cell in cells:
+        for seed in range(seeds):
+            path = output_dir / "students" / _run_slug(cell.teachers, output_dir) / f"seed-{seed}" / RESULT_NAME
+            if path.is_file():
+                results.setdefault(cell.name, []).append(json.loads(path.read_text()))
+    return results
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, std

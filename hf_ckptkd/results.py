@@ -1,0 +1,107 @@
+"""The pipeline's report: results.json, results.md and the student-vs-teacher-epoch plot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .pipeline import StudentCell, mean_std  # noqa: E402
+
+
+def _pp(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def write_report(recipe, output_dir: Path, cells: list[StudentCell], results: dict[str, list[dict]], indexes,
+                 reports: dict[int, Any], teacher_acc: dict[str, float]) -> dict[str, Any]:
+    index = indexes[0]
+    by_ref = {s.reference: s for ix in indexes for s in ix}
+    rows = []
+    for cell in cells:
+        runs = results.get(cell.name, [])
+        test_mean, test_std = mean_std([r["test_accuracy"] for r in runs])
+        val_mean, _ = mean_std([r["validation_accuracy"] for r in runs])
+        members = [teacher_acc.get(ref) for ref in cell.teachers]
+        teacher = sum(members) / len(members) if members and None not in members else None
+        epochs = [by_ref[ref].epoch for ref in cell.teachers if ref in by_ref]
+        rows.append({"cell": cell.name, "description": cell.description, "teachers": list(cell.teachers),
+                     "teacher_epochs": epochs, "teacher_test_accuracy": teacher, "seeds": len(runs),
+                     "student_test_accuracy": test_mean, "student_test_std": test_std,
+                     "student_validation_accuracy": val_mean})
+    final = next(r for r in rows if r["cell"] == "final")
+    for row in rows:
+        row["gain_vs_final_pp"] = 100 * (row["student_test_accuracy"] - final["student_test_accuracy"])
+    summary: dict[str, Any] = {"recipe": recipe.source, "name": recipe.name, "rows": rows,
+                               "selected": {k: r.selected for k, r in reports.items()},
+                               "objective": reports[1].objective}
+    snapshot_rows = [r for r in rows if r["cell"].startswith("snapshot:")]
+    if snapshot_rows:
+        oracle = max(snapshot_rows, key=lambda r: r["student_test_accuracy"])
+        selected = next(r for r in rows if r["cell"] == "selected")
+        summary["oracle"] = {"cell": oracle["cell"], "student_test_accuracy": oracle["student_test_accuracy"],
+                             "regret_pp": 100 * (oracle["student_test_accuracy"] - selected["student_test_accuracy"])}
+    summary["table"] = _table(rows, summary)
+    (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    (output_dir / "results.md").write_text(f"# Results: {recipe.name}\n\nRecipe: `{recipe.source}`; student test accuracy "
+                                           f"(%) as mean ± std over seeds.\n\n{summary['table']}\n")
+    selection_plot = output_dir / "selection" / "k1" / "information_plane.png"
+    if selection_plot.is_file():
+        shutil.copy(selection_plot, output_dir / "information_plane.png")
+    plot_student_vs_teacher_epoch(rows, index, teacher_acc, output_dir / "student_vs_teacher_epoch.png",
+                                  selected=reports[1].selected[0])
+    return summary
+
+
+def _table(rows: list[dict], summary: dict) -> str:
+    lines = ["| how the student is taught | teacher epoch(s) | teacher test acc | student test acc | vs final (pp) | seeds |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        teacher = _pp(r["teacher_test_accuracy"]) if r["teacher_test_accuracy"] is not None else "–"
+        epochs = ", ".join(f"{e:g}" for e in r["teacher_epochs"]) or "–"
+        lines.append(f"| {r['description']} | {epochs} | {teacher} | {_pp(r['student_test_accuracy'])} ± "
+                     f"{_pp(r['student_test_std'])} | {r['gain_vs_final_pp']:+.2f} | {r['seeds']} |")
+    if "oracle" in summary:
+        o = summary["oracle"]
+        lines.append(f"\nOracle (best snapshot as teacher, by test accuracy): {o['cell']} at "
+                     f"{_pp(o['student_test_accuracy'])}; selector regret {o['regret_pp']:.2f} pp.")
+    return "\n".join(lines)
+
+
+def plot_student_vs_teacher_epoch(rows: list[dict], index, teacher_acc: dict[str, float], path: Path,
+                                  selected: str) -> None:
+    """Student accuracy when taught by each snapshot, with that snapshot's own accuracy beside it."""
+    points = {}
+    for r in rows:
+        if len(r["teachers"]) == 1 and r["teacher_epochs"]:
+            points[r["teacher_epochs"][0]] = (r["student_test_accuracy"], r["student_test_std"], r["teachers"][0])
+    epochs = sorted(points)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.errorbar(epochs, [100 * points[e][0] for e in epochs], yerr=[100 * points[e][1] for e in epochs], marker="o",
+                color="tab:blue", capsize=3, label="student taught by the snapshot")
+    no_kd = next((r for r in rows if r["cell"] == "no_kd"), None)
+    if no_kd:
+        ax.axhline(100 * no_kd["student_test_accuracy"], color="tab:gray", ls="--", label="student without KD")
+    sel = next((s for s in index if s.name == selected), None)
+    if sel is not None and sel.epoch in points:
+        ax.plot([sel.epoch], [100 * points[sel.epoch][0]], "o", ms=14, mfc="none", mec="tab:red", mew=2,
+                label=f"MI-selected ({selected})")
+    ax.set_xlabel("teacher snapshot epoch")
+    ax.set_ylabel("student test accuracy (%)", color="tab:blue")
+    twin = ax.twinx()
+    t_epochs = [s.epoch for s in index if s.reference in teacher_acc]
+    twin.plot(t_epochs, [100 * teacher_acc[s.reference] for s in index if s.reference in teacher_acc], "s-",
+              color="tab:orange", alpha=0.7, label="snapshot's own test accuracy")
+    twin.set_ylabel("teacher test accuracy (%)", color="tab:orange")
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=8)
+    ax.set_title("Which snapshot teaches best?")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
