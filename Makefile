@@ -25,12 +25,9 @@ data:
 	  else echo "dataset-fashion-mnist is not installed and apt-get needs root; the Hub copy will be used"; fi; \
 	fi
 
+# The whole method on the offline default; resumable: a second run skips finished stages.
 demo: setup
-	$(BIN)/hf-ckptkd train-teacher --model timm:resnet18 --dataset fashion_mnist --max_train_samples 10000 \
-	  --output_dir runs/demo/teacher --num_train_epochs 3 --learning_rate 2e-3 \
-	  --per_device_train_batch_size 128 --per_device_eval_batch_size 512 --weight_decay 0.05 \
-	  --eval_strategy epoch --save_strategy no --snapshot_strategy epoch --report_to none --disable_tqdm true --logging_steps 20
-	$(BIN)/hf-ckptkd snapshots runs/demo/teacher/snapshots
+	$(BIN)/hf-ckptkd run recipes/fashion_mnist.yaml --output_dir runs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q

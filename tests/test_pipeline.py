@@ -1,0 +1,117 @@
+"""The recipe pipeline: a tiny recipe end to end, resumption, two processes, and bad recipes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_ckptkd.cli import main
+from hf_ckptkd.config import ConfigError
+from hf_ckptkd.pipeline import run
+from hf_ckptkd.recipe import load_recipe, recipe_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "recipes" / "tiny.yaml"
+
+
+def _tiny(**changes):
+    values = yaml.safe_load(TINY.read_text())
+    values.update(changes)
+    return recipe_from_dict(values, source="tiny")
+
+
+@pytest.mark.slow
+def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    # Interrupted after the first stage: only the teachers exist.
+    run(_tiny(), out, stages=["teachers"])
+    assert (out / "teachers" / "teacher-0" / "snapshots" / "index.json").is_file()
+    assert not (out / "selection").exists()
+    capsys.readouterr()
+    summary = run(_tiny(), out, oracle=True)
+    printed = capsys.readouterr().out
+    assert "teacher-0: done, skipped" in printed and "teacher-1: done, skipped" in printed
+    cells = [r["cell"] for r in summary["rows"]]
+    assert cells[:6] == ["no_kd", "final", "halfway", "selected", "selected_ensemble", "full_ensemble"]
+    assert [c for c in cells if c.startswith("snapshot:")] == ["snapshot:epoch-0001", "snapshot:epoch-0002",
+                                                               "snapshot:epoch-0003"]
+    for row in summary["rows"]:
+        assert 0.0 <= row["student_test_accuracy"] <= 1.0 and row["seeds"] == 1
+    final = next(r for r in summary["rows"] if r["cell"] == "final")
+    same_teacher = next(r for r in summary["rows"] if r["cell"] == "snapshot:epoch-0003")
+    assert final["student_test_accuracy"] == same_teacher["student_test_accuracy"], "one run serves both cells"
+    oracle = max(r["student_test_accuracy"] for r in summary["rows"] if r["cell"].startswith("snapshot:"))
+    assert summary["oracle"]["student_test_accuracy"] == oracle
+    for name in ("results.md", "results.json", "student_vs_teacher_epoch.png", "information_plane.png"):
+        assert (out / name).is_file(), name
+    assert "| how the student is taught |" in (out / "results.md").read_text()
+    # Everything is complete: a third run trains nothing and reports the same numbers.
+    again = run(_tiny(), out, oracle=True)
+    printed = capsys.readouterr().out
+    assert "student 1/" not in printed
+    assert [r["student_test_accuracy"] for r in again["rows"]] == [r["student_test_accuracy"] for r in summary["rows"]]
+    # More seeds add runs without redoing the old ones.
+    run(_tiny(), out, stages=["students"], seeds=2)
+    assert "seed 1" in capsys.readouterr().out
+    assert (out / "students" / "no_kd" / "seed-1" / "result.json").is_file()
+
+
+def test_run_dir_of_another_recipe_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.json").write_text(json.dumps({"fingerprint": "0123", "source": "other.yaml"}))
+    with pytest.raises(ConfigError, match=r"holds a run of a different recipe \(other.yaml.*delete .* to start fresh"):
+        run(_tiny(), out)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"train_sampels": 100}, r"unknown key 'train_sampels'; did you mean 'train_samples'\?"),
+    ({"seeds": "three"}, r"seeds='three' has the wrong type"),
+    ({"teacher": {"model": "timm:test_resnet", "num_train_epoch": 2}},
+     r"teacher: unknown key 'num_train_epoch'; did you mean 'num_train_epochs'\?"),
+    ({"student": {"model": "timm:test_resnet", "learning_rate": "fast"}}, r"student: learning_rate='fast' has the wrong type"),
+    ({"selection": {"objectiv": "features"}}, r"unknown selection key 'objectiv'; did you mean 'objective'\?"),
+    ({"student": {"num_train_epochs": 1}}, r"student must be a mapping with at least a 'model' key"),
+])
+def test_bad_recipes_name_the_key(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        _tiny(**changes)
+
+
+def test_unknown_stage_and_missing_dataset(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"unknown stage\(s\) \['distil'\]; the stages are teachers, select"):
+        run(_tiny(), tmp_path / "a", stages=["distil"])
+    bad = tmp_path / "bad.yaml"
+    values = yaml.safe_load(TINY.read_text())
+    values["dataset"] = str(tmp_path / "no-such-dataset")
+    bad.write_text(yaml.safe_dump(values))
+    assert main(["run", str(bad), "--output_dir", str(tmp_path / "b")]) == 2
+    assert "could not load dataset" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml does not exist" in capsys.readouterr().err
+
+
+def test_shipped_recipes_parse():
+    for path in sorted((ROOT / "recipes").rglob("*.yaml")):
+        recipe = load_recipe(path)
+        assert recipe.teacher.model and recipe.student.model, path
+
+
+@pytest.mark.slow
+def test_tiny_recipe_under_two_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_ckptkd.cli", "run", str(TINY),
+         "--output_dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=900, env=env)
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    assert launch.stdout.count("stage report") == 1, "only the main process prints"
+    summary = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert {r["cell"] for r in summary["rows"]} >= {"no_kd", "final", "selected", "full_ensemble"}
+    snapshots = json.loads((tmp_path / "run" / "teachers" / "teacher-0" / "snapshots" / "index.json").read_text())
+    assert [s["name"] for s in snapshots["snapshots"]] == ["epoch-0001", "epoch-0002", "epoch-0003"]
