@@ -73,7 +73,7 @@ class CheckpointKDTrainer(Trainer):
         student_inputs = model_inputs({k: v for k, v in inputs.items() if k != TEACHER_LOGITS})
         if teacher_logits is None:
             teacher_logits = self.teachers(**student_inputs)
-        check_finite(teacher_logits, batch_index=self.state.global_step)
+        check_finite(teacher_logits, batch_index=self.state.global_step, references=self.teachers.references)
         outputs = model(**student_inputs)
         loss, loss_ce, loss_kd = distillation_loss(outputs.logits, teacher_logits, labels, alpha=self.args.alpha,
                                                    temperature=self.args.temperature, kind=self.args.kd_loss)

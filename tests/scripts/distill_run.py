@@ -1,0 +1,41 @@
+"""A short distillation for the two-process test: `python distill_run.py OUT TEACHER_REF --batch_size B`.
+
+A tiny ViT student (LayerNorm, no BatchNorm, so per-process batch size does not change the
+forward) learns from a snapshot on 256 Fashion-MNIST images without augmentation; the losses of
+the first steps and the world size are written to OUT/losses-rank<r>.json.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer
+from hf_ckptkd.data import ImageTransformConfig, build_image_transform, image_collator, label_names, load_fashion_mnist, with_image_transform
+from hf_ckptkd.models import build_model
+
+TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 7,
+            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("output_dir")
+    parser.add_argument("teacher")
+    parser.add_argument("--batch_size", type=int, default=32)
+    args = parser.parse_args()
+    train = load_fashion_mnist("train", limit=256)
+    names = label_names(train)
+    data = with_image_transform(train, build_image_transform(ImageTransformConfig(crop_padding=0, hflip=False), train=True))
+    config = CheckpointKDConfig(output_dir=args.output_dir, max_steps=4, per_device_train_batch_size=args.batch_size,
+                                learning_rate=1e-3, logging_steps=1, report_to="none", remove_unused_columns=False,
+                                save_strategy="no", teachers=[args.teacher], seed=0, disable_tqdm=True)
+    model = build_model("transformers:ViTConfig", 10, label_names=names, model_kwargs=TINY_VIT)
+    trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=data, data_collator=image_collator)
+    trainer.train()
+    logs = [{k: e[k] for k in ("step", "loss", "loss_ce", "loss_kd")} for e in trainer.state.log_history if "loss_kd" in e]
+    Path(args.output_dir, f"losses-rank{trainer.args.process_index}.json").write_text(
+        json.dumps({"world_size": trainer.args.world_size, "logs": logs}))
+
+
+if __name__ == "__main__":
+    main()
