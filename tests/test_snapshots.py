@@ -226,3 +226,44 @@ def test_two_processes_write_once_with_the_single_process_schedule(tmp_path):
     assert [s.global_step for s in ddp_index] == [s.global_step for s in single_index]
     ddp_index.verify()
     assert not list((tmp_path / "ddp" / "snapshots").glob(".tmp-*"))
+
+
+def test_train_teacher_and_snapshots_cli(tmp_path, capsys):
+    from hf_ckptkd.cli import main
+
+    config = tmp_path / "teacher.yaml"
+    config.write_text("num_train_epochs: 2\nper_device_train_batch_size: 32\nlearning_rate: 0.003\n"
+                      "snapshot_strategy: epoch\neval_strategy: epoch\nreport_to: none\n")
+    code = main(["train-teacher", "--model", "timm:test_resnet", "--max_train_samples", "64", "--max_eval_samples", "64",
+                 "--config", str(config), "--num_train_epochs", "3", "--output_dir", str(tmp_path / "t")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "test accuracy:" in out
+    # The flag given on the command line wins over the YAML file.
+    assert SnapshotIndex.load(tmp_path / "t").names == ["epoch-0001", "epoch-0002", "epoch-0003"]
+    assert main(["snapshots", str(tmp_path / "t" / "snapshots")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["name", "epoch", "step"]
+    assert [line.split()[0] for line in table[1:]] == ["epoch-0001", "epoch-0002", "epoch-0003"]
+    assert table[-1].rstrip().endswith("yes")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "timm:test_resnet", "--snapshot_every", "0"], "snapshot_every=0 must be a positive integer"),
+    (["--model", "timm:resnet19"], "timm does not know a model named 'resnet19'"),
+    (["--model", "timm:test_resnet", "--snapshot_strategi", "epoch"], "unknown flag --snapshot_strategi; did you mean --snapshot_strategy?"),
+    (["--model", "timm:test_resnet", "--config", "missing.yaml"], "--config missing.yaml: no such file"),
+])
+def test_train_teacher_bad_input_exits_2(tmp_path, capsys, argv, message):
+    from hf_ckptkd.cli import main
+
+    assert main(["train-teacher", *argv, "--output_dir", str(tmp_path), "--max_train_samples", "32"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_snapshots_cli_on_a_folder_without_snapshots(tmp_path, capsys):
+    from hf_ckptkd.cli import main
+
+    assert main(["snapshots", str(tmp_path)]) == 2
+    assert "holds no snapshot index" in capsys.readouterr().err
