@@ -11,8 +11,9 @@ Side by side in one run (GPU when there is one, CPU otherwise):
 The KD step is the project's loss, `hf_ckptkd.losses.distillation_loss` (alpha*CE +
 (1-alpha)*T^2*KL). Inputs are Fashion-MNIST-shaped random tensors (1x28x28, 10 classes): the
 timings do not depend on the pixel values. Cases are timed interleaved (one repetition of each in
-turn) and the fastest repetition of each is reported: on a machine shared with other processes,
-the least-disturbed run is the best estimate of what each case costs.
+turn, alternating the order); a ratio is the median over rounds of the ratio within one round, so
+load from other processes on a shared machine hits numerator and denominator alike. Times shown
+are medians.
 
     python benchmarks/kd_step.py                       # the full run (~2-3 minutes on 2 CPU cores)
     python benchmarks/kd_step.py --repeats 3 --no_compile --batch_size 64   # quicker
@@ -21,6 +22,8 @@ the least-disturbed run is the best estimate of what each case costs.
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,20 +45,42 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved(cases: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 1) -> dict[str, float]:
-    """Seconds per call of each case (the fastest repetition), timed one repetition of each case in turn."""
+class Timings:
+    """Seconds per call of each case, one list entry per round (each round runs every case once, in turn)."""
+
+    def __init__(self, rounds: dict[str, list[float]]):
+        self.rounds = rounds
+
+    def __getitem__(self, name: str) -> float:
+        """The median time of a case."""
+        return statistics.median(self.rounds[name])
+
+    def ratio(self, numerator: list[str], denominator: list[str]) -> float:
+        """Median over rounds of sum(numerator cases) / sum(denominator cases) within one round.
+
+        Cases of one round run seconds apart, so slowly changing load from other processes
+        cancels in the ratio; the median drops rounds that a burst of load hit unevenly.
+        """
+        per_round = [sum(self.rounds[n][i] for n in numerator) / sum(self.rounds[d][i] for d in denominator)
+                     for i in range(len(self.rounds[numerator[0]]))]
+        return statistics.median(per_round)
+
+
+def interleaved(cases: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 1) -> Timings:
+    """Time every case `repeats` times, one repetition of each case in turn (after `warmup` calls each)."""
     for fn in cases.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
+    for round_ in range(repeats):
+        names = list(cases) if round_ % 2 == 0 else list(reversed(cases))  # no case always runs first
+        for name in names:
             sync(device)
             start = time.perf_counter()
-            fn()
+            cases[name]()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: min(ts) for name, ts in times.items()}
+    return Timings(times)
 
 
 def line(label: str, ratio: float, goal: str, ok: bool | None, detail: str = "") -> None:
@@ -86,19 +111,21 @@ class Batches(Dataset):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per case (the fastest is reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each runs every case once)")
     parser.add_argument("--student", default="timm:resnet10t")
     parser.add_argument("--teacher", default="timm:resnet18")
     parser.add_argument("--members", type=int, default=4, help="k of the snapshot ensemble in (d)")
-    parser.add_argument("--epoch_batches", type=int, default=8, help="batches per epoch in (e)")
+    parser.add_argument("--epoch_batches", type=int, default=6, help="batches per epoch in (e)")
     parser.add_argument("--no_compile", action="store_true", help="skip torch.compile of the fused path in (d)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     args = parser.parse_args()
 
+    started = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"device: {device} ({name}); torch {torch.__version__}; batch {args.batch_size}; student {args.student}; "
-          f"teacher {args.teacher}; repeats {args.repeats}", flush=True)
+    load = f"; load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    print(f"device: {device} ({name}{load}); torch {torch.__version__}; batch {args.batch_size}; student "
+          f"{args.student}; teacher {args.teacher}; rounds {args.repeats}", flush=True)
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 1, 28, 28, device=device)
     y = torch.randint(0, NUM_LABELS, (args.batch_size,), device=device)
@@ -131,7 +158,7 @@ def main() -> None:
     # --- (a) (b) (c) -----------------------------------------------------------------------
     t = interleaved({"a": student_step, "b": teacher_forward, "c": kd_step}, args.repeats, device)
     print(f"(a) student step {ms(t['a'])}   (b) teacher forward {ms(t['b'])}   (c) KD step {ms(t['c'])}")
-    ratio = t["c"] / (t["a"] + t["b"])
+    ratio = t.ratio(["c"], ["a", "b"])
     line("(c) KD step / (student step + teacher forward)", ratio, "<= 1.05", ratio <= 1.05)
 
     # --- (d) k-member snapshot ensemble ------------------------------------------------------
@@ -163,27 +190,31 @@ def main() -> None:
         return run
 
     cases = {f"single{i}": single(m) for i, m in enumerate(members)}
-    cases.update({"loop": lambda: ensembles["loop"](pixel_values=x), "fused": lambda: ensembles["fused"](pixel_values=x),
+    cases.update({"loop": lambda: ensembles["loop"](pixel_values=x),
+                  "fused": lambda: ensembles["fused"](pixel_values=x),
                   "auto": lambda: auto(pixel_values=x)})
     if compiled is not None:
         cases["compiled"] = lambda: compiled(pixel_values=x)
     t = interleaved(cases, args.repeats, device)
-    singles = sum(t[f"single{i}"] for i in range(len(members)))
+    single_names = [f"single{i}" for i in range(len(members))]
+    singles = sum(t[n] for n in single_names)
     print(f"(d) k={len(members)} {args.teacher}: sum of single forwards {ms(singles)}   loop {ms(t['loop'])}   "
           f"fused {ms(t['fused'])}" + (f"   fused+compile {ms(t['compiled'])} (compilation {compile_seconds:.1f} s)"
                                        if compiled is not None else ""))
     gpu = device.type == "cuda"
-    line("(d) loop / fused (>1: the fused path is faster)", t["loop"] / t["fused"], ">= 1.5 on GPU",
-         t["loop"] / t["fused"] >= 1.5 if gpu else None, "(CPU: informative only)" if not gpu else "")
+    speedup = t.ratio(["loop"], ["fused"])
+    line("(d) loop / fused (>1: the fused path is faster)", speedup, ">= 1.5 on GPU",
+         speedup >= 1.5 if gpu else None, "(CPU: informative only)" if not gpu else "")
     if compiled is not None:
-        line("(d) loop / fused+torch.compile", t["loop"] / t["compiled"], ">= 1.5 on GPU",
-             t["loop"] / t["compiled"] >= 1.5 if gpu else None,
-             f"compile helps the fused path: {'yes' if t['compiled'] < t['fused'] else 'no'} "
-             f"(fused / fused+compile {t['fused'] / t['compiled']:.2f})")
+        speedup_compiled = t.ratio(["loop"], ["compiled"])
+        gain = t.ratio(["fused"], ["compiled"])
+        line("(d) loop / fused+torch.compile", speedup_compiled, ">= 1.5 on GPU",
+             speedup_compiled >= 1.5 if gpu else None,
+             f"compile helps the fused path: {'yes' if gain > 1.05 else 'no'} (fused / fused+compile {gain:.2f})")
     times = auto.fusion_times or {}
     print(f"(d) teacher_fusion='auto' chose {auto.fusion_used!r} (its start-up measurement: "
-          + ", ".join(f"{k} {ms(v)}" for k, v in times.items()) + ")")
-    ratio = t["auto"] / singles
+          + ", ".join(f"{k} {v:.2f}" if "/" in k else f"{k} {ms(v)}" for k, v in times.items()) + ")")
+    ratio = t.ratio(["auto"], single_names)
     line("(d) ensemble forward (auto) / sum of members' single forwards", ratio, "<= 1.05", ratio <= 1.05)
     del ensembles, compiled, auto, members
 
@@ -215,11 +246,13 @@ def main() -> None:
             loss.backward()
             optimizer.step()
 
-    t = interleaved({"plain": plain_epoch, "cached": cached_epoch}, max(3, args.repeats // 2), device, warmup=0)
+    t = interleaved({"plain": plain_epoch, "cached": cached_epoch}, 3, device, warmup=0)
     print(f"(e) {args.epoch_batches} batches: plain epoch {ms(t['plain'])}   KD epoch with cached logits "
           f"{ms(t['cached'])}   (building the cache once: {ms(cache_seconds)})")
-    ratio = t["cached"] / t["plain"]
+    ratio = t.ratio(["cached"], ["plain"])
     line("(e) KD epoch with cached logits / plain student epoch", ratio, "<= 1.10", ratio <= 1.10)
+    load = f" (load average {os.getloadavg()[0]:.1f})" if hasattr(os, "getloadavg") else ""
+    print(f"total {time.perf_counter() - started:.0f} s{load}")
 
 
 if __name__ == "__main__":

@@ -208,6 +208,37 @@ def cmd_select(args) -> int:
     return 0
 
 
+def _push_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-ckptkd push", description="Publish teacher snapshots to the Hugging Face Hub with model cards.")
+    parser.add_argument("source", help="A selection folder (pushes its selected snapshots), a snapshot folder, or a "
+                                       "snapshot dir (pushes all its snapshots).")
+    parser.add_argument("--repo_id", required=True, help="OWNER/NAME. Several snapshots go to OWNER/NAME-<snapshot> "
+                                                         "each, or with --as_revisions to OWNER/NAME as tags.")
+    parser.add_argument("--as_revisions", action="store_true", help="Push an ensemble to one repo, one tag per member.")
+    parser.add_argument("--private", action="store_true", help="Create new repos private.")
+    parser.add_argument("--token", default=None, help="A write token (default: HF_TOKEN or `hf auth login`; prefer "
+                                                      "those, since a flag is visible in the process list).")
+    parser.add_argument("--revision_prefix", default="", help="Prefix of the tags (<prefix><snapshot name>).")
+    parser.add_argument("--names", nargs="+", default=None, help="Push only these snapshots of the source.")
+    parser.add_argument("--dataset", default=None, help="The run's dataset for the card (fashion_mnist or a Hub id).")
+    parser.add_argument("--run_name", default=None, help="The run's name for the card (default: the run folder's).")
+    return parser
+
+
+def cmd_push(args) -> int:
+    from .hub import push_teachers_to_hub
+
+    pushed = push_teachers_to_hub(args.source, args.repo_id, private=args.private, as_revisions=args.as_revisions,
+                                  token=args.token, revision_prefix=args.revision_prefix, names=args.names,
+                                  dataset=args.dataset, run_name=args.run_name)
+    for p in pushed:
+        print(f"{p.name}: {p.url} tag {p.revision} commit {p.commit} ({'new commit' if p.created else 'unchanged'})")
+    if pushed:
+        print("distil from them: hf-ckptkd distill --model SPEC --teachers " + " ".join(p.reference for p in pushed))
+    return 0
+
+
 def _bad_input_errors() -> tuple[type[Exception], ...]:
     from .data import DataError
     from .models import ModelSpecError
@@ -220,6 +251,9 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     from .selection import SelectionError
 
     errors.append(SelectionError)
+    from .hub import HubInputError
+
+    errors.append(HubInputError)
     return tuple(errors)
 
 
@@ -232,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "snapshots": lambda rest: cmd_snapshots(_simple_parser("snapshots").parse_args(rest)),
         "run": lambda rest: cmd_run(_run_parser().parse_args(rest)),
         "select": lambda rest: cmd_select(_select_parser().parse_args(rest)),
+        "push": lambda rest: cmd_push(_push_parser().parse_args(rest)),
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: hf-ckptkd {" + ",".join(commands) + "} ...", file=sys.stderr if argv else sys.stdout)

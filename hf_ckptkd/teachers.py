@@ -10,10 +10,12 @@ that `softmax(out / T)` is exactly the weighted mean of the members' tempered pr
 Members that share one architecture can run as one batched forward: their weights and buffers are
 stacked with `torch.func.stack_module_state` and a weightless ("meta") copy of the first member is
 called with `torch.func.functional_call` under `torch.vmap` — the model-ensembling recipe of the
-PyTorch docs. BatchNorm in eval mode reads its running statistics, so it vmaps. On CPU this
-measured slower than a plain loop over the members (vmap turns each convolution into one grouped
-convolution, which CPU kernels run less efficiently), so `fusion="auto"` times both paths once on
-the first real batch and keeps the faster one (`.fusion_used`, `.fusion_times`).
+PyTorch docs. BatchNorm in eval mode reads its running statistics, so it vmaps. On an idle
+2-core CPU this ran at 0.75x the speed of a plain loop over the members (k=4 resnet18, batch 128;
+benchmarks/kd_step.py), and torch.compile made it slower still; on the same CPU under heavy load
+from other processes the fused path, which runs fewer and larger kernels, came out ahead. So
+`fusion="auto"` times both paths on the first real batch and keeps the faster one on that device
+(`.fusion_used`, `.fusion_times`).
 
 The ensemble is a separate object the trainer holds: never a submodule of the student, never
 wrapped by DDP/FSDP, never saved with the student. (Its own `state_dict()` holds the members'
@@ -27,6 +29,7 @@ import itertools
 import json
 import logging
 import re
+import statistics
 import time
 import warnings
 from collections.abc import Sequence
@@ -63,6 +66,8 @@ REFERENCE_FORMS = ("an nn.Module, a snapshot folder (holding snapshot.json), '<s
 # Relative difference (to the largest logit) above which the fused path is taken to disagree with the loop.
 # It only catches gross errors (members that are not really one architecture): TF32/half kernels differ far less.
 _FUSION_CHECK_TOL = 5e-2
+# "auto" keeps the fused path only when it takes less than this fraction of the loop's time.
+_FUSED_MARGIN = 0.95
 
 
 class TeacherReferenceError(ValueError):
@@ -236,7 +241,8 @@ class _Fused:
     def __init__(self, members: Sequence[nn.Module], compile: bool):
         self.params, self.buffers = torch.func.stack_module_state(list(members))
         first = members[0]
-        memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False) for p in first.parameters()}
+        memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+                for p in first.parameters()}
         memo.update({id(b): torch.empty_like(b, device="meta") for b in first.buffers()})
         self.base = copy.deepcopy(first, memo)  # the module tree without weights: functional_call supplies them
         base = self.base
@@ -274,15 +280,19 @@ class TeacherEnsemble(nn.Module):
         temperature: T of "mean_probs" (the distillation temperature); unused by "mean_logits".
         weights: one non-negative weight per member (normalised to sum 1); default equal.
         dtype: the dtype the members run in ("float32", "float16", "bfloat16" or a torch dtype).
-            Floating inputs are cast to it; the output is always float32.
+            Floating inputs are cast to it; the output is always float32. The forward runs with
+            autocast disabled, so this dtype holds inside a mixed-precision training step too.
         fusion: "fused" (one vmapped forward over stacked weights; needs one architecture, else
             `TeacherFusionError`), "loop" (one member after another) or "auto" (mixed
             architectures loop; same-architecture members are timed both ways on the first batch
-            and the faster path is kept: `.fusion_used`, `.fusion_times`).
+            and the faster path is kept: `.fusion_used`, `.fusion_times`; the fused path must take
+            under 0.95x the loop's time (median of paired rounds), since it holds a second, stacked
+            copy of the weights).
         compile: `torch.compile` the fused path.
         references: how each member was named (for messages); default a description of each.
         device: move the members there.
-        auto_repeats: timed repetitions per path of the "auto" measurement (after one warm-up).
+        auto_repeats: timed rounds of the "auto" measurement (after one warm-up); each round runs
+            both paths back to back, and the median of the per-round fused/loop ratios decides.
 
     Call it like the student: `ensemble(**model_inputs(batch))` (labels are ignored). The result
     is a normal (not inference-mode) float32 tensor that does not require grad.
@@ -291,7 +301,7 @@ class TeacherEnsemble(nn.Module):
     def __init__(self, members: Sequence[nn.Module], *, mode: str = "mean_logits", temperature: float = 4.0,
                  weights: Sequence[float] | None = None, dtype: str | torch.dtype = "float32", fusion: str = "auto",
                  compile: bool = False, references: Sequence[str] | None = None,
-                 device: str | torch.device | None = None, auto_repeats: int = 3):
+                 device: str | torch.device | None = None, auto_repeats: int = 5):
         super().__init__()
         members = list(members)
         if not members:
@@ -307,7 +317,8 @@ class TeacherEnsemble(nn.Module):
             raise ValueError(f"teacher fusion {fusion!r} is not one of {', '.join(map(repr, TEACHER_FUSIONS))}")
         if not temperature > 0:
             raise ValueError(f"temperature={temperature} must be > 0")
-        self.mode, self.temperature, self.fusion, self.compile = mode, float(temperature), fusion, bool(compile)
+        self.mode, self.temperature, self.fusion = mode, float(temperature), fusion
+        self.compile_fused = bool(compile)  # (not `self.compile`: that would hide nn.Module.compile)
         self.auto_repeats = max(1, int(auto_repeats))
         self.dtype = _resolve_dtype(dtype)
         self.weights: list[float] = _normalise_weights(weights, len(members))
@@ -323,9 +334,8 @@ class TeacherEnsemble(nn.Module):
 
         self.fusable, self.fusion_reason = self._fusability()
         self.fusion_used: str | None = None  # "fused" | "loop"; None until "auto" has measured
-        self.fusion_times: dict[str, float] | None = None  # seconds per forward of the measured batch
+        self.fusion_times: dict[str, float] | None = None  # {"fused": s, "loop": s, "fused/loop": median ratio}
         self._fused: _Fused | None = None
-        self._measured_on: torch.device | None = None
         if fusion == "fused" and not self.fusable:
             raise TeacherFusionError(f"teacher_fusion='fused' needs teachers of one architecture, but "
                                      f"{self.fusion_reason}; use teacher_fusion='auto' or 'loop'")
@@ -406,7 +416,8 @@ class TeacherEnsemble(nn.Module):
     # -- forward --
     def forward(self, **inputs: Any) -> torch.Tensor:
         inputs = self._prepare(model_inputs(inputs))
-        with torch.inference_mode():
+        # teacher_dtype decides the teachers' precision, not an autocast region the trainer's step may be in.
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
             if self.fusion_used is None:
                 stacked = self._choose_fusion(inputs)
             else:
@@ -417,7 +428,7 @@ class TeacherEnsemble(nn.Module):
     def member_logits(self, **inputs: Any) -> torch.Tensor:
         """Each member's float32 logits, shape (members, batch, labels), with the current fusion path."""
         inputs = self._prepare(model_inputs(inputs))
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
             stacked = self._run(self.fusion_used or "loop", inputs).float()
         return stacked.clone()
 
@@ -429,7 +440,7 @@ class TeacherEnsemble(nn.Module):
     def _run(self, path: str, inputs: dict[str, Any]) -> torch.Tensor:
         if path == "fused":
             if self._fused is None:
-                self._fused = _Fused(list(self.members), self.compile)
+                self._fused = _Fused(list(self.members), self.compile_fused)
             return self._fused(inputs)
         return torch.stack([_logits_of(m(**inputs)) for m in self.members])
 
@@ -461,23 +472,32 @@ class TeacherEnsemble(nn.Module):
                           "using the loop over the teachers", RuntimeWarning, stacklevel=3)
             return loop_out
         times: dict[str, list[float]] = {"fused": [], "loop": []}
-        for _ in range(self.auto_repeats):
-            for path in ("fused", "loop"):
+        for round_ in range(self.auto_repeats):
+            # Alternate which path goes first, so neither always runs right after the other.
+            for path in (("fused", "loop") if round_ % 2 == 0 else ("loop", "fused")):
                 _sync(device)
                 start = time.perf_counter()
                 self._run(path, inputs)
                 _sync(device)
                 times[path].append(time.perf_counter() - start)
-        self.fusion_times = {path: min(ts) for path, ts in times.items()}
-        self.fusion_used = "fused" if self.fusion_times["fused"] < self.fusion_times["loop"] else "loop"
-        self._measured_on = device
+        # Paired comparison: each round times both paths back to back, so load that changes slowly (other
+        # processes on a shared machine) cancels in the per-round ratio; the median discards outlier rounds.
+        ratio = statistics.median(f / max(lp, 1e-12) for f, lp in zip(times["fused"], times["loop"]))
+        self.fusion_times = {path: statistics.median(ts) for path, ts in times.items()}
+        self.fusion_times["fused/loop"] = ratio
+        # The fused path holds a second copy of the weights: it must win clearly, not by noise.
+        self.fusion_used = "fused" if ratio < _FUSED_MARGIN else "loop"
         if self.fusion_used == "loop":
             self._fused = None  # free the stacked copy of the weights
         batch = next((v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim()), "?")
-        logger.info("teacher fusion: auto chose %r on %s for %d teachers (per batch of %s: fused %.4f s%s, loop %.4f s)",
-                    self.fusion_used, device, len(self.members), batch, self.fusion_times["fused"],
-                    " compiled" if self.compile else "", self.fusion_times["loop"])
+        logger.info("teacher fusion: auto chose %r on %s for %d teachers (per batch of %s: fused %.4f s%s, "
+                    "loop %.4f s, median fused/loop %.2f)", self.fusion_used, device, len(self.members), batch,
+                    self.fusion_times["fused"], " compiled" if self.compile_fused else "",
+                    self.fusion_times["loop"], ratio)
         return fused_out if self.fusion_used == "fused" else loop_out
+
+    def __repr__(self) -> str:  # compact: the members' module trees would fill a log
+        return f"TeacherEnsemble({len(self.members)} teachers, {self.extra_repr()})"
 
     def extra_repr(self) -> str:
         return (f"mode={self.mode!r}, temperature={self.temperature}, weights={self.weights}, dtype={self.dtype}, "

@@ -2,8 +2,9 @@
 
 Standard library only. It speaks the subset of the Hub protocol that `huggingface_hub` (2.x),
 `transformers` and `timm` use to push and pull model repos (see `/work/shared/HUB_PROTOCOL.md`):
-repo creation, repo info, tree listing, preupload, LFS batch/PUT/verify, NDJSON commits, branches,
-tags, refs, commit history, whoami and `resolve` downloads, with the Hub's error shapes.
+repo creation, repo info, model search (`list_models`: author, search, tag filter), tree listing,
+preupload, LFS batch/PUT/verify, NDJSON commits, branches, tags, refs, commit history, whoami and
+`resolve` downloads, with the Hub's error shapes.
 
 Repos have a real, git-like history: each commit is an immutable snapshot `path -> blob`, its id is
 the sha1 of (repo, parent, tree, message), and revisions resolve by branch, tag or full commit id.
@@ -213,6 +214,34 @@ class HubState:
         self.save()
         return repo
 
+    def card_tags(self, commit: Commit) -> list[str]:
+        """`library_name` and `tags` of the README's YAML front matter, as the Hub lists a repo's tags.
+
+        Reads the block style the client writes (`tags:` then `- tag` lines) and flow lists
+        (`tags: [a, b]`); standard library only, so not a full YAML parser.
+        """
+        entry = commit.tree.get("README.md")
+        if entry is None:
+            return []
+        lines = self.get_blob(entry.sha256).decode(errors="replace").splitlines()
+        if not lines or lines[0].strip() != "---":
+            return []
+        tags, in_tags = [], False
+        for line in lines[1:]:
+            if line.strip() == "---":
+                break
+            item = re.fullmatch(r"\s*-\s+(.+)", line)
+            if in_tags and item:
+                tags.append(item[1].strip().strip("'\""))
+                continue
+            in_tags = line.rstrip() == "tags:"
+            key, _, value = line.partition(":")
+            if key == "library_name" and value.strip():
+                tags.insert(0, value.strip().strip("'\""))
+            elif key == "tags" and value.strip().startswith("["):
+                tags += [t.strip().strip("'\"") for t in value.strip()[1:-1].split(",") if t.strip()]
+        return tags
+
     def lfs_patterns(self, commit: Commit) -> list[str]:
         entry = commit.tree.get(".gitattributes")
         if entry is None:
@@ -234,6 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
         ("GET", r"/api/whoami-v2", "whoami"),
         ("POST", r"/api/validate-yaml", "validate_yaml"),
         ("POST", r"/api/repos/create", "create_repo"),
+        ("GET", r"/api/models", "list_models"),
         ("DELETE", r"/api/repos/delete", "delete_repo"),
         ("GET", API + r"(?:/revision/" + REV + ")?", "repo_info"),
         ("GET", API + r"/tree/" + REV + r"(?:/(?P<path>.*))?", "tree"),
@@ -436,8 +466,30 @@ class _Handler(BaseHTTPRequestHandler):
             "_id": found.id, "id": found.id, "modelId": found.id, "author": found.owner,
             "sha": commit.id, "private": found.private, "gated": False, "disabled": False,
             "lastModified": commit.date, "createdAt": found.created, "downloads": 0, "likes": 0,
-            "tags": [], "siblings": [self.sibling(p, e, blobs) for p, e in sorted(commit.tree.items())],
+            "tags": self.server.hub.state.card_tags(commit),
+            "siblings": [self.sibling(p, e, blobs) for p, e in sorted(commit.tree.items())],
         }, {}
+
+    def h_list_models(self):
+        # The Hub's search: `author` (exact owner), `search` (substring of the repo id), `filter`
+        # (tags, all required), `limit`; one page (no Link header). Private repos only for their owner.
+        state, user, query = self.server.hub.state, self.user, self.query
+        author, search = query.get("author", [None])[0], query.get("search", [""])[0].lower()
+        wanted, limit = set(query.get("filter", [])), int(query.get("limit", ["1000"])[0])
+        items = []
+        with state.lock:
+            for (repo_type, repo_id), repo in sorted(state.repos.items()):
+                if repo_type != "model" or (repo.private and (user is None or user.name != repo.owner)):
+                    continue
+                if (author and repo.owner != author) or search not in repo_id.lower():
+                    continue
+                head = repo.commits[repo.branches["main"]]
+                tags = state.card_tags(head)
+                if wanted <= set(tags):
+                    items.append({"_id": repo.id, "id": repo.id, "modelId": repo.id, "author": repo.owner,
+                                  "sha": head.id, "private": repo.private, "lastModified": head.date,
+                                  "createdAt": repo.created, "downloads": 0, "likes": 0, "tags": tags})
+        return 200, items[:limit], {}
 
     # -- listing --
     def file_info(self, repo: Repo, commit: Commit, path: str, expand: bool) -> dict:

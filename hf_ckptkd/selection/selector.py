@@ -17,11 +17,10 @@ feed the task terms; when given it is used for each snapshot's held-out accuracy
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +51,6 @@ from .estimators import (
 )
 from .objective import DEFAULT_OBJECTIVE, DEFAULT_TEMPERATURE, OBJECTIVES, Candidate, select_from_candidates
 from .report import SelectionReport
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PROBE_SAMPLES = 2000
 DEFAULT_BATCH_SIZE = 256
@@ -97,7 +94,7 @@ def stratified_probe_indices(labels: Sequence[int], size: int | None, seed: int)
             take[c] += 1
         i += 1
     while take.sum() > size:
-        c = max(range(len(classes)), key=lambda c: (take[c] - quota[c], take[c]))
+        c = max((c for c in range(len(classes)) if take[c] > 1), key=lambda c: (take[c] - quota[c], take[c], -c))
         take[c] -= 1
     rng = np.random.default_rng(seed)
     chosen: list[int] = []
@@ -107,13 +104,16 @@ def stratified_probe_indices(labels: Sequence[int], size: int | None, seed: int)
     return sorted(chosen)
 
 
-def _labels_of(dataset, column: str) -> list[int]:
-    values = dataset[column]
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        bad = next(v for v in values if not isinstance(v, (int, np.integer)) or isinstance(v, bool))
-        raise DataError(f"the label column {column!r} must hold integer class indices, found {bad!r}; cast it to a "
-                        "ClassLabel (dataset.class_encode_column) first")
-    return [int(v) for v in values]
+def _labels_of(dataset, column: str) -> np.ndarray:
+    """The label column as an int64 array (read from Arrow in one go for a `datasets.Dataset`)."""
+    if hasattr(dataset, "with_format"):
+        values = dataset.with_format("arrow")[column].to_numpy(zero_copy_only=False)
+    else:
+        values = np.asarray(list(dataset[column]))
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        raise DataError(f"the label column {column!r} must hold integer class indices, found {values.dtype} values such "
+                        f"as {values[0]!r}; cast it to a ClassLabel (dataset.class_encode_column) first")
+    return values.astype(np.int64)
 
 
 def _dataset_label_names(dataset, column: str) -> list[str] | None:
@@ -132,7 +132,7 @@ def draw_probe(dataset, size: int | None, seed: int, transform: Transform,
         raise EmptyProbeError(
             f"the probe set is empty (the dataset has {len(labels)} examples, max_probe_samples={size}); pass a "
             "dataset with examples of at least two classes and max_probe_samples > 0 (e.g. 2000)")
-    probe_labels = torch.tensor([labels[i] for i in indices], dtype=torch.long)
+    probe_labels = torch.from_numpy(labels[indices])
     classes = torch.unique(probe_labels)
     if classes.numel() < 2:
         raise SingleClassProbeError(
@@ -268,7 +268,126 @@ def _run(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.
 
 
 # ---------------------------------------------------------------------------------------------
-# The entry point
+# The entry points
+
+
+@dataclass
+class ProbeCandidates:
+    """Every snapshot's features and logits on one probe set: what `select_from_candidates` takes.
+
+    `inputs` and `labels` are the probe (on `device`); `candidates` are in training order;
+    `info` describes the probe (size, seed, class counts, transform) and the time taken.
+    """
+
+    candidates: list[Candidate]
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    snapshot_dir: str | None
+    device: torch.device
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def extract_candidates(
+    snapshots: SnapshotIndex | str | os.PathLike | Sequence[Snapshot],
+    probe_dataset,
+    *,
+    max_probe_samples: int | None = DEFAULT_MAX_PROBE_SAMPLES,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device | None = None,
+    label_column: str = "label",
+    image_column: str = "image",
+    transform: ImageTransformConfig | Transform | None = None,
+    held_out_probe=None,
+    progress: bool = True,
+    default_transform: ImageTransformConfig | None = None,
+) -> ProbeCandidates:
+    """Draw the probe set and run every snapshot over it (the first half of `select_teachers`).
+
+    The arguments mean what they mean for `select_teachers`. Useful to score the same snapshots
+    under several objectives or settings without running the models again:
+    `select_from_candidates(pc.candidates, pc.inputs, pc.labels, objective=...)`.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SelectionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    snapshot_list, snapshot_dir = _as_snapshots(snapshots)
+    if not snapshot_list:
+        raise SelectionError("there are no snapshots to select from; train with snapshot_strategy='epoch' (or "
+                             "'steps') so that the run keeps snapshots")
+    device = torch.device(device) if device is not None else default_device()
+    columns = ImageColumns(image=image_column, label=label_column)
+    check_image_columns(probe_dataset, columns)
+    labels_all = _labels_of(probe_dataset, label_column)
+    probe_classes = int(labels_all.max()) + 1 if labels_all.size else 0
+
+    # The first snapshot's model fixes the transform and the label space.
+    first_model = snapshot_list[0].load_model(verify=True)
+    if transform is None:
+        transform_config = probe_transform_config(first_model, snapshot_list[0].path, default_transform)
+        transform_fn: Transform = build_image_transform(transform_config, train=False)
+    elif isinstance(transform, ImageTransformConfig):
+        transform_config = transform
+        transform_fn = build_image_transform(transform, train=False)
+    else:
+        transform_config, transform_fn = None, transform
+
+    t0 = time.perf_counter()
+    inputs, labels, _ = draw_probe(probe_dataset, max_probe_samples, seed, transform_fn, columns)
+    held_out = None
+    if held_out_probe is not None:
+        h_inputs, h_labels, _ = draw_probe(held_out_probe, max_probe_samples, seed, transform_fn, columns)
+        held_out = (h_inputs, h_labels.to(device))
+    probe_s = time.perf_counter() - t0
+
+    space = _LabelSpace(_dataset_label_names(probe_dataset, label_column), probe_classes)
+    candidates: list[Candidate] = []
+    n_batches = -(-inputs.shape[0] // batch_size) + (-(-held_out[0].shape[0] // batch_size) if held_out else 0)
+    outer: Iterable[Snapshot] = snapshot_list
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        outer = tqdm(snapshot_list, desc="snapshots", unit="snapshot")
+        bar = tqdm(total=n_batches, desc="probe batches", unit="batch", leave=False)
+    t0 = time.perf_counter()
+    try:
+        for i, snapshot in enumerate(outer):
+            model = first_model if i == 0 else snapshot.load_model(verify=True)
+            first_model = None
+            space.check(snapshot.name, model)
+            model.to(device).eval()
+            if bar is not None:
+                bar.reset(total=n_batches)
+                bar.set_description(snapshot.name)
+            features, logits = _run(model, inputs, batch_size, device, bar)
+            metadata: dict[str, Any] = {"final": bool(snapshot.final)}
+            if snapshot.accuracy is not None:
+                metadata["eval_accuracy"] = float(snapshot.accuracy)
+            if held_out is not None:
+                _, h_logits = _run(model, held_out[0], batch_size, device, bar)
+                metadata["held_out_accuracy"] = float((h_logits.argmax(dim=1) == held_out[1]).float().mean())
+            del model
+            candidates.append(Candidate(
+                name=snapshot.name, features=features, logits=logits, epoch=float(snapshot.epoch),
+                step=int(snapshot.global_step), init=snapshot.global_step == 0, path=str(snapshot.path),
+                metadata=metadata))
+    finally:
+        if bar is not None:
+            bar.close()
+    forward_s = time.perf_counter() - t0
+
+    info = {
+        "probe": {
+            "size": int(labels.numel()), "seed": int(seed), "max_probe_samples": max_probe_samples,
+            "source_size": int(labels_all.size), "class_counts": torch.bincount(labels).tolist(),
+            "label_column": label_column, "image_column": image_column,
+            "held_out_size": int(held_out[1].numel()) if held_out else None,
+            "transform": asdict(transform_config) if transform_config is not None else repr(transform_fn),
+        },
+        "device": str(device),
+        "timing_s": {"probe": round(probe_s, 3), "forward": round(forward_s, 3)},
+    }
+    return ProbeCandidates(candidates, inputs.to(device), labels.to(device), snapshot_dir, device, info)
 
 
 def select_teachers(
@@ -291,7 +410,6 @@ def select_teachers(
     **options: Any,
 ) -> SelectionReport:
     """Score every snapshot of a teacher run on a probe set and choose `k` teachers.
-
     Args:
         snapshots: a `SnapshotIndex`, a snapshot dir (or a run's output dir holding `snapshots/`),
             or a list of `Snapshot`s, in training order. Snapshots at global step 0 are the
@@ -337,102 +455,31 @@ def select_teachers(
         raise UnknownEstimatorError(f"unknown estimator {estimator!r}; choose one of {', '.join(sorted(ESTIMATORS))}")
     if not temperature > 0:
         raise SelectionError(f"the temperature must be positive, got {temperature}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise SelectionError(f"batch_size must be a positive integer, got {batch_size!r}")
-    snapshot_list, snapshot_dir = _as_snapshots(snapshots)
-    if not snapshot_list:
-        raise SelectionError("there are no snapshots to select from; train with snapshot_strategy='epoch' (or "
-                             "'steps') so that the run keeps snapshots")
+    snapshot_list, _ = _as_snapshots(snapshots)
+    # Requests that cannot succeed fail here, before any model runs.
     n_init = sum(s.global_step == 0 for s in snapshot_list)
     n_candidates = len(snapshot_list) - n_init
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_candidates:
+    if snapshot_list and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_candidates):
         note = f" ({n_init} initialisation snapshot excluded)" if n_init else ""
         raise TooManyTeachersError(
             f"k={k!r} teachers requested but there are {n_candidates} candidate snapshots{note}; use "
             f"1 <= k <= {n_candidates}, or keep more snapshots (e.g. a smaller snapshot_every)")
-    device = torch.device(device) if device is not None else default_device()
-    columns = ImageColumns(image=image_column, label=label_column)
-    check_image_columns(probe_dataset, columns)
-    labels_all = _labels_of(probe_dataset, label_column)
-    probe_classes = max(labels_all) + 1 if labels_all else 0
-
-    # The first snapshot's model fixes the transform and the label space.
-    first_model = snapshot_list[0].load_model(verify=True)
-    if transform is None:
-        transform_config = probe_transform_config(first_model, snapshot_list[0].path, default_transform)
-        transform_fn: Transform = build_image_transform(transform_config, train=False)
-    elif isinstance(transform, ImageTransformConfig):
-        transform_config = transform
-        transform_fn = build_image_transform(transform, train=False)
-    else:
-        transform_config, transform_fn = None, transform
-
-    t0 = time.perf_counter()
-    inputs, labels, indices = draw_probe(probe_dataset, max_probe_samples, seed, transform_fn, columns)
-    held_out = None
-    if held_out_probe is not None:
-        h_inputs, h_labels, _ = draw_probe(held_out_probe, max_probe_samples, seed, transform_fn, columns)
-        held_out = (h_inputs, h_labels.to(device))
-    probe_s = time.perf_counter() - t0
-
-    space = _LabelSpace(_dataset_label_names(probe_dataset, label_column), probe_classes)
-    candidates: list[Candidate] = []
-    n_batches = -(-inputs.shape[0] // batch_size) + (-(-held_out[0].shape[0] // batch_size) if held_out else 0)
-    outer = snapshot_list
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        outer = tqdm(snapshot_list, desc="snapshots", unit="snapshot")
-        bar = tqdm(total=n_batches, desc="probe batches", unit="batch", leave=False)
-    t0 = time.perf_counter()
-    try:
-        for i, snapshot in enumerate(outer):
-            model = first_model if i == 0 else snapshot.load_model(verify=True)
-            first_model = None
-            space.check(snapshot.name, model)
-            model.to(device).eval()
-            if bar is not None:
-                bar.reset(total=n_batches)
-                bar.set_description(snapshot.name)
-            features, logits = _run(model, inputs, batch_size, device, bar)
-            metadata: dict[str, Any] = {"final": bool(snapshot.final)}
-            if snapshot.accuracy is not None:
-                metadata["eval_accuracy"] = float(snapshot.accuracy)
-            if held_out is not None:
-                _, h_logits = _run(model, held_out[0], batch_size, device, bar)
-                metadata["held_out_accuracy"] = float((h_logits.argmax(dim=1) == held_out[1]).float().mean())
-            del model
-            candidates.append(Candidate(
-                name=snapshot.name, features=features, logits=logits, epoch=float(snapshot.epoch),
-                step=int(snapshot.global_step), init=snapshot.global_step == 0, path=str(snapshot.path),
-                metadata=metadata))
-    finally:
-        if bar is not None:
-            bar.close()
-    forward_s = time.perf_counter() - t0
+    probe = extract_candidates(
+        snapshots if isinstance(snapshots, SnapshotIndex) else snapshot_list, probe_dataset,
+        max_probe_samples=max_probe_samples, seed=seed, batch_size=batch_size, device=device,
+        label_column=label_column, image_column=image_column, transform=transform, held_out_probe=held_out_probe,
+        progress=progress, default_transform=default_transform)
 
     t0 = time.perf_counter()
     report = select_from_candidates(
-        candidates, inputs.to(device), labels.to(device), k=k, objective=objective, temperature=temperature,
-        estimator=estimator, seed=seed, device=device, progress=progress, **options)
-    scoring_s = time.perf_counter() - t0
-
-    report.snapshot_dir = snapshot_dir
-    counts = torch.bincount(labels).tolist()
-    report.extra.update({
-        "probe": {
-            "size": int(labels.numel()), "seed": int(seed), "max_probe_samples": max_probe_samples,
-            "source_size": len(labels_all), "class_counts": counts, "label_column": label_column,
-            "image_column": image_column, "held_out_size": int(held_out[1].numel()) if held_out else None,
-            "transform": asdict(transform_config) if transform_config is not None else repr(transform_fn),
-        },
-        "device": str(device),
-        "timing_s": {"probe": round(probe_s, 3), "forward": round(forward_s, 3), "scoring": round(scoring_s, 3),
-                     "total": round(time.perf_counter() - started, 3)},
-    })
+        probe.candidates, probe.inputs, probe.labels, k=k, objective=objective, temperature=temperature,
+        estimator=estimator, seed=seed, device=probe.device, progress=progress, **options)
+    report.snapshot_dir = probe.snapshot_dir
+    report.extra.update(probe.info)
+    report.extra["timing_s"].update({"scoring": round(time.perf_counter() - t0, 3),
+                                     "total": round(time.perf_counter() - started, 3)})
     return report
 
 
-__all__ = ["LabelSpaceMismatchError", "draw_probe", "probe_transform_config", "select_teachers",
-           "stratified_probe_indices"]
+__all__ = ["LabelSpaceMismatchError", "ProbeCandidates", "draw_probe", "extract_candidates", "probe_transform_config",
+           "select_teachers", "stratified_probe_indices"]
