@@ -155,3 +155,19 @@ def test_one_epoch_under_plain_trainer(tmp_path, spec, kwargs):
     assert len(losses) >= 3 and all(torch.isfinite(torch.tensor(losses)))
     changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
     assert changed, "training changed no weight"
+
+
+@pytest.mark.parametrize("name,params", [("cifar_resnet8", 77_754), ("cifar_resnet20", 272_186), ("wrn_16_2", 691_386)])
+def test_small_image_networks_are_timm_models(tmp_path, name, params):
+    model = build_model(f"timm:{name}", 10, label_names=LABELS).eval()
+    assert sum(p.numel() for p in model.parameters()) == params
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        features, logits = forward_with_features(model, {"pixel_values": x})
+        # Full resolution in the first stage: the last stage still has a 7×7 map for a 28×28 input.
+        assert model.model.forward_features(x).shape[-2:] == (7, 7)
+    assert features.shape == (2, model.model.num_features) and logits.shape == (2, 10)
+    save_model(model, tmp_path)
+    plain = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(x), logits)
