@@ -1,9 +1,11 @@
 """hf-ckptkd: knowledge distillation from intermediate checkpoints and snapshot ensembles."""
 
 from .config import CheckpointKDConfig
+from .hub import push_teachers_to_hub
 from .snapshots import SnapshotCallback, SnapshotIndex
+from .selection import SelectionReport, select_teachers
 from .teachers import TeacherEnsemble, load_teachers
 from .trainer import CheckpointKDTrainer
 
-__all__ = ["CheckpointKDConfig", "CheckpointKDTrainer", "SnapshotCallback", "SnapshotIndex", "TeacherEnsemble",
-           "load_teachers"]
+__all__ = ["CheckpointKDConfig", "CheckpointKDTrainer", "SelectionReport", "SnapshotCallback", "SnapshotIndex",
+           "TeacherEnsemble", "load_teachers", "push_teachers_to_hub", "select_teachers"]
