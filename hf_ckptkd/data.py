@@ -100,18 +100,34 @@ def _load_fashion_mnist_from_hub(split: str, limit: int | None, missing: Path) -
     return ds.select(range(min(limit, len(ds)))) if limit is not None else ds
 
 
-def load_image_dataset(name_or_path: str, split: str, limit: int | None = None) -> Dataset:
-    """`fashion_mnist` (built in, offline) or anything `datasets.load_dataset` accepts."""
+def load_dataset_split(name_or_path: str, split: str, limit: int | None = None, config_name: str | None = None) -> Dataset:
+    """`fashion_mnist` (built in, offline) or anything `datasets.load_dataset` accepts (with a config name)."""
     if name_or_path == "fashion_mnist":
         return load_fashion_mnist(split, limit)
     try:
-        ds = load_dataset(name_or_path, split=split)
+        ds = load_dataset(name_or_path, config_name, split=split)
     except Exception as e:
         raise DataError(f"could not load dataset {name_or_path!r} split {split!r}: {e}. Use 'fashion_mnist' "
                         "or a `datasets` id / local path that `datasets.load_dataset` accepts.") from e
     if isinstance(ds, DatasetDict):  # pragma: no cover - load_dataset with split returns a Dataset
         ds = ds[split]
     return ds.select(range(min(limit, len(ds)))) if limit is not None else ds
+
+
+load_image_dataset = load_dataset_split
+
+
+def tokenize_text_dataset(dataset: Dataset, tokenizer, text_column: str, label_column: str = "label",
+                          max_length: int = 128) -> Dataset:
+    """Tokenize `text_column` (truncating to `max_length`); the result has the model's inputs and `labels`."""
+    missing = [c for c in (text_column, label_column) if c not in dataset.column_names]
+    if missing:
+        raise DataError(f"dataset has no column(s) {missing}; its columns are {dataset.column_names}. "
+                        "Name the text and label columns (text_column / label_column in the recipe).")
+    keep = {label_column}
+    tokenized = dataset.map(lambda batch: tokenizer(batch[text_column], truncation=True, max_length=max_length),
+                            batched=True, remove_columns=[c for c in dataset.column_names if c not in keep])
+    return tokenized.rename_column(label_column, "labels") if label_column != "labels" else tokenized
 
 
 def stratified_split(dataset: Dataset, fraction: float, seed: int, label_column: str = "label") -> tuple[Dataset, Dataset]:

@@ -32,14 +32,26 @@ RESULT_NAME = "result.json"
 
 @dataclass
 class RunData:
-    """The run's splits: training (minus validation), validation (carved from training), test."""
+    """The run's splits: training (minus validation), validation (carved from training), test.
+
+    Images get the recipe's transforms on the fly; text is tokenized once with the shared tokenizer.
+    """
 
     train: Any
     validation: Any
     test: Any
     label_names: list[str]
-    transform: Any
-    columns: Any
+    transform: Any = None       # ImageTransformConfig for images
+    columns: Any = None         # ImageColumns for images
+    tokenizer: Any = None       # the tokenizer teacher and student share, for text
+
+    @property
+    def collator(self):
+        from transformers import DataCollatorWithPadding
+
+        from .data import image_collator
+
+        return DataCollatorWithPadding(self.tokenizer) if self.tokenizer is not None else image_collator
 
 
 @dataclass(frozen=True)
@@ -77,9 +89,11 @@ def _write_recipe_record(recipe: Recipe, output_dir: Path) -> None:
 def load_run_data(recipe: Recipe) -> RunData:
     from . import data
 
-    columns = data.ImageColumns(recipe.image_column, recipe.label_column)
-    full = data.load_image_dataset(recipe.dataset, recipe.train_split)
-    names = data.label_names(full, columns)
+    full = data.load_dataset_split(recipe.dataset, recipe.train_split, config_name=recipe.dataset_config)
+    if recipe.label_column not in full.column_names:
+        raise ConfigError(f"dataset {recipe.dataset!r} has no label column {recipe.label_column!r}; its columns are "
+                          f"{full.column_names} (set label_column in the recipe)")
+    names = data.label_names(full, data.ImageColumns(recipe.text_column or recipe.image_column, recipe.label_column))
     # The validation split is carved from the whole training split with a fixed seed, so it is the
     # same whatever train_samples says; the training subset is then taken from the rest.
     rest, validation = data.stratified_split(full, recipe.validation_samples, seed=0, label_column=recipe.label_column)
@@ -88,15 +102,38 @@ def load_run_data(recipe: Recipe) -> RunData:
             raise ConfigError(f"train_samples={recipe.train_samples} but only {len(rest)} training examples remain after "
                               f"carving {recipe.validation_samples} for validation")
         rest = rest.select(range(recipe.train_samples))
-    test = data.load_image_dataset(recipe.dataset, recipe.test_split, recipe.test_samples)
-    mean = tuple(recipe.mean) if recipe.mean else (data.FASHION_MNIST_MEAN if recipe.dataset == "fashion_mnist" else (0.5,) * recipe.in_chans)
-    std = tuple(recipe.std) if recipe.std else (data.FASHION_MNIST_STD if recipe.dataset == "fashion_mnist" else (0.5,) * recipe.in_chans)
+    test = data.load_dataset_split(recipe.dataset, recipe.test_split, recipe.test_samples, config_name=recipe.dataset_config)
+    if recipe.text_column:
+        return _text_run_data(recipe, rest, validation, test, names)
+    fmnist = recipe.dataset == "fashion_mnist"
+    mean = tuple(recipe.mean) if recipe.mean else (data.FASHION_MNIST_MEAN if fmnist else (0.5,) * recipe.in_chans)
+    std = tuple(recipe.std) if recipe.std else (data.FASHION_MNIST_STD if fmnist else (0.5,) * recipe.in_chans)
     transform = data.ImageTransformConfig(image_size=recipe.image_size, in_chans=recipe.in_chans, mean=mean, std=std,
                                           crop_padding=recipe.crop_padding, hflip=recipe.hflip)
-    return RunData(rest, validation, test, names, transform, columns)
+    return RunData(rest, validation, test, names, transform=transform,
+                   columns=data.ImageColumns(recipe.image_column, recipe.label_column))
+
+
+def _text_run_data(recipe: Recipe, train, validation, test, names) -> RunData:
+    from transformers import AutoTokenizer
+
+    from .data import tokenize_text_dataset
+
+    if not recipe.tokenizer:
+        raise ConfigError("a text recipe (text_column set) needs `tokenizer`: a tokenizer folder or Hub id that "
+                          "teacher and student share")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(recipe.tokenizer)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"tokenizer {recipe.tokenizer!r} could not be loaded ({e})") from e
+    splits = [tokenize_text_dataset(ds, tokenizer, recipe.text_column, recipe.label_column, recipe.max_length)
+              for ds in (train, validation, test)]
+    return RunData(*splits, names, tokenizer=tokenizer)
 
 
 def _datasets(run: RunData):
+    if run.tokenizer is not None:
+        return run.train, run.validation, run.test
     from . import data
 
     train = data.with_image_transform(run.train, data.build_image_transform(run.transform, train=True), run.columns)
@@ -115,17 +152,25 @@ def _config(section_training: dict[str, Any], output_dir: Path, seed: int, **fix
 def _build(section, run: RunData):
     from .models import build_model
 
+    if run.tokenizer is not None:
+        kwargs = {"vocab_size": len(run.tokenizer), "pad_token_id": run.tokenizer.pad_token_id, **section.model_kwargs}
+        return build_model(section.model, len(run.label_names), label_names=run.label_names, model_kwargs=kwargs)
     return build_model(section.model, len(run.label_names), label_names=run.label_names, in_chans=run.transform.in_chans,
                        image_size=run.transform.image_size, mean=run.transform.mean, std=run.transform.std,
                        model_kwargs=section.model_kwargs)
 
 
-# --- stage 1: teachers ------------------------------------------------------------------------
-def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: PartialState) -> list[SnapshotIndex]:
-    from .data import image_collator
+def _trainer(run: RunData, model, config, train, **kwargs):
     from .metrics import compute_metrics
     from .trainer import CheckpointKDTrainer
 
+    tokenizers = {"teacher_tokenizer": run.tokenizer, "student_tokenizer": run.tokenizer} if config.teachers else {}
+    return CheckpointKDTrainer(model=model, args=config, train_dataset=train, data_collator=run.collator,
+                               compute_metrics=compute_metrics, label_names=run.label_names, **tokenizers, **kwargs)
+
+
+# --- stage 1: teachers ------------------------------------------------------------------------
+def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: PartialState) -> list[SnapshotIndex]:
     train, validation, _ = _datasets(run)
     indexes = []
     for i in range(recipe.full_ensemble):
@@ -139,9 +184,7 @@ def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: Partia
             training.setdefault("save_strategy", "epoch")
             training.setdefault("save_total_limit", 1)
             config = _config(training, teacher_dir, seed=i)
-            trainer = CheckpointKDTrainer(model=_build(recipe.teacher, run), args=config, train_dataset=train,
-                                          eval_dataset=validation, data_collator=image_collator,
-                                          compute_metrics=compute_metrics)
+            trainer = _trainer(run, _build(recipe.teacher, run), config, train, eval_dataset=validation)
             resume = any(teacher_dir.glob("checkpoint-*"))
             trainer.train(resume_from_checkpoint=True if resume else None)
             state.wait_for_everyone()
@@ -217,10 +260,6 @@ def _run_slug(teachers: tuple[str, ...], output_dir: Path) -> str:
 def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[StudentCell], seeds: int,
                    state: PartialState) -> dict[str, list[dict]]:
     """Train each distinct (teachers, seed) once; cells that share teachers share the run."""
-    from .data import image_collator
-    from .metrics import compute_metrics
-    from .trainer import CheckpointKDTrainer
-
     train, validation, test = _datasets(run)
     results: dict[str, list[dict]] = {}
     runs = sorted({(c.teachers, s) for c in cells for s in range(seeds)}, key=lambda r: (len(r[0]), r[0], r[1]))
@@ -229,9 +268,7 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
         if not (run_dir / RESULT_NAME).is_file():
             start = time.time()
             config = _config(recipe.student.training, run_dir, seed=seed, teachers=list(teachers) or None)
-            trainer = CheckpointKDTrainer(model=_build(recipe.student, run), args=config, train_dataset=train,
-                                          data_collator=image_collator, compute_metrics=compute_metrics,
-                                          label_names=run.label_names)
+            trainer = _trainer(run, _build(recipe.student, run), config, train)
             trainer.train()
             val = trainer.evaluate(validation, metric_key_prefix="validation")
             tst = trainer.evaluate(test, metric_key_prefix="test")
@@ -252,8 +289,8 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
 
 def teacher_test_accuracy(run: RunData, snapshots, output_dir: Path) -> dict[str, float]:
     """Test accuracy of each snapshot used as a teacher (cached in teachers/test_accuracy.json)."""
-    from .data import image_collator
     from .metrics import load_metric
+    from .models import model_inputs
 
     cache_path = output_dir / "teachers" / "test_accuracy.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
@@ -267,8 +304,9 @@ def teacher_test_accuracy(run: RunData, snapshots, output_dir: Path) -> dict[str
         predictions, references = [], []
         with torch.inference_mode():
             for start in range(0, len(test), 512):
-                batch = image_collator([test[i] for i in range(start, min(start + 512, len(test)))])
-                predictions += model(pixel_values=batch["pixel_values"].to(device)).logits.argmax(-1).tolist()
+                batch = run.collator([test[i] for i in range(start, min(start + 512, len(test)))])
+                inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+                predictions += model(**inputs).logits.argmax(-1).tolist()
                 references += batch["labels"].tolist()
         cache[snapshot.reference] = accuracy.compute(predictions=predictions, references=references)["accuracy"]
         cache_path.write_text(json.dumps(cache, indent=2))
@@ -305,17 +343,24 @@ def run(recipe: Recipe, output_dir: str | Path, *, stages: list[str] | None = No
         _say(state, f"stage {name}{'' if selected else ': not requested, using existing outputs'}")
         return selected
 
+    def later(name: str) -> bool:
+        return any(s in stages for s in PIPELINE_STAGES[PIPELINE_STAGES.index(name) + 1:])
+
     indexes = train_teachers(recipe, run_data, output_dir, state) if stage("teachers") else \
         [SnapshotIndex.load(output_dir / "teachers" / f"teacher-{i}") for i in range(recipe.full_ensemble)]
-    reports = select(recipe, run_data, output_dir, indexes[0], state) if stage("select") else _load_reports(recipe, output_dir)
-    cells = student_cells(recipe, indexes, reports)
-    results = train_students(recipe, run_data, output_dir, cells, recipe.seeds, state) if stage("students") else None
-    summary = None
+    results = summary = None
+    if later("teachers"):
+        reports = select(recipe, run_data, output_dir, indexes[0], state) if stage("select") else \
+            _load_reports(recipe, output_dir)
+    if later("select"):
+        cells = student_cells(recipe, indexes, reports)
+        results = train_students(recipe, run_data, output_dir, cells, recipe.seeds, state) if stage("students") else None
     if stage("report") and state.is_main_process:
         if results is None:
             results = _load_student_results(output_dir, cells, recipe.seeds)
         used = {ref for c in cells for ref in c.teachers}
-        snapshots = [s for ix in indexes for s in ix if s.reference in used or ix is indexes[0]]
+        # Every snapshot's own accuracy is plotted with the oracle; otherwise only the teachers used.
+        snapshots = [s for ix in indexes for s in ix if s.reference in used or (recipe.oracle and ix is indexes[0])]
         teacher_acc = teacher_test_accuracy(run_data, snapshots, output_dir)
         summary = write_report(recipe, output_dir, cells, results, indexes, reports, teacher_acc)
         print(summary["table"], flush=True)

@@ -40,6 +40,7 @@ class Recipe:
     student: ModelSection
     name: str = "experiment"
     dataset: str = "fashion_mnist"
+    dataset_config: str | None = None     # a `datasets` config name (e.g. sst2 of nyu-mll/glue)
     image_column: str = "image"
     label_column: str = "label"
     train_split: str = "train"
