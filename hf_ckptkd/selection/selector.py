@@ -12,11 +12,15 @@ initialisation: scored and reported, never chosen.
 The estimator computes every term, the task terms Î(Y;·) included, on one probe set (the kernels
 of inputs, labels, features and outputs are over the same examples), so a `held_out_probe` cannot
 feed the task terms; when given it is used for each snapshot's held-out accuracy
-(`SnapshotScore.metadata["held_out_accuracy"]`), which the report shows beside the probe accuracy.
+(`SnapshotScore.metadata["held_out_accuracy"]`, saved in selection.json; table.md shows the probe
+accuracy only). `extract_candidates` is the first half of `select_teachers` on its own: the probe
+and every snapshot's features and logits, to score under several objectives without rerunning the
+models.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -171,8 +175,6 @@ def probe_transform_config(model: nn.Module, snapshot_path: str | Path | None = 
         mean = std = None
         processor = Path(snapshot_path) / "preprocessor_config.json" if snapshot_path is not None else None
         if processor is not None and processor.is_file():
-            import json
-
             values = json.loads(processor.read_text())
             mean, std = values.get("image_mean"), values.get("image_std")
     if mean is not None and std is not None and len(mean) == config.in_chans and len(std) == config.in_chans:
