@@ -216,7 +216,8 @@ def select(recipe: Recipe, run: RunData, output_dir: Path, index: SnapshotIndex,
             start = time.time()
             options = dict(recipe.selection)
             report = select_teachers(index, run.validation, k=k, image_column=recipe.image_column,
-                                     label_column=recipe.label_column, progress=False, **options)
+                                     label_column=recipe.label_column, progress=False, transform=run.transform,
+                                     **options)
             report.save(folder)
             _say(state, f"  k={k}: selected {', '.join(report.selected)} in {time.time() - start:.0f}s")
         state.wait_for_everyone()

@@ -158,5 +158,6 @@ class _TeacherLogitsCollator:
 
     def __call__(self, examples):
         batch = self.collate([{k: v for k, v in e.items() if k != TEACHER_LOGITS} for e in examples])
-        batch[TEACHER_LOGITS] = torch.stack([e[TEACHER_LOGITS] for e in examples])
+        if TEACHER_LOGITS in examples[0]:  # training batches; evaluation sets have no cached logits
+            batch[TEACHER_LOGITS] = torch.stack([e[TEACHER_LOGITS] for e in examples])
         return batch

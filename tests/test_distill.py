@@ -132,6 +132,7 @@ def test_cached_teacher_logits_give_the_same_training(tmp_path, data, snapshots)
         trainer.teachers.members[0].register_forward_hook(lambda *a: calls.append(1))
         trainer.train()
         runs[cached] = ([e["loss"] for e in trainer.state.log_history if "loss_kd" in e], len(calls))
+        assert math.isfinite(trainer.evaluate(plain)["eval_loss"])  # evaluation batches carry no cached logits
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
     assert runs[False][1] == 8, "uncached: one teacher forward per step"
     assert runs[True][1] == 1, "cached: one pass over the 128 examples, reused in both epochs"
