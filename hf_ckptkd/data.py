@@ -132,6 +132,8 @@ def tokenize_text_dataset(dataset: Dataset, tokenizer, text_column: str, label_c
 
 def stratified_split(dataset: Dataset, fraction: float, seed: int, label_column: str = "label") -> tuple[Dataset, Dataset]:
     """Carve a stratified held-out part (e.g. a validation split) from `dataset`: (rest, held_out)."""
+    if not isinstance(dataset.features[label_column], ClassLabel):  # stratifying needs a ClassLabel column
+        dataset = dataset.class_encode_column(label_column)
     parts = dataset.train_test_split(test_size=fraction, seed=seed, stratify_by_column=label_column)
     return parts["train"], parts["test"]
 

@@ -215,9 +215,10 @@ def select(recipe: Recipe, run: RunData, output_dir: Path, index: SnapshotIndex,
         if not (folder / "selection.json").is_file() and state.is_main_process:
             start = time.time()
             options = dict(recipe.selection)
+            text = run.tokenizer is not None  # tokenized text carries its labels as `labels`
             report = select_teachers(index, run.validation, k=k, image_column=recipe.image_column,
-                                     label_column=recipe.label_column, progress=False, transform=run.transform,
-                                     **options)
+                                     label_column="labels" if text else recipe.label_column, progress=False,
+                                     transform=run.transform, **options)
             report.save(folder)
             _say(state, f"  k={k}: selected {', '.join(report.selected)} in {time.time() - start:.0f}s")
         state.wait_for_everyone()

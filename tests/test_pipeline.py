@@ -115,3 +115,40 @@ def test_tiny_recipe_under_two_processes(tmp_path):
     assert {r["cell"] for r in summary["rows"]} >= {"no_kd", "final", "selected", "full_ensemble"}
     snapshots = json.loads((tmp_path / "run" / "teachers" / "teacher-0" / "snapshots" / "index.json").read_text())
     assert [s["name"] for s in snapshots["snapshots"]] == ["epoch-0001", "epoch-0002", "epoch-0003"]
+
+
+def _tiny_text_set(folder):
+    """A local SST-2-shaped dataset (sentence, label CSVs) and a word-level tokenizer saved beside it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["good", "bad", "great", "awful", "fine", "poor", "movie", "plot", "acting", "the", "was", "very"]
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]").save_pretrained(folder / "tokenizer")
+    positive, negative = ["good", "great", "fine"], ["bad", "awful", "poor"]
+    for split, n in (("train", 160), ("test", 40)):
+        lines = ["sentence,label"]
+        for i in range(n):
+            sentiment = (positive if i % 2 else negative)[i % 3]
+            lines.append(f"the {['movie', 'plot', 'acting'][i % 3]} was {'very ' * (i % 2)}{sentiment},{i % 2}")
+        (folder / "data").mkdir(exist_ok=True)
+        (folder / "data" / f"{split}.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.slow
+def test_text_recipe_end_to_end(tmp_path):
+    _tiny_text_set(tmp_path)
+    values = yaml.safe_load((ROOT / "recipes" / "sst2_text.yaml").read_text())
+    bert = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    values.update(dataset=str(tmp_path / "data"), dataset_config=None, test_split="test", tokenizer=str(tmp_path / "tokenizer"),
+                  train_samples=None, validation_samples=40, selection={"max_probe_samples": 40})
+    values["teacher"].update(model_kwargs=bert, num_train_epochs=3, per_device_train_batch_size=32, warmup_steps=0)
+    values["student"].update(model_kwargs=bert, num_train_epochs=1, per_device_train_batch_size=32, warmup_steps=0)
+    summary = run(recipe_from_dict(values, source="sst2-local"), tmp_path / "run")
+    cells = {r["cell"]: r for r in summary["rows"]}
+    assert set(cells) == {"no_kd", "final", "halfway", "selected", "selected_ensemble", "full_ensemble"}
+    assert all(0 <= r["student_test_accuracy"] <= 1 for r in cells.values())
+    assert (tmp_path / "run" / "selection" / "k1" / "information_plane.png").is_file()

@@ -256,17 +256,62 @@ def default_device() -> torch.device:
 
 
 @torch.inference_mode()
-def _run(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device,
+def _run(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device,
          bar=None) -> tuple[torch.Tensor, torch.Tensor]:
     features, logits = [], []
-    for start in range(0, inputs.shape[0], batch_size):
-        batch = inputs[start:start + batch_size].to(device, non_blocking=True)
-        f, z = forward_with_features(model, {"pixel_values": batch})
+    for batch in batches:
+        f, z = forward_with_features(model, {k: v.to(device, non_blocking=True) for k, v in batch.items()})
         features.append(f.float())
         logits.append(z.float())
         if bar is not None:
             bar.update(1)
     return torch.cat(features), torch.cat(logits)
+
+
+def _image_batches(inputs: torch.Tensor, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    return [{"pixel_values": inputs[start:start + batch_size]} for start in range(0, inputs.shape[0], batch_size)]
+
+
+def _is_text_model(model: nn.Module) -> bool:
+    inner = unwrap(model)
+    config = getattr(inner, "config", None)
+    return not isinstance(inner, TimmForImageClassification) and config is not None \
+        and getattr(config, "vocab_size", None) is not None and not hasattr(config, "num_channels")
+
+
+TEXT_INPUT_BUCKETS = 1024
+
+
+def draw_text_probe(dataset, size: int | None, seed: int, label_column: str, batch_size: int, pad_token_id: int,
+                    ) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor, torch.Tensor]:
+    """A tokenized text probe: (padded model-input batches, inputs X for the kernel, labels).
+
+    X is each text's bag of tokens hashed into 1024 buckets: token ids carry no geometry, so the
+    Gaussian kernel on the inputs compares which tokens two texts share.
+    """
+    if "input_ids" not in dataset.column_names:
+        raise DataError(f"a text probe set must be tokenized (columns input_ids, attention_mask, {label_column}); its "
+                        f"columns are {dataset.column_names}. Tokenize it with the teachers' tokenizer first.")
+    labels = _labels_of(dataset, label_column)
+    indices = stratified_probe_indices(labels, size, seed)
+    if not indices:
+        raise EmptyProbeError(f"the probe set is empty (the dataset has {len(labels)} examples, max_probe_samples={size})")
+    probe_labels = torch.from_numpy(labels[indices])
+    if torch.unique(probe_labels).numel() < 2:
+        raise SingleClassProbeError("the probe set holds a single class, so the label terms Î(Y;·) are undefined; "
+                                    "draw the probe from a dataset with at least two classes")
+    rows = dataset.select(indices)
+    ids = [torch.tensor(x, dtype=torch.long) for x in rows["input_ids"]]
+    bags = torch.zeros(len(ids), TEXT_INPUT_BUCKETS)
+    for i, x in enumerate(ids):
+        bags[i].index_add_(0, x % TEXT_INPUT_BUCKETS, torch.ones(len(x)))
+    batches = []
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        padded = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True, padding_value=pad_token_id)
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(x) for x in chunk], batch_first=True)
+        batches.append({"input_ids": padded, "attention_mask": mask})
+    return batches, bags, probe_labels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,13 +363,15 @@ def extract_candidates(
                              "'steps') so that the run keeps snapshots")
     device = torch.device(device) if device is not None else default_device()
     columns = ImageColumns(image=image_column, label=label_column)
-    check_image_columns(probe_dataset, columns)
     labels_all = _labels_of(probe_dataset, label_column)
     probe_classes = int(labels_all.max()) + 1 if labels_all.size else 0
 
     # The first snapshot's model fixes the transform and the label space.
     first_model = snapshot_list[0].load_model(verify=True)
-    if transform is None:
+    text = _is_text_model(first_model)
+    if text:
+        transform_config, transform_fn = None, "tokenized text (bag of tokens for X)"
+    elif transform is None:
         transform_config = probe_transform_config(first_model, snapshot_list[0].path, default_transform)
         transform_fn: Transform = build_image_transform(transform_config, train=False)
     elif isinstance(transform, ImageTransformConfig):
@@ -334,16 +381,26 @@ def extract_candidates(
         transform_config, transform_fn = None, transform
 
     t0 = time.perf_counter()
-    inputs, labels, _ = draw_probe(probe_dataset, max_probe_samples, seed, transform_fn, columns)
+
+    def probe_of(dataset):
+        """(model-input batches, inputs X for the kernel, labels) of a probe drawn from `dataset`."""
+        if text:
+            pad = getattr(unwrap(first_model).config, "pad_token_id", None) or 0
+            return draw_text_probe(dataset, max_probe_samples, seed, label_column, batch_size, pad)
+        check_image_columns(dataset, columns)
+        images, image_labels, _ = draw_probe(dataset, max_probe_samples, seed, transform_fn, columns)
+        return _image_batches(images, batch_size), images, image_labels
+
+    batches, inputs, labels = probe_of(probe_dataset)
     held_out = None
     if held_out_probe is not None:
-        h_inputs, h_labels, _ = draw_probe(held_out_probe, max_probe_samples, seed, transform_fn, columns)
-        held_out = (h_inputs, h_labels.to(device))
+        h_batches, _, h_labels = probe_of(held_out_probe)
+        held_out = (h_batches, h_labels.to(device))
     probe_s = time.perf_counter() - t0
 
     space = _LabelSpace(_dataset_label_names(probe_dataset, label_column), probe_classes)
     candidates: list[Candidate] = []
-    n_batches = -(-inputs.shape[0] // batch_size) + (-(-held_out[0].shape[0] // batch_size) if held_out else 0)
+    n_batches = len(batches) + (len(held_out[0]) if held_out else 0)
     outer: Iterable[Snapshot] = snapshot_list
     bar = None
     if progress:
@@ -361,12 +418,12 @@ def extract_candidates(
             if bar is not None:
                 bar.reset(total=n_batches)
                 bar.set_description(snapshot.name)
-            features, logits = _run(model, inputs, batch_size, device, bar)
+            features, logits = _run(model, batches, device, bar)
             metadata: dict[str, Any] = {"final": bool(snapshot.final)}
             if snapshot.accuracy is not None:
                 metadata["eval_accuracy"] = float(snapshot.accuracy)
             if held_out is not None:
-                _, h_logits = _run(model, held_out[0], batch_size, device, bar)
+                _, h_logits = _run(model, held_out[0], device, bar)
                 metadata["held_out_accuracy"] = float((h_logits.argmax(dim=1) == held_out[1]).float().mean())
             del model
             candidates.append(Candidate(
