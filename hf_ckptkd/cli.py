@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "distill": lambda rest: _train(rest, "hf-ckptkd distill", distill=True),
         "snapshots": lambda rest: cmd_snapshots(_simple_parser("snapshots").parse_args(rest)),
         "run": lambda rest: cmd_run(_run_parser().parse_args(rest)),
+        "study": lambda rest: cmd_study(_study_parser().parse_args(rest)),
         "select": lambda rest: cmd_select(_select_parser().parse_args(rest)),
         "push": lambda rest: cmd_push(_push_parser().parse_args(rest)),
     }
@@ -308,6 +309,22 @@ def cmd_run(args) -> int:
     recipe = load_recipe(args.recipe)
     output_dir = args.output_dir or f"runs/{recipe.name}"
     run(recipe, output_dir, stages=args.stages, seeds=args.seeds, oracle=args.oracle, push_to_hub=args.push_to_hub)
+    return 0
+
+
+def _study_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-ckptkd study", description="Run a study: one recipe varied along one "
+                                     "axis, every cell with the oracle; prints one table.")
+    parser.add_argument("study", help="A study YAML file (see recipes/studies/).")
+    parser.add_argument("--output_dir", "--output", default=None, help="Default runs/studies/<study name>.")
+    parser.add_argument("--seeds", type=int, default=None, help="Student seeds per cell (overrides the study).")
+    return parser
+
+
+def cmd_study(args) -> int:
+    from .study import run_study
+
+    run_study(args.study, args.output_dir, args.seeds)
     return 0
 
 

@@ -96,7 +96,7 @@ def test_unknown_stage_and_missing_dataset(tmp_path, capsys):
 
 
 def test_shipped_recipes_parse():
-    for path in sorted((ROOT / "recipes").rglob("*.yaml")):
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
         recipe = load_recipe(path)
         assert recipe.teacher.model and recipe.student.model, path
 
@@ -152,3 +152,43 @@ def test_text_recipe_end_to_end(tmp_path):
     assert set(cells) == {"no_kd", "final", "halfway", "selected", "selected_ensemble", "full_ensemble"}
     assert all(0 <= r["student_test_accuracy"] <= 1 for r in cells.values())
     assert (tmp_path / "run" / "selection" / "k1" / "information_plane.png").is_file()
+
+
+def test_shipped_studies_parse():
+    from hf_ckptkd.study import _cell_recipe, load_study
+
+    for path in sorted((ROOT / "recipes" / "studies").glob("*.yaml")):
+        study = load_study(path)
+        base = yaml.safe_load(study["base_path"].read_text())
+        (key, values), = study["vary"].items()
+        for value in values:
+            recipe = _cell_recipe(base, key, value, source=str(path))
+            assert recipe.oracle, path
+
+
+def test_bad_study_files(tmp_path):
+    from hf_ckptkd.study import load_study
+
+    bad = tmp_path / "s.yaml"
+    bad.write_text("base: tiny.yaml\nvary: {seeds: [1], oracle: [true]}\n")
+    with pytest.raises(ConfigError, match=r"exactly one key"):
+        load_study(bad)
+    bad.write_text("base: tiny.yaml\nvary: {seeds: [1]}\nvariations: 2\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['variations'\]"):
+        load_study(bad)
+
+
+@pytest.mark.slow
+def test_tiny_study_table(tmp_path, capsys):
+    from hf_ckptkd.study import run_study
+
+    cells = run_study(ROOT / "tests" / "recipes" / "tiny_study.yaml", tmp_path / "study")
+    assert list(cells) == ["student.temperature=2.0", "student.temperature=4.0"]
+    for cell in cells.values():
+        assert cell["oracle"] >= max(cell["final"], cell["halfway"], cell["selected"]) - 1e-12
+        for objective in ("outputs", "features"):
+            assert cell[f"{objective}_regret_pp"] >= 0
+            assert -1 <= cell[f"{objective}_spearman"] <= 1 or cell[f"{objective}_spearman"] != cell[f"{objective}_spearman"]
+    table = (tmp_path / "study" / "study.md").read_text()
+    assert table.count("| student.temperature=") == 2
+    assert "regret outputs / features" in capsys.readouterr().out

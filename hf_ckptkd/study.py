@@ -1,0 +1,158 @@
+"""Studies: one recipe varied along one axis, each cell a full pipeline run, one table at the end.
+
+A study file names a base recipe, the seeds and a `vary` mapping from a recipe key (dotted for
+the sections, e.g. `teacher.num_train_epochs`) to the values to try:
+
+    base: ../fashion_mnist_full.yaml
+    seeds: 3
+    vary:
+      train_samples: [2000, 4000, 10000]
+
+Every cell runs with the oracle (every snapshot teaches a student), so the table can say whether
+the best intermediate snapshot beats the final teacher, and the selector's regret and the
+Spearman correlation between J and student accuracy are computed for both objectives from the
+same runs (J is recomputed from the scores the selector saved).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ConfigError
+from .pipeline import run
+from .recipe import recipe_from_dict
+from .selection.objective import OBJECTIVES
+
+
+def load_study(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study {path} does not exist; the studies that ship are in recipes/studies/")
+    study = yaml.safe_load(path.read_text()) or {}
+    unknown = set(study) - {"base", "seeds", "vary", "name"}
+    if unknown:
+        raise ConfigError(f"study {path}: unknown key(s) {sorted(unknown)}; a study has base, seeds, vary and name")
+    if "base" not in study or not isinstance(study.get("vary"), dict) or len(study["vary"]) != 1:
+        raise ConfigError(f"study {path} needs `base` (a recipe path) and `vary` with exactly one key and its values")
+    study["base_path"] = (path.parent / study["base"]).resolve()
+    study.setdefault("name", path.stem)
+    return study
+
+
+def _cell_recipe(base: dict[str, Any], key: str, value: Any, source: str):
+    values = copy.deepcopy(base)
+    section, _, field = key.rpartition(".")
+    target = values[section] if section else values
+    if section and section not in ("teacher", "student", "selection"):
+        raise ConfigError(f"vary key {key!r}: the sections are teacher, student and selection")
+    target[field] = value
+    values["oracle"] = True
+    return recipe_from_dict(values, source=source)
+
+
+def _j(scores: list[dict], objective: str, beta: float = 1.0) -> dict[str, float]:
+    """J of each non-initial snapshot, min-max over the candidates (as the selector computes it)."""
+    x, y = ("i_xp", "i_yp") if objective == "outputs" else ("i_xf", "i_yf")
+    cand = [s for s in scores if not s.get("init")]
+
+    def scale(key):
+        lo, hi = min(s[key] for s in cand), max(s[key] for s in cand)
+        return {s["name"]: (s[key] - lo) / (hi - lo) if hi > lo else 0.0 for s in cand}
+
+    mx, my = scale(x), scale(y)
+    return {name: my[name] + beta * mx[name] for name in mx}
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for t in range(i, j + 1):
+                r[order[t]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((p - ma) * (q - mb) for p, q in zip(ra, rb))
+    den = (sum((p - ma) ** 2 for p in ra) * sum((q - mb) ** 2 for q in rb)) ** 0.5
+    return cov / den if den else float("nan")
+
+
+def summarise_cell(run_dir: Path) -> dict[str, Any]:
+    results = json.loads((run_dir / "results.json").read_text())
+    rows = {r["cell"]: r for r in results["rows"]}
+    scores = json.loads((run_dir / "selection" / "k1" / "selection.json").read_text())["scores"]
+    snap_acc = {c.split(":", 1)[1]: r["student_test_accuracy"] for c, r in rows.items() if c.startswith("snapshot:")}
+    final_name = rows["final"]["description"].split("(")[1].rstrip(")")
+    oracle_name = max(snap_acc, key=snap_acc.get)
+    intermediate = {n: a for n, a in snap_acc.items() if n != final_name}
+    cell = {
+        "no_kd": rows["no_kd"]["student_test_accuracy"], "final": rows["final"]["student_test_accuracy"],
+        "halfway": rows["halfway"]["student_test_accuracy"], "selected": rows["selected"]["student_test_accuracy"],
+        "oracle": snap_acc[oracle_name], "oracle_snapshot": oracle_name,
+        "best_intermediate_minus_final_pp": 100 * (max(intermediate.values()) - rows["final"]["student_test_accuracy"])
+        if intermediate else float("nan"),
+        "selected_ensemble": rows.get("selected_ensemble", {}).get("student_test_accuracy"),
+        "full_ensemble": rows.get("full_ensemble", {}).get("student_test_accuracy"),
+        "final_teacher_test_accuracy": rows["final"]["teacher_test_accuracy"],
+        "std": {c: rows[c]["student_test_std"] for c in ("no_kd", "final", "selected") if c in rows},
+    }
+    for objective in OBJECTIVES:
+        j = _j(scores, objective)
+        names = [n for n in j if n in snap_acc]
+        chosen = max(names, key=lambda n: j[n])
+        cell[f"{objective}_selected"] = chosen
+        cell[f"{objective}_regret_pp"] = 100 * (snap_acc[oracle_name] - snap_acc[chosen])
+        cell[f"{objective}_spearman"] = _spearman([j[n] for n in names], [snap_acc[n] for n in names])
+    return cell
+
+
+def run_study(path: str | Path, output_dir: str | Path | None = None, seeds: int | None = None) -> dict[str, Any]:
+    study = load_study(path)
+    base = yaml.safe_load(study["base_path"].read_text())
+    (key, values), = study["vary"].items()
+    output_dir = Path(output_dir or f"runs/studies/{study['name']}")
+    cells = {}
+    for value in values:
+        name = f"{key}={value}"
+        print(f"== {study['name']}: {name}", flush=True)
+        recipe = _cell_recipe(base, key, value, source=f"{path} [{name}]")
+        cell_dir = output_dir / name.replace("/", "_")
+        run(recipe, cell_dir, seeds=seeds or study.get("seeds"), oracle=True)
+        cells[name] = summarise_cell(cell_dir)
+    table = study_table(study["name"], cells)
+    (output_dir / "study.json").write_text(json.dumps(cells, indent=2))
+    (output_dir / "study.md").write_text(table + "\n")
+    print(table, flush=True)
+    return cells
+
+
+def study_table(name: str, cells: dict[str, dict]) -> str:
+    def pp(v):
+        return "–" if v is None else f"{100 * v:.2f}"
+
+    lines = [f"Study {name}: student test accuracy (%), mean over seeds",
+             "", "| cell | teacher | no KD | final | halfway | selected | oracle (snapshot) | best inter − final (pp) | "
+                 "2-snap ens. | 2-teacher ens. | regret outputs / features (pp) | Spearman outputs / features |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for cell, c in cells.items():
+        lines.append(
+            f"| {cell} | {pp(c['final_teacher_test_accuracy'])} | {pp(c['no_kd'])} | {pp(c['final'])} | {pp(c['halfway'])} | "
+            f"{pp(c['selected'])} | {pp(c['oracle'])} ({c['oracle_snapshot']}) | {c['best_intermediate_minus_final_pp']:+.2f} | "
+            f"{pp(c['selected_ensemble'])} | {pp(c['full_ensemble'])} | {c['outputs_regret_pp']:.2f} / "
+            f"{c['features_regret_pp']:.2f} | {c['outputs_spearman']:+.2f} / {c['features_spearman']:+.2f} |")
+    return "\n".join(lines)
+
+
+__all__ = ["load_study", "run_study", "summarise_cell", "study_table"]
