@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import hashlib
 import json
 import typing
@@ -74,8 +75,10 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-_TOP_KEYS = {f.name: f for f in dataclasses.fields(Recipe) if f.name not in ("teacher", "student")}
-_CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(CheckpointKDConfig) if f.init}
+# Resolved annotations (fields of classes using `from __future__ import annotations` hold strings).
+_TOP_KEYS = {name: hint for name, hint in typing.get_type_hints(Recipe).items() if name not in ("teacher", "student")}
+_CONFIG_FIELDS = {f.name: typing.get_type_hints(CheckpointKDConfig)[f.name]
+                  for f in dataclasses.fields(CheckpointKDConfig) if f.init}
 _SECTION_KEYS = ("model", "model_kwargs")
 SELECTION_KEYS = ("objective", "max_probe_samples", "estimator", "temperature", "beta", "kappa", "seed")
 
@@ -86,8 +89,6 @@ def _nearest(key: str, valid) -> str:
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
-    if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing), {})  # dataclass annotations are strings here
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, __import__("types").UnionType):
         return any(_type_ok(value, a) for a in typing.get_args(annotation))
@@ -101,6 +102,8 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):  # e.g. optim: OptimizerNames
+        return value in {member.value for member in annotation} or isinstance(value, annotation)
     if isinstance(annotation, type):
         return isinstance(value, annotation)
     return True
@@ -121,7 +124,7 @@ def _section(where: str, values: Any) -> ModelSection:
             continue
         if key not in _CONFIG_FIELDS:
             raise ConfigError(f"{where}: unknown key {key!r}{_nearest(key, [*_CONFIG_FIELDS, *_SECTION_KEYS])}")
-        _check_type(where, key, value, _CONFIG_FIELDS[key].type)
+        _check_type(where, key, value, _CONFIG_FIELDS[key])
         training[key] = value
     if not isinstance(values.get("model_kwargs", {}), dict):
         raise ConfigError(f"{where}: model_kwargs must be a mapping of config fields to values")
@@ -141,7 +144,7 @@ def recipe_from_dict(values: dict[str, Any], source: str | None = None) -> Recip
             continue
         if key not in _TOP_KEYS:
             raise ConfigError(f"{where}: unknown key {key!r}{_nearest(key, [*_TOP_KEYS, 'teacher', 'student'])}")
-        _check_type(where, key, value, _TOP_KEYS[key].type)
+        _check_type(where, key, value, _TOP_KEYS[key])
         top[key] = value
     for key in top.get("selection", {}) or {}:
         if key not in SELECTION_KEYS:

@@ -1,13 +1,16 @@
 """A short distillation for the two-process test: `python distill_run.py OUT TEACHER_REF --batch_size B`.
 
 A tiny ViT student (LayerNorm, no BatchNorm, so per-process batch size does not change the
-forward) learns from a snapshot on 256 Fashion-MNIST images without augmentation; the losses of
-the first steps and the world size are written to OUT/losses-rank<r>.json.
+forward) learns from a snapshot on 32 Fashion-MNIST images without augmentation: with a global
+batch of 32 every step sees all of them, whatever order each process draws, so one process and
+two must take the same steps. The losses and the world size go to OUT/losses-rank<r>.json.
 """
 
 import argparse
 import json
 from pathlib import Path
+
+from transformers import set_seed
 
 from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer
 from hf_ckptkd.data import ImageTransformConfig, build_image_transform, image_collator, label_names, load_fashion_mnist, with_image_transform
@@ -23,12 +26,13 @@ def main():
     parser.add_argument("teacher")
     parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_args()
-    train = load_fashion_mnist("train", limit=256)
+    train = load_fashion_mnist("train", limit=32)
     names = label_names(train)
     data = with_image_transform(train, build_image_transform(ImageTransformConfig(crop_padding=0, hflip=False), train=True))
     config = CheckpointKDConfig(output_dir=args.output_dir, max_steps=4, per_device_train_batch_size=args.batch_size,
                                 learning_rate=1e-3, logging_steps=1, report_to="none", remove_unused_columns=False,
                                 save_strategy="no", teachers=[args.teacher], seed=0, disable_tqdm=True)
+    set_seed(0)  # the same initial student in every process and in the single-process run
     model = build_model("transformers:ViTConfig", 10, label_names=names, model_kwargs=TINY_VIT)
     trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=data, data_collator=image_collator)
     trainer.train()
