@@ -13,6 +13,7 @@ pattern, so `save_total_limit` never deletes them.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -22,11 +23,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
+from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .models import load_model, model_family, save_model, unwrap
@@ -265,6 +268,13 @@ def mark_final(snapshot: Snapshot) -> Snapshot:
     return snapshot
 
 
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """The model with its own CPU copy of every weight and buffer (the module tree is shared code only)."""
+    memo = {id(p): nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=False) for p in model.parameters()}
+    memo.update({id(b): b.detach().to("cpu", copy=True) for b in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
 def remove_partial_snapshots(snapshot_dir: str | Path) -> list[str]:
     """Delete temporary folders left by a write that was killed; return their names."""
     snapshot_dir = Path(snapshot_dir)
@@ -284,6 +294,10 @@ class SnapshotCallback(TrainerCallback):
     evaluation (so the snapshot carries the metrics the run computed there, without evaluating
     twice) and before its checkpoint is saved (so a resumed run never misses one). The final
     model is always a snapshot, flagged `final`.
+
+    Writing happens in a background thread from a CPU copy of the weights, so training goes on
+    meanwhile; every pending write is finished before any checkpoint is saved and at the end of
+    training, which keeps the resume guarantee. A failed write raises `SnapshotError` there.
     """
 
     def __init__(self, strategy: str = "epoch", every: int = 1, snapshot_dir: str | Path | None = None):
@@ -297,6 +311,8 @@ class SnapshotCallback(TrainerCallback):
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
         self._pending: dict[str, Any] | None = None
         self._model = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._writes: list[Future] = []
 
     def _dir(self, args: TrainingArguments) -> Path:
         return self.snapshot_dir or Path(args.output_dir) / "snapshots"
@@ -318,15 +334,20 @@ class SnapshotCallback(TrainerCallback):
             return
         logged_here = bool(state.log_history) and state.log_history[-1].get("step") == state.global_step \
             and "loss" in state.log_history[-1]
-        self._pending = {"need_loss": not logged_here, "need_eval": bool(control.should_evaluate), "eval": {}}
+        self._pending = {"need_loss": not logged_here, "need_eval": bool(control.should_evaluate), "eval": {},
+                         "checkpoint_due": bool(control.should_save)}
         # Log the training loss at the snapshot so its metadata holds the loss at that point.
         control.should_log = control.should_log or not logged_here
         self._maybe_write(args, state)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:  # a checkpoint follows: earlier snapshots must be on disk before it
+            self._wait()
         self._schedule(args, state, control, at_epoch_end=False)
 
     def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self._wait()
         self._schedule(args, state, control, at_epoch_end=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -352,22 +373,35 @@ class SnapshotCallback(TrainerCallback):
             return
         self._pending = None
         final = state.max_steps > 0 and state.global_step >= state.max_steps
-        self._write(args, state, pending["eval"], final)
+        self._write(args, state, pending["eval"], final, background=not (final or pending["checkpoint_due"]))
 
-    def _write(self, args, state: TrainerState, eval_metrics: dict, final: bool) -> None:
+    def _write(self, args, state: TrainerState, eval_metrics: dict, final: bool, background: bool = False) -> None:
         if not state.is_world_process_zero:
             return
         loss_entry = next((e for e in reversed(state.log_history) if "loss" in e), {})
         name = snapshot_name(self.strategy, state.epoch or 0.0, state.global_step)
-        snapshot = write_snapshot(
-            unwrap(self._model), self._dir(args), name, epoch=state.epoch or 0.0, global_step=state.global_step,
-            learning_rate=loss_entry.get("learning_rate"), train_loss=loss_entry.get("loss"),
-            eval_metrics=eval_metrics, final=final)
-        logger.info("snapshot %s written to %s", name, snapshot.path)
+        kwargs = dict(epoch=state.epoch or 0.0, global_step=state.global_step, learning_rate=loss_entry.get("learning_rate"),
+                      train_loss=loss_entry.get("loss"), eval_metrics=eval_metrics, final=final)
+        model = unwrap(self._model)
+        if background:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-writer")
+            self._writes.append(self._writer.submit(write_snapshot, _cpu_copy(model), self._dir(args), name, **kwargs))
+        else:
+            self._wait()
+            write_snapshot(model, self._dir(args), name, **kwargs)
+        logger.info("snapshot %s %s %s", name, "being written to" if background else "written to", self._dir(args))
+
+    def _wait(self) -> None:
+        """Finish every pending background write; a failed one raises its `SnapshotError` here."""
+        writes, self._writes = self._writes, []
+        for write in writes:
+            write.result()
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self._model = model if model is not None else self._model
         self._maybe_write(args, state, force=True)
+        self._wait()
         if not state.is_world_process_zero:
             return
         index = SnapshotIndex.scan(self._dir(args))

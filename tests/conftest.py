@@ -126,3 +126,15 @@ def fresh_hf_cache(tmp_path, monkeypatch):
 
 
 # --- other fixtures below ---
+
+
+@pytest.fixture
+def accelerate_launch():
+    """The command prefix for a 2-process CPU launch, on a free port (tests may run beside other launches)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+            "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]

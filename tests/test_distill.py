@@ -272,15 +272,14 @@ def test_distill_cli(tmp_path, snapshots, capsys):
 
 
 @pytest.mark.slow
-def test_two_process_distillation_matches_one_process(tmp_path, snapshots):
+def test_two_process_distillation_matches_one_process(tmp_path, snapshots, accelerate_launch):
     script = ROOT / "tests" / "scripts" / "distill_run.py"
     ref = f"{snapshots['timm']}:epoch-0002"
     single = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), ref, "--batch_size", "32"],
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     launch = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path / "two"), ref, "--batch_size", "16"],
+        [*accelerate_launch, str(script), str(tmp_path / "two"), ref, "--batch_size", "16"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert launch.returncode == 0, launch.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "losses-rank0.json").read_text())

@@ -102,12 +102,10 @@ def test_shipped_recipes_parse():
 
 
 @pytest.mark.slow
-def test_tiny_recipe_under_two_processes(tmp_path):
+def test_tiny_recipe_under_two_processes(tmp_path, accelerate_launch):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_ckptkd.cli", "run", str(TINY),
-         "--output_dir", str(tmp_path / "run")],
+        [*accelerate_launch, "-m", "hf_ckptkd.cli", "run", str(TINY), "--output_dir", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=900, env=env)
     assert launch.returncode == 0, launch.stderr[-3000:]
     assert launch.stdout.count("stage report") == 1, "only the main process prints"

@@ -208,14 +208,12 @@ def test_resume_after_sigkill_gives_the_same_snapshots(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_write_once_with_the_single_process_schedule(tmp_path):
+def test_two_processes_write_once_with_the_single_process_schedule(tmp_path, accelerate_launch):
     single = _run_script(tmp_path / "single", "--batch_size", "32")
     assert single.returncode == 0, single.stderr[-2000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
-         str(tmp_path / "ddp"), "--batch_size", "16"],
+        [*accelerate_launch, str(SCRIPT), str(tmp_path / "ddp"), "--batch_size", "16"],
         capture_output=True, text=True, timeout=600, env=env)
     assert launch.returncode == 0, launch.stderr[-3000:]
     ranks = [json.loads((tmp_path / "ddp" / f"world-rank{r}.json").read_text()) for r in (0, 1)]
