@@ -106,6 +106,8 @@ def _build_student(data_args: DataArguments, names: list[str], transform):
 
 
 def _train(argv: list[str], prog: str, distill: bool) -> int:
+    from transformers import set_seed
+
     from .config import CheckpointKDConfig
     from .data import image_collator
     from .metrics import compute_metrics
@@ -121,6 +123,7 @@ def _train(argv: list[str], prog: str, distill: bool) -> int:
                           "--hflip false, or drop --cache_teacher_logits")
     config.remove_unused_columns = False  # the image transform produces the model's inputs on the fly
     train_ds, eval_ds, names, transform = _image_data(data_args)
+    set_seed(config.seed)  # reproducible initial weights, as in transformers' example scripts
     model = _build_student(data_args, names, transform)
     trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
                                   data_collator=image_collator, compute_metrics=compute_metrics, label_names=names)

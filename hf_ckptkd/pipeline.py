@@ -149,8 +149,12 @@ def _config(section_training: dict[str, Any], output_dir: Path, seed: int, **fix
     return CheckpointKDConfig(**values)
 
 
-def _build(section, run: RunData):
+def _build(section, run: RunData, seed: int):
+    from transformers import set_seed
+
     from .models import build_model
+
+    set_seed(seed)  # the initial weights too: students of one seed start alike whatever teaches them
 
     if run.tokenizer is not None:
         kwargs = {"vocab_size": len(run.tokenizer), "pad_token_id": run.tokenizer.pad_token_id, **section.model_kwargs}
@@ -184,7 +188,7 @@ def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: Partia
             training.setdefault("save_strategy", "epoch")
             training.setdefault("save_total_limit", 1)
             config = _config(training, teacher_dir, seed=i)
-            trainer = _trainer(run, _build(recipe.teacher, run), config, train, eval_dataset=validation)
+            trainer = _trainer(run, _build(recipe.teacher, run, seed=i), config, train, eval_dataset=validation)
             resume = any(teacher_dir.glob("checkpoint-*"))
             trainer.train(resume_from_checkpoint=True if resume else None)
             state.wait_for_everyone()
@@ -270,7 +274,7 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
         if not (run_dir / RESULT_NAME).is_file():
             start = time.time()
             config = _config(recipe.student.training, run_dir, seed=seed, teachers=list(teachers) or None)
-            trainer = _trainer(run, _build(recipe.student, run), config, train)
+            trainer = _trainer(run, _build(recipe.student, run, seed=seed), config, train)
             trainer.train()
             val = trainer.evaluate(validation, metric_key_prefix="validation")
             tst = trainer.evaluate(test, metric_key_prefix="test")

@@ -52,6 +52,7 @@ def run(tmp_path_factory):
     test = load_fashion_mnist("test", limit=64)
     names = label_names(train)
     transform = ImageTransformConfig()
+    torch.manual_seed(0)  # a reproducible initialisation (the trainer seeds only what comes after it)
     model = build_model("timm:test_resnet", 10, label_names=names, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)
     write_snapshot(model, out / "snapshots", "epoch-0000", epoch=0, global_step=0)
     config = CheckpointKDConfig(
