@@ -243,7 +243,7 @@ def student_cells(recipe: Recipe, indexes: list[SnapshotIndex], reports: dict[in
     cells.append(StudentCell("selected", (index[selected].reference,), f"MI-selected snapshot ({selected})"))
     if recipe.ensemble_k > 1:
         members = reports[recipe.ensemble_k].selected
-        cells.append(StudentCell(f"selected_ensemble", tuple(index[m].reference for m in members),
+        cells.append(StudentCell("selected_ensemble", tuple(index[m].reference for m in members),
                                  f"MI-selected {len(members)}-snapshot ensemble ({', '.join(members)})"))
     if len(indexes) > 1:
         cells.append(StudentCell("full_ensemble", tuple(ix.final.reference for ix in indexes),
@@ -253,7 +253,7 @@ def student_cells(recipe: Recipe, indexes: list[SnapshotIndex], reports: dict[in
     return cells
 
 
-def _run_slug(teachers: tuple[str, ...], output_dir: Path) -> str:
+def _run_slug(teachers: tuple[str, ...]) -> str:
     if not teachers:
         return "no_kd"
     parts = []
@@ -270,7 +270,7 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
     results: dict[str, list[dict]] = {}
     runs = sorted({(c.teachers, s) for c in cells for s in range(seeds)}, key=lambda r: (len(r[0]), r[0], r[1]))
     for n, (teachers, seed) in enumerate(runs, 1):
-        run_dir = output_dir / "students" / _run_slug(teachers, output_dir) / f"seed-{seed}"
+        run_dir = output_dir / "students" / _run_slug(teachers) / f"seed-{seed}"
         if not (run_dir / RESULT_NAME).is_file():
             start = time.time()
             config = _config(recipe.student.training, run_dir, seed=seed, teachers=list(teachers) or None)
@@ -284,7 +284,7 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
                     "teachers": list(teachers), "seed": seed, "validation_accuracy": val["validation_accuracy"],
                     "test_accuracy": tst["test_accuracy"], "seconds": round(time.time() - start, 1)}, indent=2))
             state.wait_for_everyone()
-            _say(state, f"  student {n}/{len(runs)} [{_run_slug(teachers, output_dir)}, seed {seed}]: test accuracy "
+            _say(state, f"  student {n}/{len(runs)} [{_run_slug(teachers)}, seed {seed}]: test accuracy "
                         f"{tst['test_accuracy']:.4f} ({time.time() - start:.0f}s)")
         result = json.loads((run_dir / RESULT_NAME).read_text())
         for cell in cells:
@@ -396,7 +396,7 @@ def _load_student_results(output_dir: Path, cells: list[StudentCell], seeds: int
     results: dict[str, list[dict]] = {}
     for cell in cells:
         for seed in range(seeds):
-            path = output_dir / "students" / _run_slug(cell.teachers, output_dir) / f"seed-{seed}" / RESULT_NAME
+            path = output_dir / "students" / _run_slug(cell.teachers) / f"seed-{seed}" / RESULT_NAME
             if path.is_file():
                 results.setdefault(cell.name, []).append(json.loads(path.read_text()))
     return results

@@ -312,7 +312,7 @@ def test_load_errors_name_the_reference(hub, run, fresh_hf_cache):
     api.upload_file(path_or_fileobj=b"# not a model\n", path_in_repo="README.md", repo_id=empty)
     with pytest.raises(HubReferenceError, match=f"teacher '{empty}': {empty} holds no model .*no config.json"):
         load_hub_teacher(empty)
-    with pytest.raises(HubReferenceError, match=f"has no revision 'no-such-tag' .*; it has main"):
+    with pytest.raises(HubReferenceError, match="has no revision 'no-such-tag' .*; it has main"):
         load_hub_teacher(f"{empty}@no-such-tag")
     api.upload_file(path_or_fileobj=str(run.timm_dir / "epoch-0004" / "config.json"), path_in_repo="config.json",
                     repo_id=empty)
