@@ -35,6 +35,11 @@ class DataArguments:
     in_chans: int = field(default=1, metadata={"help": "Input channels (1 = grey, 3 = RGB)."})
     crop_padding: int = field(default=4, metadata={"help": "Train-time random crop padding (0 = no crop)."})
     hflip: bool = field(default=True, metadata={"help": "Train-time random horizontal flip."})
+    text_column: str | None = field(default=None, metadata={"help": "For text datasets: the text column (then "
+                                                                    "--tokenizer is required)."})
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder or Hub id that teachers and "
+                                                                  "student share (text only)."})
+    max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens."})
     model_kwargs: str | None = field(default=None, metadata={"help": "JSON dict of model/config overrides, e.g. "
                                                                      "'{\"hidden_size\": 64}'."})
     config: str | None = field(default=None, metadata={"help": "YAML/JSON file of defaults for any flag."})
@@ -97,19 +102,31 @@ def _image_data(data_args: DataArguments):
     return train_ds, eval_ds, names, transform
 
 
-def _build_student(data_args: DataArguments, names: list[str], transform):
-    from .models import build_model
+def _text_data(data_args: DataArguments):
+    from transformers import AutoTokenizer
 
-    kwargs = json.loads(data_args.model_kwargs) if data_args.model_kwargs else None
-    return build_model(data_args.model, len(names), label_names=names, in_chans=transform.in_chans,
-                       image_size=transform.image_size, mean=transform.mean, std=transform.std, model_kwargs=kwargs)
+    from . import data
+
+    if not data_args.tokenizer:
+        raise ConfigError("--text_column needs --tokenizer (a tokenizer folder or Hub id the teachers were trained with)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--tokenizer {data_args.tokenizer}: could not be loaded ({e})") from e
+    train = data.load_dataset_split(data_args.dataset, "train", data_args.max_train_samples)
+    evaluation = data.load_dataset_split(data_args.dataset, data_args.eval_split, data_args.max_eval_samples)
+    names = data.label_names(train, data.ImageColumns(data_args.text_column, data_args.label_column))
+    tokenized = [data.tokenize_text_dataset(ds, tokenizer, data_args.text_column, data_args.label_column,
+                                            data_args.max_length) for ds in (train, evaluation)]
+    return (*tokenized, names, tokenizer)
 
 
 def _train(argv: list[str], prog: str, distill: bool) -> int:
-    from transformers import set_seed
+    from transformers import DataCollatorWithPadding, set_seed
 
     from .config import CheckpointKDConfig
     from .data import image_collator
+    from .models import build_model
     from .metrics import compute_metrics
     from .trainer import CheckpointKDTrainer
 
@@ -122,11 +139,22 @@ def _train(argv: list[str], prog: str, distill: bool) -> int:
         raise ConfigError("--cache_teacher_logits needs a deterministic training transform: add --crop_padding 0 "
                           "--hflip false, or drop --cache_teacher_logits")
     config.remove_unused_columns = False  # the image transform produces the model's inputs on the fly
-    train_ds, eval_ds, names, transform = _image_data(data_args)
-    set_seed(config.seed)  # reproducible initial weights, as in transformers' example scripts
-    model = _build_student(data_args, names, transform)
+    kwargs = json.loads(data_args.model_kwargs) if data_args.model_kwargs else {}
+    if data_args.text_column:
+        train_ds, eval_ds, names, tokenizer = _text_data(data_args)
+        set_seed(config.seed)  # reproducible initial weights, as in transformers' example scripts
+        model = build_model(data_args.model, len(names), label_names=names, model_kwargs={
+            "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **kwargs})
+        collator = DataCollatorWithPadding(tokenizer)
+        shared = {"teacher_tokenizer": tokenizer, "student_tokenizer": tokenizer} if config.teachers else {}
+    else:
+        train_ds, eval_ds, names, transform = _image_data(data_args)
+        set_seed(config.seed)
+        model = build_model(data_args.model, len(names), label_names=names, in_chans=transform.in_chans,
+                            image_size=transform.image_size, mean=transform.mean, std=transform.std, model_kwargs=kwargs)
+        collator, shared = image_collator, {}
     trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                                  data_collator=image_collator, compute_metrics=compute_metrics, label_names=names)
+                                  data_collator=collator, compute_metrics=compute_metrics, label_names=names, **shared)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     # Reuse the evaluation the run already made at its last step instead of evaluating twice.
     last = trainer.state.log_history[-2] if len(trainer.state.log_history) > 1 else {}

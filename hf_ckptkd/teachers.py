@@ -172,16 +172,8 @@ def load_teacher(reference: str | Path | nn.Module) -> nn.Module:
 
 
 def _load_from_hub(reference: str) -> nn.Module:
-    try:
-        from .hub import load_hub_teacher
-    except ImportError as e:
-        missing = getattr(e, "name", None)
-        if missing not in (None, "hf_ckptkd.hub") and "load_hub_teacher" not in str(e):
-            raise  # hub.py exists but one of its own imports failed: show that error as it is
-        raise TeacherReferenceError(
-            f"teacher reference {reference!r} is a Hub repo (it is not a local path), and Hub references need "
-            f"hf_ckptkd.hub.load_hub_teacher, which is not available ({e}). Download the teacher and pass its "
-            "folder instead, or install a version of hf-ckptkd with Hub support.") from e
+    from .hub import load_hub_teacher  # imported here: hub builds on this module
+
     return load_hub_teacher(reference)
 
 

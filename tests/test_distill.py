@@ -289,3 +289,20 @@ def test_two_process_distillation_matches_one_process(tmp_path, snapshots, accel
     for a, b in zip(one["logs"], two["logs"]):
         for key in ("loss", "loss_ce", "loss_kd"):
             assert b[key] == pytest.approx(a[key], rel=2e-3, abs=1e-4), (a, b)
+
+
+def test_text_teacher_and_student_from_the_command_line(tmp_path, capsys):
+    from test_pipeline import _tiny_text_set
+
+    _tiny_text_set(tmp_path)
+    common = ["--dataset", str(tmp_path / "data"), "--text_column", "sentence", "--tokenizer", str(tmp_path / "tokenizer"),
+              "--per_device_train_batch_size", "32", "--report_to", "none", "--learning_rate", "0.001"]
+    bert = '{"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}'
+    assert main(["train-teacher", "--model", "transformers:BertConfig", "--model_kwargs", bert, *common,
+                 "--num_train_epochs", "2", "--snapshot_strategy", "epoch", "--output_dir", str(tmp_path / "t")]) == 0
+    assert main(["distill", "--model", "transformers:BertConfig", "--model_kwargs", bert, *common, "--max_steps", "3",
+                 "--teachers", f"{tmp_path / 't' / 'snapshots'}:epoch-0002", "--output_dir", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().out.count("test accuracy:") == 2
+    assert main(["distill", "--model", "transformers:BertConfig", "--dataset", str(tmp_path / "data"), "--text_column",
+                 "sentence", "--teachers", f"{tmp_path / 't' / 'snapshots'}:epoch-0002", "--output_dir", str(tmp_path / "x")]) == 2
+    assert "--text_column needs --tokenizer" in capsys.readouterr().err

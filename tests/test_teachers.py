@@ -1,6 +1,5 @@
 """Teachers: the frozen ensemble (fused and loop paths, modes, weights, dtypes), references, label spaces."""
 
-import importlib.util
 
 import pytest
 import torch
@@ -306,10 +305,3 @@ def test_parse_hub_reference():
                 "alice/t@", "alice/t@bad rev", "alice/t@a..b", "alice/" + "x" * 97, "runs/t/snapshots:epoch-0001"]:
         with pytest.raises(TeacherReferenceError):
             parse_hub_reference(bad)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("hf_ckptkd.hub") is not None,
-                    reason="hf_ckptkd.hub exists; its own tests load Hub teachers")
-def test_hub_reference_without_the_hub_module():
-    with pytest.raises(TeacherReferenceError, match=r"Hub references need hf_ckptkd.hub"):
-        load_teachers(["alice/teacher@v1"])
