@@ -185,6 +185,16 @@ def _pick_device(inputs: Tensor, candidates: Sequence[Candidate], device) -> tor
     return inputs.device
 
 
+def check_request(objective: str, estimator: str, temperature: float) -> None:
+    """Fail on a selection request that cannot succeed, before any work is done."""
+    if objective not in OBJECTIVES:
+        raise UnknownObjectiveError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if estimator not in ESTIMATORS:
+        raise UnknownEstimatorError(f"unknown estimator {estimator!r}; choose one of {', '.join(sorted(ESTIMATORS))}")
+    if not temperature > 0:
+        raise SelectionError(f"the temperature must be positive, got {temperature}")
+
+
 def select_from_candidates(
     candidates: Sequence[Candidate],
     inputs: Tensor,
@@ -236,12 +246,7 @@ def select_from_candidates(
     `SingleClassProbeError`, `ClassCountMismatchError`, `TooManyTeachersError`, `ShapeMismatchError`,
     `NonFiniteError`, `DegenerateProbeError`, `UnknownEstimatorError`, `UnknownObjectiveError`.
     """
-    if objective not in OBJECTIVES:
-        raise UnknownObjectiveError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if estimator not in ESTIMATORS:
-        raise UnknownEstimatorError(f"unknown estimator {estimator!r}; choose one of {', '.join(sorted(ESTIMATORS))}")
-    if not temperature > 0:
-        raise SelectionError(f"the temperature must be positive, got {temperature}")
+    check_request(objective, estimator, temperature)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise TooManyTeachersError(f"k must be a positive integer number of teachers, got {k!r}")
     _, y = check_probe(inputs, labels)

@@ -44,16 +44,13 @@ from ..models import TimmForImageClassification, forward_with_features, label_na
 from ..snapshots import Snapshot, SnapshotIndex
 from .estimators import (
     DEFAULT_ESTIMATOR,
-    ESTIMATORS,
     ClassCountMismatchError,
     EmptyProbeError,
     SelectionError,
     SingleClassProbeError,
     TooManyTeachersError,
-    UnknownEstimatorError,
-    UnknownObjectiveError,
 )
-from .objective import DEFAULT_OBJECTIVE, DEFAULT_TEMPERATURE, OBJECTIVES, Candidate, select_from_candidates
+from .objective import DEFAULT_OBJECTIVE, DEFAULT_TEMPERATURE, Candidate, check_request, select_from_candidates
 from .report import SelectionReport
 
 DEFAULT_MAX_PROBE_SAMPLES = 2000
@@ -508,12 +505,7 @@ def select_teachers(
         named columns.
     """
     started = time.perf_counter()
-    if objective not in OBJECTIVES:
-        raise UnknownObjectiveError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if estimator not in ESTIMATORS:
-        raise UnknownEstimatorError(f"unknown estimator {estimator!r}; choose one of {', '.join(sorted(ESTIMATORS))}")
-    if not temperature > 0:
-        raise SelectionError(f"the temperature must be positive, got {temperature}")
+    check_request(objective, estimator, temperature)
     snapshot_list, _ = _as_snapshots(snapshots)
     # Requests that cannot succeed fail here, before any model runs.
     n_init = sum(s.global_step == 0 for s in snapshot_list)
