@@ -90,8 +90,8 @@ def _image_data(data_args: DataArguments):
     from . import data
 
     columns = data.ImageColumns(data_args.image_column, data_args.label_column)
-    train = data.load_image_dataset(data_args.dataset, "train", data_args.max_train_samples)
-    evaluation = data.load_image_dataset(data_args.dataset, data_args.eval_split, data_args.max_eval_samples)
+    train = data.load_dataset_split(data_args.dataset, "train", data_args.max_train_samples)
+    evaluation = data.load_dataset_split(data_args.dataset, data_args.eval_split, data_args.max_eval_samples)
     names = data.label_names(train, columns)
     transform = data.ImageTransformConfig(image_size=data_args.image_size, in_chans=data_args.in_chans,
                                           crop_padding=data_args.crop_padding, hflip=data_args.hflip)
@@ -212,14 +212,14 @@ def _select_parser() -> argparse.ArgumentParser:
 def cmd_select(args) -> int:
     import time
 
-    from .data import ImageTransformConfig, load_image_dataset
+    from .data import ImageTransformConfig, load_dataset_split
     from .selection.selector import select_teachers
     from .snapshots import SnapshotIndex
 
     started = time.perf_counter()
     index = SnapshotIndex.load(args.snapshot_dir)
-    probe = load_image_dataset(args.dataset, args.split)
-    held_out = load_image_dataset(args.dataset, args.held_out_split) if args.held_out_split else None
+    probe = load_dataset_split(args.dataset, args.split)
+    held_out = load_dataset_split(args.dataset, args.held_out_split) if args.held_out_split else None
     # What a model does not record of its input normalisation follows the training command's convention.
     default_transform = None if args.dataset == "fashion_mnist" else ImageTransformConfig(mean=(0.5,), std=(0.5,))
     report = select_teachers(

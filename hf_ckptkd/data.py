@@ -114,8 +114,6 @@ def load_dataset_split(name_or_path: str, split: str, limit: int | None = None, 
     return ds.select(range(min(limit, len(ds)))) if limit is not None else ds
 
 
-load_image_dataset = load_dataset_split
-
 
 def tokenize_text_dataset(dataset: Dataset, tokenizer, text_column: str, label_column: str = "label",
                           max_length: int = 128) -> Dataset:

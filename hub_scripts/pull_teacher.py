@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 
     try:
         model = load_hub_teacher(args.reference).eval()
-        dataset = data.load_image_dataset(args.dataset, args.split, args.max_samples)
+        dataset = data.load_dataset_split(args.dataset, args.split, args.max_samples)
     except (HubError, TeacherReferenceError, data.DataError) as e:
         print(f"pull_teacher: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
