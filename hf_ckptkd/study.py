@@ -8,6 +8,9 @@ the sections, e.g. `teacher.num_train_epochs`) to the values to try:
     vary:
       train_samples: [2000, 4000, 10000]
 
+The cell whose recipe is the base recipe itself runs in the base's own run directory
+(`runs/<name>`, where `hf-ckptkd run` puts it), so a study and the base run share that work.
+
 Every cell runs with the oracle (every snapshot teaches a student), so the table can say whether
 the best intermediate snapshot beats the final teacher, and the selector's regret and the
 Spearman correlation between J and student accuracy are computed for both objectives from the
@@ -123,12 +126,14 @@ def run_study(path: str | Path, output_dir: str | Path | None = None, seeds: int
     base = yaml.safe_load(study["base_path"].read_text())
     (key, values), = study["vary"].items()
     output_dir = Path(output_dir or f"runs/studies/{study['name']}")
+    base_recipe = recipe_from_dict(copy.deepcopy(base), source=str(study["base_path"]))
     cells = {}
     for value in values:
         name = f"{key}={value}"
         print(f"== {study['name']}: {name}", flush=True)
         recipe = _cell_recipe(base, key, value, source=f"{path} [{name}]")
-        cell_dir = output_dir / name.replace("/", "_")
+        same_as_base = recipe.fingerprint == base_recipe.fingerprint
+        cell_dir = Path("runs") / base_recipe.name if same_as_base else output_dir / name.replace("/", "_")
         run(recipe, cell_dir, seeds=seeds or study.get("seeds"), oracle=True)
         cells[name] = summarise_cell(cell_dir)
     table = study_table(study["name"], cells)

@@ -176,16 +176,21 @@ def test_bad_study_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_study_table(tmp_path, capsys):
+def test_tiny_study_table(tmp_path, capsys, monkeypatch):
     from hf_ckptkd.study import run_study
 
+    monkeypatch.chdir(tmp_path)
     cells = run_study(ROOT / "tests" / "recipes" / "tiny_study.yaml", tmp_path / "study")
-    assert list(cells) == ["student.temperature=2.0", "student.temperature=4.0"]
+    assert list(cells) == ["student.num_train_epochs=1", "student.num_train_epochs=2"]
+    # The cell equal to the base recipe is the base's own run, where `hf-ckptkd run` puts it.
+    assert (tmp_path / "runs" / "tiny" / "results.json").is_file()
+    assert not (tmp_path / "study" / "student.num_train_epochs=1").exists()
+    assert (tmp_path / "study" / "student.num_train_epochs=2" / "results.json").is_file()
     for cell in cells.values():
         assert cell["oracle"] >= max(cell["final"], cell["halfway"], cell["selected"]) - 1e-12
         for objective in ("outputs", "features"):
             assert cell[f"{objective}_regret_pp"] >= 0
             assert -1 <= cell[f"{objective}_spearman"] <= 1 or cell[f"{objective}_spearman"] != cell[f"{objective}_spearman"]
     table = (tmp_path / "study" / "study.md").read_text()
-    assert table.count("| student.temperature=") == 2
+    assert table.count("| student.num_train_epochs=") == 2
     assert "regret outputs / features" in capsys.readouterr().out
