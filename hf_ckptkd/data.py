@@ -114,7 +114,6 @@ def load_dataset_split(name_or_path: str, split: str, limit: int | None = None, 
     return ds.select(range(min(limit, len(ds)))) if limit is not None else ds
 
 
-
 def tokenize_text_dataset(dataset: Dataset, tokenizer, text_column: str, label_column: str = "label",
                           max_length: int = 128) -> Dataset:
     """Tokenize `text_column` (truncating to `max_length`); the result has the model's inputs and `labels`."""
