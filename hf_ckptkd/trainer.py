@@ -10,6 +10,7 @@ The teachers are a separate frozen object: never wrapped by DDP/FSDP, never in a
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -23,6 +24,8 @@ from .losses import distillation_loss
 from .models import model_inputs, unwrap
 from .snapshots import SnapshotCallback
 from .teachers import TeacherEnsemble, check_finite, check_label_space, load_teachers
+
+logger = logging.getLogger(__name__)
 
 TEACHER_LOGITS = "teacher_logits"
 
@@ -58,6 +61,7 @@ class CheckpointKDTrainer(Trainer):
                               teacher_tokenizer=teacher_tokenizer, student_tokenizer=student_tokenizer)
             # The loss is computed here, not by the model: never hand it num_items_in_batch.
             self.model_accepts_loss_kwargs = False
+            _warn_if_clipping_kd(self.args)
         self._kd_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.accelerator.device))
         self._kd_batches = 0
         self._logits_cache_built = False
@@ -130,6 +134,17 @@ class CheckpointKDTrainer(Trainer):
         self.train_dataset = _WithTeacherLogits(dataset, table)
         self.data_collator = _TeacherLogitsCollator(collate)
         self._logits_cache_built = True
+
+
+def _warn_if_clipping_kd(args: CheckpointKDConfig) -> None:
+    # Trainer clips at 1.0 by default; the KD term is scaled by T^2, so its gradient norm is
+    # typically several times that and clipping silently divides the student's learning rate.
+    kd_weight = (1 - args.alpha) * args.temperature ** 2
+    if args.max_grad_norm and args.max_grad_norm > 0 and kd_weight > 1:
+        logger.warning("distilling with max_grad_norm=%s while the KD term is weighted (1-alpha)*T^2 = %.3g: clipping "
+                       "cuts the student's effective learning rate (it cost a ResNet-8 student about 4 points on "
+                       "Fashion-MNIST); pass max_grad_norm=0.0 (--max_grad_norm 0) unless you want clipping",
+                       args.max_grad_norm, kd_weight)
 
 
 def _is_deterministic(dataset: Dataset, probe: int = 4) -> bool:

@@ -117,6 +117,24 @@ def test_snapshot_ensemble(tmp_path, data, snapshots, mode):
     assert all(math.isfinite(e["loss_kd"]) for e in trainer.state.log_history if "loss_kd" in e)
 
 
+def test_clipping_a_temperature_scaled_kd_loss_warns(tmp_path, data, snapshots, caplog):
+    names, augmented, _ = data
+    ref = f"{snapshots['timm']}:epoch-0002"
+
+    def warnings_for(**overrides):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hf_ckptkd.trainer"):
+            CheckpointKDTrainer(model=build_model("timm:test_resnet", 10, label_names=names),
+                                args=_student_args(tmp_path, teachers=[ref], temperature=4.0, **overrides),
+                                train_dataset=augmented, data_collator=image_collator)
+        return [r.getMessage() for r in caplog.records if "max_grad_norm" in r.getMessage()]
+
+    (warning,) = warnings_for(max_grad_norm=1.0, alpha=0.5)
+    assert "(1-alpha)*T^2 = 8" in warning and "max_grad_norm=0.0" in warning
+    assert warnings_for(max_grad_norm=0.0, alpha=0.5) == []
+    assert warnings_for(max_grad_norm=1.0, alpha=1.0) == []  # hard labels only: no KD term to clip
+
+
 def test_cached_teacher_logits_give_the_same_training(tmp_path, data, snapshots):
     names, _, plain = data
     ref = f"{snapshots['timm']}:epoch-0002"
