@@ -179,7 +179,7 @@ def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: Partia
     indexes = []
     for i in range(recipe.full_ensemble):
         teacher_dir = output_dir / "teachers" / f"teacher-{i}"
-        if _finished_teacher(teacher_dir):
+        if finished_teacher(teacher_dir):
             _say(state, f"  teacher-{i}: done, skipped")
         else:
             start = time.time()
@@ -202,7 +202,7 @@ def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: Partia
     return indexes
 
 
-def _finished_teacher(teacher_dir: Path) -> bool:
+def finished_teacher(teacher_dir: Path) -> bool:
     try:
         return SnapshotIndex.load(teacher_dir).final is not None
     except Exception:  # no index yet, or no final snapshot: not finished

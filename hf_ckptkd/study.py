@@ -10,6 +10,8 @@ the sections, e.g. `teacher.num_train_epochs`) to the values to try:
 
 The cell whose recipe is the base recipe itself runs in the base's own run directory
 (`runs/<name>`, where `hf-ckptkd run` puts it), so a study and the base run share that work.
+Cells whose teachers would be trained alike (a study of a student setting) train them once: a
+later cell starts from a copy of an earlier cell's finished teachers.
 
 Every cell runs with the oracle (every snapshot teaches a student), so the table can say whether
 the best intermediate snapshot beats the final teacher, and the selector's regret and the
@@ -20,14 +22,16 @@ same runs (J is recomputed from the scores the selector saved).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .config import ConfigError
-from .pipeline import run
+from .pipeline import finished_teacher, run
 from .recipe import recipe_from_dict
 from .selection.objective import OBJECTIVES
 
@@ -56,6 +60,23 @@ def _cell_recipe(base: dict[str, Any], key: str, value: Any, source: str):
     target[field] = value
     values["oracle"] = True
     return recipe_from_dict(values, source=source)
+
+
+def _teacher_key(recipe) -> str:
+    """A hash of what the teachers depend on: everything but the student, the selection and the seeds."""
+    payload = {k: v for k, v in recipe.to_dict().items()
+               if k not in ("student", "selection", "ensemble_k", "seeds", "oracle", "source")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _finished_teachers(recipe, run_dir: Path) -> bool:
+    return all(finished_teacher(run_dir / "teachers" / f"teacher-{i}") for i in range(recipe.full_ensemble))
+
+
+def _copy_teachers(source: Path, cell_dir: Path) -> None:
+    # The test-accuracy cache is keyed by snapshot paths, which differ in the copy: recomputed.
+    print(f"   teachers copied from {source} (same teacher settings)", flush=True)
+    shutil.copytree(source / "teachers", cell_dir / "teachers", ignore=shutil.ignore_patterns("test_accuracy.json"))
 
 
 def _j(scores: list[dict], objective: str, beta: float = 1.0) -> dict[str, float]:
@@ -127,14 +148,22 @@ def run_study(path: str | Path, output_dir: str | Path | None = None, seeds: int
     (key, values), = study["vary"].items()
     output_dir = Path(output_dir or f"runs/studies/{study['name']}")
     base_recipe = recipe_from_dict(copy.deepcopy(base), source=str(study["base_path"]))
+    base_dir = Path("runs") / base_recipe.name
+    trained = {}  # teacher key -> a run directory whose teachers are finished
+    if _finished_teachers(base_recipe, base_dir):
+        trained[_teacher_key(base_recipe)] = base_dir
     cells = {}
     for value in values:
         name = f"{key}={value}"
         print(f"== {study['name']}: {name}", flush=True)
         recipe = _cell_recipe(base, key, value, source=f"{path} [{name}]")
         same_as_base = recipe.fingerprint == base_recipe.fingerprint
-        cell_dir = Path("runs") / base_recipe.name if same_as_base else output_dir / name.replace("/", "_")
+        cell_dir = base_dir if same_as_base else output_dir / name.replace("/", "_")
+        source = trained.get(_teacher_key(recipe))
+        if source is not None and source != cell_dir and not (cell_dir / "teachers").exists():
+            _copy_teachers(source, cell_dir)
         run(recipe, cell_dir, seeds=seeds or study.get("seeds"), oracle=True)
+        trained.setdefault(_teacher_key(recipe), cell_dir)
         cells[name] = summarise_cell(cell_dir)
     table = study_table(study["name"], cells)
     (output_dir / "study.json").write_text(json.dumps(cells, indent=2))

@@ -186,6 +186,11 @@ def test_tiny_study_table(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "runs" / "tiny" / "results.json").is_file()
     assert not (tmp_path / "study" / "student.num_train_epochs=1").exists()
     assert (tmp_path / "study" / "student.num_train_epochs=2" / "results.json").is_file()
+    # Only the student varies: the second cell distils from the base's teachers, not retrained ones.
+    base_teachers, cell_teachers = tmp_path / "runs" / "tiny" / "teachers", tmp_path / "study" / "student.num_train_epochs=2" / "teachers"
+    weights = sorted(p.relative_to(base_teachers) for p in base_teachers.rglob("*.safetensors"))
+    assert weights and weights == sorted(p.relative_to(cell_teachers) for p in cell_teachers.rglob("*.safetensors"))
+    assert all((base_teachers / w).read_bytes() == (cell_teachers / w).read_bytes() for w in weights)
     for cell in cells.values():
         assert cell["oracle"] >= max(cell["final"], cell["halfway"], cell["selected"]) - 1e-12
         for objective in ("outputs", "features"):
@@ -193,4 +198,7 @@ def test_tiny_study_table(tmp_path, capsys, monkeypatch):
             assert -1 <= cell[f"{objective}_spearman"] <= 1 or cell[f"{objective}_spearman"] != cell[f"{objective}_spearman"]
     table = (tmp_path / "study" / "study.md").read_text()
     assert table.count("| student.num_train_epochs=") == 2
-    assert "regret outputs / features" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "regret outputs / features" in out
+    assert f"teachers copied from {Path('runs') / 'tiny'}" in out
+    assert out.count("teacher-0: trained in") == 1 and out.count("teacher-0: done, skipped") == 1
