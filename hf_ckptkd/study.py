@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from .config import ConfigError
-from .pipeline import finished_teacher, run
+from .pipeline import RECIPE_RECORD, finished_teacher, run
 from .recipe import recipe_from_dict
 from .selection.objective import OBJECTIVES
 
@@ -70,6 +70,10 @@ def _teacher_key(recipe) -> str:
 
 
 def _finished_teachers(recipe, run_dir: Path) -> bool:
+    """The teachers in run_dir are finished and were trained for this recipe (not an older version)."""
+    record = run_dir / RECIPE_RECORD
+    if not record.is_file() or json.loads(record.read_text()).get("fingerprint") != recipe.fingerprint:
+        return False
     return all(finished_teacher(run_dir / "teachers" / f"teacher-{i}") for i in range(recipe.full_ensemble))
 
 

@@ -187,7 +187,8 @@ def test_tiny_study_table(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "study" / "student.num_train_epochs=1").exists()
     assert (tmp_path / "study" / "student.num_train_epochs=2" / "results.json").is_file()
     # Only the student varies: the second cell distils from the base's teachers, not retrained ones.
-    base_teachers, cell_teachers = tmp_path / "runs" / "tiny" / "teachers", tmp_path / "study" / "student.num_train_epochs=2" / "teachers"
+    base_teachers = tmp_path / "runs" / "tiny" / "teachers"
+    cell_teachers = tmp_path / "study" / "student.num_train_epochs=2" / "teachers"
     weights = sorted(p.relative_to(base_teachers) for p in base_teachers.rglob("*.safetensors"))
     assert weights and weights == sorted(p.relative_to(cell_teachers) for p in cell_teachers.rglob("*.safetensors"))
     assert all((base_teachers / w).read_bytes() == (cell_teachers / w).read_bytes() for w in weights)
@@ -202,3 +203,11 @@ def test_tiny_study_table(tmp_path, capsys, monkeypatch):
     assert "regret outputs / features" in out
     assert f"teachers copied from {Path('runs') / 'tiny'}" in out
     assert out.count("teacher-0: trained in") == 1 and out.count("teacher-0: done, skipped") == 1
+    # Teachers left by an older version of the base recipe are never copied into a cell.
+    from hf_ckptkd.recipe import load_recipe
+    from hf_ckptkd.study import _finished_teachers
+
+    base_recipe, record = load_recipe(ROOT / "tests" / "recipes" / "tiny.yaml"), tmp_path / "runs" / "tiny" / "recipe.json"
+    assert _finished_teachers(base_recipe, tmp_path / "runs" / "tiny")
+    record.write_text(json.dumps({**json.loads(record.read_text()), "fingerprint": "an-older-recipe"}))
+    assert not _finished_teachers(base_recipe, tmp_path / "runs" / "tiny")
