@@ -68,7 +68,15 @@ class Recipe:
     @property
     def fingerprint(self) -> str:
         """A hash of everything that changes results (not seeds/oracle, which only add runs)."""
-        payload = {k: v for k, v in self.to_dict().items() if k not in ("seeds", "oracle", "source")}
+        return self._hash_without("seeds", "oracle", "source")
+
+    @property
+    def teacher_fingerprint(self) -> str:
+        """A hash of what the teachers depend on: everything but the student, the selection and the seeds."""
+        return self._hash_without("student", "selection", "ensemble_k", "seeds", "oracle", "source")
+
+    def _hash_without(self, *keys: str) -> str:
+        payload = {k: v for k, v in self.to_dict().items() if k not in keys}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,7 +22,6 @@ same runs (J is recomputed from the scores the selector saved).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -60,13 +59,6 @@ def _cell_recipe(base: dict[str, Any], key: str, value: Any, source: str):
     target[field] = value
     values["oracle"] = True
     return recipe_from_dict(values, source=source)
-
-
-def _teacher_key(recipe) -> str:
-    """A hash of what the teachers depend on: everything but the student, the selection and the seeds."""
-    payload = {k: v for k, v in recipe.to_dict().items()
-               if k not in ("student", "selection", "ensemble_k", "seeds", "oracle", "source")}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _finished_teachers(recipe, run_dir: Path) -> bool:
@@ -153,9 +145,9 @@ def run_study(path: str | Path, output_dir: str | Path | None = None, seeds: int
     output_dir = Path(output_dir or f"runs/studies/{study['name']}")
     base_recipe = recipe_from_dict(copy.deepcopy(base), source=str(study["base_path"]))
     base_dir = Path("runs") / base_recipe.name
-    trained = {}  # teacher key -> a run directory whose teachers are finished
+    trained = {}  # teacher fingerprint -> a run directory whose teachers are finished
     if _finished_teachers(base_recipe, base_dir):
-        trained[_teacher_key(base_recipe)] = base_dir
+        trained[base_recipe.teacher_fingerprint] = base_dir
     cells = {}
     for value in values:
         name = f"{key}={value}"
@@ -163,11 +155,11 @@ def run_study(path: str | Path, output_dir: str | Path | None = None, seeds: int
         recipe = _cell_recipe(base, key, value, source=f"{path} [{name}]")
         same_as_base = recipe.fingerprint == base_recipe.fingerprint
         cell_dir = base_dir if same_as_base else output_dir / name.replace("/", "_")
-        source = trained.get(_teacher_key(recipe))
+        source = trained.get(recipe.teacher_fingerprint)
         if source is not None and source != cell_dir and not (cell_dir / "teachers").exists():
             _copy_teachers(source, cell_dir)
         run(recipe, cell_dir, seeds=seeds or study.get("seeds"), oracle=True)
-        trained.setdefault(_teacher_key(recipe), cell_dir)
+        trained.setdefault(recipe.teacher_fingerprint, cell_dir)
         cells[name] = summarise_cell(cell_dir)
     table = study_table(study["name"], cells)
     (output_dir / "study.json").write_text(json.dumps(cells, indent=2))

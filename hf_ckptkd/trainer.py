@@ -140,7 +140,7 @@ def _warn_if_clipping_kd(args: CheckpointKDConfig) -> None:
     # Trainer clips at 1.0 by default; the KD term is scaled by T^2, so its gradient norm is
     # typically several times that and clipping silently divides the student's learning rate.
     kd_weight = (1 - args.alpha) * args.temperature ** 2
-    if args.max_grad_norm and args.max_grad_norm > 0 and kd_weight > 1:
+    if (args.max_grad_norm or 0) > 0 and kd_weight > 1:
         logger.warning("distilling with max_grad_norm=%s while the KD term is weighted (1-alpha)*T^2 = %.3g: clipping "
                        "cuts the student's effective learning rate (it cost a ResNet-8 student about 4 points on "
                        "Fashion-MNIST); pass max_grad_norm=0.0 (--max_grad_norm 0) unless you want clipping",

@@ -67,6 +67,16 @@ def test_run_dir_of_another_recipe_is_refused(tmp_path):
         run(_tiny(), out)
 
 
+def test_fingerprints_say_what_a_change_retrains():
+    base, tiny = _tiny(), yaml.safe_load(TINY.read_text())
+    student_change = _tiny(student={**tiny["student"], "learning_rate": 0.01})
+    teacher_change = _tiny(teacher={**tiny["teacher"], "num_train_epochs": 4})
+    assert _tiny(seeds=3, oracle=True).fingerprint == base.fingerprint  # seeds and the oracle only add runs
+    assert student_change.fingerprint != base.fingerprint and student_change.teacher_fingerprint == base.teacher_fingerprint
+    assert teacher_change.teacher_fingerprint != base.teacher_fingerprint
+    assert _tiny(train_samples=150).teacher_fingerprint != base.teacher_fingerprint
+
+
 @pytest.mark.parametrize("changes,message", [
     ({"train_sampels": 100}, r"unknown key 'train_sampels'; did you mean 'train_samples'\?"),
     ({"seeds": "three"}, r"seeds='three' has the wrong type"),
