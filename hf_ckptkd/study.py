@@ -8,6 +8,10 @@ the sections, e.g. `teacher.num_train_epochs`) to the values to try:
     vary:
       train_samples: [2000, 4000, 10000]
 
+Settings that only make sense together vary as one: the key is a section and each value a mapping
+of that section's keys (`teacher: [{lr_scheduler_type: cosine_with_min_lr, lr_scheduler_kwargs:
+{min_lr_rate: 0.1}}]`); such a cell is named by its dotted keys, `teacher.lr_scheduler_type=...`.
+
 The cell whose recipe is the base recipe itself runs in the base's own run directory
 (`runs/<name>`, where `hf-ckptkd run` puts it), so a study and the base run share that work.
 Cells whose teachers would be trained alike (a study of a student setting) train them once: a
@@ -50,13 +54,36 @@ def load_study(path: str | Path) -> dict[str, Any]:
     return study
 
 
+_SECTIONS = ("teacher", "student", "selection")
+
+
+def _settings(key: str, value: Any) -> dict[str, Any]:
+    """The dotted recipe keys one vary value sets: one, or a section's several."""
+    if key in _SECTIONS:
+        if not isinstance(value, dict) or not value:
+            raise ConfigError(f"vary key {key!r} is a section: each value must be a mapping of its keys, "
+                              f"e.g. {{lr_scheduler_type: cosine}}; got {value!r}")
+        return {f"{key}.{field}": v for field, v in value.items()}
+    return {key: value}
+
+
+def _cell_name(key: str, value: Any) -> str:
+    parts = []
+    for k, v in _settings(key, value).items():
+        if isinstance(v, dict):  # a nested mapping reads as dotted keys too: ...kwargs.min_lr_rate=0.1
+            parts += [f"{k}.{inner}={w}" for inner, w in v.items()]
+        else:
+            parts.append(f"{k}={v}")
+    return ",".join(parts)
+
+
 def _cell_recipe(base: dict[str, Any], key: str, value: Any, source: str):
     values = copy.deepcopy(base)
-    section, _, field = key.rpartition(".")
-    target = values[section] if section else values
-    if section and section not in ("teacher", "student", "selection"):
-        raise ConfigError(f"vary key {key!r}: the sections are teacher, student and selection")
-    target[field] = value
+    for dotted, v in _settings(key, value).items():
+        section, _, field = dotted.rpartition(".")
+        if section and section not in _SECTIONS:
+            raise ConfigError(f"vary key {key!r}: the sections are {', '.join(_SECTIONS)}")
+        (values.setdefault(section, {}) if section else values)[field] = v
     values["oracle"] = True
     return recipe_from_dict(values, source=source)
 
@@ -150,7 +177,7 @@ def run_study(path: str | Path, output_dir: str | Path | None = None, seeds: int
         trained[base_recipe.teacher_fingerprint] = base_dir
     cells = {}
     for value in values:
-        name = f"{key}={value}"
+        name = _cell_name(key, value)
         print(f"== {study['name']}: {name}", flush=True)
         recipe = _cell_recipe(base, key, value, source=f"{path} [{name}]")
         same_as_base = recipe.fingerprint == base_recipe.fingerprint

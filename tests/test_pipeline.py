@@ -173,6 +173,25 @@ def test_shipped_studies_parse():
             assert recipe.oracle, path
 
 
+def test_study_cell_varies_a_section(tmp_path):
+    from hf_ckptkd.study import _cell_name, _cell_recipe
+
+    base = yaml.safe_load((ROOT / "recipes" / "fashion_mnist_full.yaml").read_text())
+    value = {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}}
+    recipe = _cell_recipe(base, "teacher", value, source="study")
+    assert recipe.teacher.training["lr_scheduler_type"] == "cosine_with_min_lr"
+    assert recipe.teacher.training["lr_scheduler_kwargs"] == {"min_lr_rate": 0.1}
+    assert recipe.student.training["lr_scheduler_type"] == "cosine"
+    assert _cell_name("teacher", value) == ("teacher.lr_scheduler_type=cosine_with_min_lr,"
+                                            "teacher.lr_scheduler_kwargs.min_lr_rate=0.1")
+    # One key in a section names the cell as the dotted key would: both spellings share a run.
+    assert _cell_name("teacher", {"lr_scheduler_type": "constant"}) == _cell_name("teacher.lr_scheduler_type", "constant")
+    with pytest.raises(ConfigError, match=r"vary key 'teacher' is a section: each value must be a mapping"):
+        _cell_recipe(base, "teacher", "cosine", source="study")
+    with pytest.raises(ConfigError, match=r"vary key 'optimizer.lr': the sections are teacher, student, selection"):
+        _cell_recipe(base, "optimizer.lr", 0.1, source="study")
+
+
 def test_bad_study_files(tmp_path):
     from hf_ckptkd.study import load_study
 
