@@ -35,6 +35,11 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}")
 
 
+# The fields that act only when a student has teachers: a student trained without one ignores them.
+DISTILLATION_FIELDS = ("teachers", "temperature", "alpha", "kd_loss", "ensemble_mode", "teacher_weights",
+                       "teacher_dtype", "teacher_fusion", "cache_teacher_logits")
+
+
 @dataclass
 class CheckpointKDConfig(TrainingArguments):
     """Training arguments for teachers that keep snapshots and students that learn from them."""

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 RECIPE_RECORD = "recipe.json"
 RESULT_NAME = "result.json"
+NO_TEACHER = "no_kd"  # the cell and the students/ folder of the students trained without a teacher
 
 
 @dataclass
@@ -236,7 +237,7 @@ def student_cells(recipe: Recipe, indexes: list[SnapshotIndex], reports: dict[in
     final = index.final
     halfway = min((s for s in index if not s.final), key=lambda s: abs(s.global_step - final.global_step / 2),
                   default=final)
-    cells = [StudentCell("no_kd", (), "no teacher"),
+    cells = [StudentCell(NO_TEACHER, (), "no teacher"),
              StudentCell("final", (final.reference,), f"final teacher ({final.name})"),
              StudentCell("halfway", (halfway.reference,), f"halfway snapshot ({halfway.name})")]
     selected = reports[1].selected[0]
@@ -255,7 +256,7 @@ def student_cells(recipe: Recipe, indexes: list[SnapshotIndex], reports: dict[in
 
 def _run_slug(teachers: tuple[str, ...]) -> str:
     if not teachers:
-        return "no_kd"
+        return NO_TEACHER
     parts = []
     for ref in teachers:
         folder, _, name = ref.rpartition(":")

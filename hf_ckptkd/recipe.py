@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .config import CheckpointKDConfig, ConfigError
+from .config import DISTILLATION_FIELDS, CheckpointKDConfig, ConfigError
 
 PIPELINE_STAGES = ("teachers", "select", "students", "report")
 
@@ -75,8 +75,16 @@ class Recipe:
         """A hash of what the teachers depend on: everything but the student, the selection and the seeds."""
         return self._hash_without("student", "selection", "ensemble_k", "seeds", "oracle", "source")
 
-    def _hash_without(self, *keys: str) -> str:
-        payload = {k: v for k, v in self.to_dict().items() if k not in keys}
+    @property
+    def no_teacher_fingerprint(self) -> str:
+        """A hash of what a student trained without a teacher depends on: the data and the student's own settings."""
+        student = self.to_dict()["student"]
+        student["training"] = {k: v for k, v in student["training"].items() if k not in DISTILLATION_FIELDS}
+        return self._hash_without("teacher", "selection", "full_ensemble", "ensemble_k", "seeds", "oracle", "source",
+                                  student=student)
+
+    def _hash_without(self, *keys: str, **replaced: Any) -> str:
+        payload = {k: v for k, v in {**self.to_dict(), **replaced}.items() if k not in keys}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,7 +15,8 @@ of that section's keys (`teacher: [{lr_scheduler_type: cosine_with_min_lr, lr_sc
 The cell whose recipe is the base recipe itself runs in the base's own run directory
 (`runs/<name>`, where `hf-ckptkd run` puts it), so a study and the base run share that work.
 Cells whose teachers would be trained alike (a study of a student setting) train them once: a
-later cell starts from a copy of an earlier cell's finished teachers.
+later cell starts from a copy of an earlier cell's finished teachers. Likewise the students trained
+without a teacher, which depend on neither the teachers nor `alpha` and `temperature`.
 
 Every cell runs with the oracle (every snapshot teaches a student), so the table can say whether
 the best intermediate snapshot beats the final teacher, and the selector's regret and the
@@ -34,7 +35,7 @@ from typing import Any
 import yaml
 
 from .config import ConfigError
-from .pipeline import RECIPE_RECORD, finished_teacher, run
+from .pipeline import NO_TEACHER, RECIPE_RECORD, RESULT_NAME, finished_teacher, run
 from .recipe import recipe_from_dict
 from .selection.objective import OBJECTIVES
 
@@ -88,18 +89,32 @@ def _cell_recipe(base: dict[str, Any], key: str, value: Any, source: str):
     return recipe_from_dict(values, source=source)
 
 
-def _finished_teachers(recipe, run_dir: Path) -> bool:
-    """The teachers in run_dir are finished and were trained for this recipe (not an older version)."""
+def _is_run_of(recipe, run_dir: Path) -> bool:
+    """run_dir holds a run of this recipe (not of an older version of it)."""
     record = run_dir / RECIPE_RECORD
-    if not record.is_file() or json.loads(record.read_text()).get("fingerprint") != recipe.fingerprint:
-        return False
-    return all(finished_teacher(run_dir / "teachers" / f"teacher-{i}") for i in range(recipe.full_ensemble))
+    return record.is_file() and json.loads(record.read_text()).get("fingerprint") == recipe.fingerprint
+
+
+def _finished_teachers(recipe, run_dir: Path) -> bool:
+    """The teachers in run_dir are finished and were trained for this recipe."""
+    return _is_run_of(recipe, run_dir) and all(
+        finished_teacher(run_dir / "teachers" / f"teacher-{i}") for i in range(recipe.full_ensemble))
 
 
 def _copy_teachers(source: Path, cell_dir: Path) -> None:
     # The test-accuracy cache is keyed by snapshot paths, which differ in the copy: recomputed.
     print(f"   teachers copied from {source} (same teacher settings)", flush=True)
     shutil.copytree(source / "teachers", cell_dir / "teachers", ignore=shutil.ignore_patterns("test_accuracy.json"))
+
+
+def _copy_no_teacher_students(source: Path, cell_dir: Path) -> None:
+    # A student without a teacher does not see what the cells vary (teachers, alpha, T): same seed, same run.
+    finished = [d for d in sorted((source / "students" / NO_TEACHER).glob("seed-*")) if (d / RESULT_NAME).is_file()]
+    missing = [d for d in finished if not (cell_dir / "students" / NO_TEACHER / d.name).exists()]
+    if missing:
+        print(f"   {len(missing)} no-teacher student(s) copied from {source} (same student settings)", flush=True)
+    for d in missing:
+        shutil.copytree(d, cell_dir / "students" / NO_TEACHER / d.name)
 
 
 def _j(scores: list[dict], objective: str, beta: float = 1.0) -> dict[str, float]:
@@ -173,8 +188,11 @@ def run_study(path: str | Path, output_dir: str | Path | None = None, seeds: int
     base_recipe = recipe_from_dict(copy.deepcopy(base), source=str(study["base_path"]))
     base_dir = Path("runs") / base_recipe.name
     trained = {}  # teacher fingerprint -> a run directory whose teachers are finished
+    alone = {}  # no-teacher fingerprint -> a run directory that trained the students without a teacher
     if _finished_teachers(base_recipe, base_dir):
         trained[base_recipe.teacher_fingerprint] = base_dir
+    if _is_run_of(base_recipe, base_dir):
+        alone[base_recipe.no_teacher_fingerprint] = base_dir
     cells = {}
     for value in values:
         name = _cell_name(key, value)
@@ -185,8 +203,12 @@ def run_study(path: str | Path, output_dir: str | Path | None = None, seeds: int
         source = trained.get(recipe.teacher_fingerprint)
         if source is not None and source != cell_dir and not (cell_dir / "teachers").exists():
             _copy_teachers(source, cell_dir)
+        source = alone.get(recipe.no_teacher_fingerprint)
+        if source is not None and source != cell_dir:
+            _copy_no_teacher_students(source, cell_dir)
         run(recipe, cell_dir, seeds=seeds or study.get("seeds"), oracle=True)
         trained.setdefault(recipe.teacher_fingerprint, cell_dir)
+        alone.setdefault(recipe.no_teacher_fingerprint, cell_dir)
         cells[name] = summarise_cell(cell_dir)
     table = study_table(study["name"], cells)
     (output_dir / "study.json").write_text(json.dumps(cells, indent=2))

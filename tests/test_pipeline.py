@@ -1,5 +1,6 @@
 """The recipe pipeline: a tiny recipe end to end, resumption, two processes, and bad recipes."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -75,6 +76,20 @@ def test_fingerprints_say_what_a_change_retrains():
     assert student_change.fingerprint != base.fingerprint and student_change.teacher_fingerprint == base.teacher_fingerprint
     assert teacher_change.teacher_fingerprint != base.teacher_fingerprint
     assert _tiny(train_samples=150).teacher_fingerprint != base.teacher_fingerprint
+    # A student without a teacher depends on neither the teachers nor the distillation settings.
+    kd_change = _tiny(student={**tiny["student"], "alpha": 0.9, "temperature": 2.0})
+    assert kd_change.no_teacher_fingerprint == teacher_change.no_teacher_fingerprint == base.no_teacher_fingerprint
+    assert student_change.no_teacher_fingerprint != base.no_teacher_fingerprint
+    assert _tiny(train_samples=150).no_teacher_fingerprint != base.no_teacher_fingerprint
+    assert _tiny(student={**tiny["student"], "model": "timm:cifar_resnet8"}).no_teacher_fingerprint != base.no_teacher_fingerprint
+
+
+def test_distillation_fields_are_config_fields():
+    from hf_ckptkd.config import DISTILLATION_FIELDS, CheckpointKDConfig
+
+    names = [f.name for f in dataclasses.fields(CheckpointKDConfig)]
+    # They are the fields declared from `teachers` on; a new one there must be listed (or moved).
+    assert list(DISTILLATION_FIELDS) == names[names.index("teachers"):]
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -210,14 +225,14 @@ def test_tiny_study_table(tmp_path, capsys, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     cells = run_study(ROOT / "tests" / "recipes" / "tiny_study.yaml", tmp_path / "study")
-    assert list(cells) == ["student.num_train_epochs=1", "student.num_train_epochs=2"]
+    assert list(cells) == ["student.alpha=0.5", "student.alpha=0.2"]
     # The cell equal to the base recipe is the base's own run, where `hf-ckptkd run` puts it.
     assert (tmp_path / "runs" / "tiny" / "results.json").is_file()
-    assert not (tmp_path / "study" / "student.num_train_epochs=1").exists()
-    assert (tmp_path / "study" / "student.num_train_epochs=2" / "results.json").is_file()
+    assert not (tmp_path / "study" / "student.alpha=0.5").exists()
+    assert (tmp_path / "study" / "student.alpha=0.2" / "results.json").is_file()
     # Only the student varies: the second cell distils from the base's teachers, not retrained ones.
     base_teachers = tmp_path / "runs" / "tiny" / "teachers"
-    cell_teachers = tmp_path / "study" / "student.num_train_epochs=2" / "teachers"
+    cell_teachers = tmp_path / "study" / "student.alpha=0.2" / "teachers"
     weights = sorted(p.relative_to(base_teachers) for p in base_teachers.rglob("*.safetensors"))
     assert weights and weights == sorted(p.relative_to(cell_teachers) for p in cell_teachers.rglob("*.safetensors"))
     assert all((base_teachers / w).read_bytes() == (cell_teachers / w).read_bytes() for w in weights)
@@ -227,11 +242,15 @@ def test_tiny_study_table(tmp_path, capsys, monkeypatch):
             assert cell[f"{objective}_regret_pp"] >= 0
             assert -1 <= cell[f"{objective}_spearman"] <= 1 or cell[f"{objective}_spearman"] != cell[f"{objective}_spearman"]
     table = (tmp_path / "study" / "study.md").read_text()
-    assert table.count("| student.num_train_epochs=") == 2
+    assert table.count("| student.alpha=") == 2
     out = capsys.readouterr().out
     assert "regret outputs / features" in out
     assert f"teachers copied from {Path('runs') / 'tiny'}" in out
     assert out.count("teacher-0: trained in") == 1 and out.count("teacher-0: done, skipped") == 1
+    # The student without a teacher does not see alpha: trained once, copied, the same result.
+    assert f"1 no-teacher student(s) copied from {Path('runs') / 'tiny'}" in out
+    assert out.count("[no_kd, seed 0]") == 1 and cells["student.alpha=0.5"]["no_kd"] == cells["student.alpha=0.2"]["no_kd"]
+    assert out.count("[teacher-0-epoch-0003, seed 0]") == 2  # the distilled students do see it: trained in each cell
     # Teachers left by an older version of the base recipe are never copied into a cell.
     from hf_ckptkd.recipe import load_recipe
     from hf_ckptkd.study import _finished_teachers
