@@ -89,7 +89,7 @@ def _cell_recipe(base: dict[str, Any], key: str, value: Any, source: str):
     return recipe_from_dict(values, source=source)
 
 
-def _is_run_of(recipe, run_dir: Path) -> bool:
+def is_run_of(recipe, run_dir: Path) -> bool:
     """run_dir holds a run of this recipe (not of an older version of it)."""
     record = run_dir / RECIPE_RECORD
     return record.is_file() and json.loads(record.read_text()).get("fingerprint") == recipe.fingerprint
@@ -97,7 +97,7 @@ def _is_run_of(recipe, run_dir: Path) -> bool:
 
 def _finished_teachers(recipe, run_dir: Path) -> bool:
     """The teachers in run_dir are finished and were trained for this recipe."""
-    return _is_run_of(recipe, run_dir) and all(
+    return is_run_of(recipe, run_dir) and all(
         finished_teacher(run_dir / "teachers" / f"teacher-{i}") for i in range(recipe.full_ensemble))
 
 
@@ -180,26 +180,38 @@ def summarise_cell(run_dir: Path) -> dict[str, Any]:
     return cell
 
 
-def run_study(path: str | Path, output_dir: str | Path | None = None, seeds: int | None = None) -> dict[str, Any]:
+def study_cells(path: str | Path, output_dir: str | Path | None = None):
+    """The study's base recipe and its base run directory, and each cell as (name, recipe, run directory).
+
+    A cell equal to the base recipe runs in the base's own directory, `runs/<name>`."""
     study = load_study(path)
     base = yaml.safe_load(study["base_path"].read_text())
     (key, values), = study["vary"].items()
     output_dir = Path(output_dir or f"runs/studies/{study['name']}")
     base_recipe = recipe_from_dict(copy.deepcopy(base), source=str(study["base_path"]))
     base_dir = Path("runs") / base_recipe.name
+    cells = []
+    for value in values:
+        name = _cell_name(key, value)
+        recipe = _cell_recipe(base, key, value, source=f"{path} [{name}]")
+        cell_dir = base_dir if recipe.fingerprint == base_recipe.fingerprint else output_dir / name.replace("/", "_")
+        cells.append((name, recipe, cell_dir))
+    return base_recipe, base_dir, cells
+
+
+def run_study(path: str | Path, output_dir: str | Path | None = None, seeds: int | None = None) -> dict[str, Any]:
+    study = load_study(path)
+    output_dir = Path(output_dir or f"runs/studies/{study['name']}")
+    base_recipe, base_dir, cells = study_cells(path, output_dir)
     trained = {}  # teacher fingerprint -> a run directory whose teachers are finished
     alone = {}  # no-teacher fingerprint -> a run directory that trained the students without a teacher
     if _finished_teachers(base_recipe, base_dir):
         trained[base_recipe.teacher_fingerprint] = base_dir
-    if _is_run_of(base_recipe, base_dir):
+    if is_run_of(base_recipe, base_dir):
         alone[base_recipe.no_teacher_fingerprint] = base_dir
-    cells = {}
-    for value in values:
-        name = _cell_name(key, value)
+    summaries = {}
+    for name, recipe, cell_dir in cells:
         print(f"== {study['name']}: {name}", flush=True)
-        recipe = _cell_recipe(base, key, value, source=f"{path} [{name}]")
-        same_as_base = recipe.fingerprint == base_recipe.fingerprint
-        cell_dir = base_dir if same_as_base else output_dir / name.replace("/", "_")
         source = trained.get(recipe.teacher_fingerprint)
         if source is not None and source != cell_dir and not (cell_dir / "teachers").exists():
             _copy_teachers(source, cell_dir)
@@ -209,12 +221,12 @@ def run_study(path: str | Path, output_dir: str | Path | None = None, seeds: int
         run(recipe, cell_dir, seeds=seeds or study.get("seeds"), oracle=True)
         trained.setdefault(recipe.teacher_fingerprint, cell_dir)
         alone.setdefault(recipe.no_teacher_fingerprint, cell_dir)
-        cells[name] = summarise_cell(cell_dir)
-    table = study_table(study["name"], cells)
-    (output_dir / "study.json").write_text(json.dumps(cells, indent=2))
+        summaries[name] = summarise_cell(cell_dir)
+    table = study_table(study["name"], summaries)
+    (output_dir / "study.json").write_text(json.dumps(summaries, indent=2))
     (output_dir / "study.md").write_text(table + "\n")
     print(table, flush=True)
-    return cells
+    return summaries
 
 
 def study_table(name: str, cells: dict[str, dict]) -> str:
@@ -234,4 +246,4 @@ def study_table(name: str, cells: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["load_study", "run_study", "summarise_cell", "study_table"]
+__all__ = ["load_study", "study_cells", "is_run_of", "run_study", "summarise_cell", "study_table"]
