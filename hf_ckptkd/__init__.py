@@ -2,10 +2,11 @@
 
 from .config import CheckpointKDConfig
 from .hub import push_teachers_to_hub
+from .launch import exit_launched_process
 from .snapshots import SnapshotCallback, SnapshotIndex
 from .selection import SelectionReport, select_teachers
 from .teachers import TeacherEnsemble, load_teachers
 from .trainer import CheckpointKDTrainer
 
 __all__ = ["CheckpointKDConfig", "CheckpointKDTrainer", "SelectionReport", "SnapshotCallback", "SnapshotIndex",
-           "TeacherEnsemble", "load_teachers", "push_teachers_to_hub", "select_teachers"]
+           "TeacherEnsemble", "exit_launched_process", "load_teachers", "push_teachers_to_hub", "select_teachers"]

@@ -366,5 +366,12 @@ def _simple_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
+def console_main() -> None:
+    """The `hf-ckptkd` command; under `accelerate launch` a gloo process must not exit normally."""
+    from .launch import exit_launched_process
+
+    exit_launched_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

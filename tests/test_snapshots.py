@@ -226,6 +226,24 @@ def test_two_processes_write_once_with_the_single_process_schedule(tmp_path, acc
     assert not list((tmp_path / "ddp" / "snapshots").glob(".tmp-*"))
 
 
+@pytest.mark.parametrize("code", [0, 3])
+def test_exit_launched_process_flushes_and_keeps_the_exit_status(tmp_path, code):
+    # A gloo process leaves through os._exit (no interpreter teardown): what it printed must still
+    # come out, the status must be the script's, and the group is destroyed only after success.
+    script = (
+        "import torch.distributed as dist\n"
+        "from hf_ckptkd import exit_launched_process\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
+        "destroy = dist.destroy_process_group\n"
+        "dist.destroy_process_group = lambda: (destroy(), print('destroyed'))\n"
+        "print('trained', end='')\n"
+        f"exit_launched_process({code})\n"
+        "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert done.stdout == ("traineddestroyed\n" if code == 0 else "trained")
+
+
 def test_train_teacher_and_snapshots_cli(tmp_path, capsys):
     from hf_ckptkd.cli import main
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer
+from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer, exit_launched_process
 from hf_ckptkd.data import ImageTransformConfig, build_image_transform, image_collator, label_names, load_fashion_mnist, with_image_transform
 from hf_ckptkd.models import build_model
 
@@ -54,3 +54,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    exit_launched_process()
