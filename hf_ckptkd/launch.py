@@ -24,8 +24,9 @@ def exit_launched_process(code: int = 0) -> NoReturn:
     """
     import torch.distributed as dist
 
-    gloo = dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo"
-    if code == 0 and dist.is_available() and dist.is_initialized():
+    initialized = dist.is_available() and dist.is_initialized()
+    gloo = initialized and dist.get_backend() == "gloo"
+    if code == 0 and initialized:
         dist.destroy_process_group()
     if not gloo:
         sys.exit(code)
