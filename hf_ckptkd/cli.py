@@ -95,22 +95,19 @@ def _image_data(data_args: DataArguments):
     names = data.label_names(train, columns)
     transform = data.ImageTransformConfig(image_size=data_args.image_size, in_chans=data_args.in_chans,
                                           crop_padding=data_args.crop_padding, hflip=data_args.hflip)
-    if data_args.dataset != "fashion_mnist":
-        transform.mean, transform.std = (0.5,) * data_args.in_chans, (0.5,) * data_args.in_chans
+    transform.mean, transform.std = data.default_normalisation(data_args.dataset, data_args.in_chans)
     train_ds = data.with_image_transform(train, data.build_image_transform(transform, train=True), columns)
     eval_ds = data.with_image_transform(evaluation, data.build_image_transform(transform, train=False), columns)
     return train_ds, eval_ds, names, transform
 
 
 def _text_data(data_args: DataArguments):
-    from transformers import AutoTokenizer
-
     from . import data
 
     if not data_args.tokenizer:
         raise ConfigError("--text_column needs --tokenizer (a tokenizer folder or Hub id the teachers were trained with)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer)
+        tokenizer = data.load_tokenizer(data_args.tokenizer)
     except (OSError, ValueError) as e:
         raise ConfigError(f"--tokenizer {data_args.tokenizer}: could not be loaded ({e})") from e
     train = data.load_dataset_split(data_args.dataset, "train", data_args.max_train_samples)
@@ -180,7 +177,7 @@ def cmd_snapshots(args) -> int:
 
 
 def _select_parser() -> argparse.ArgumentParser:
-    from .selection import ESTIMATORS, OBJECTIVES
+    from .selection import DEFAULT_OBJECTIVE, ESTIMATORS, OBJECTIVES
     from .selection.selector import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PROBE_SAMPLES
 
     parser = argparse.ArgumentParser(
@@ -195,8 +192,12 @@ def _select_parser() -> argparse.ArgumentParser:
                         help="Probe set size: a label-stratified sample seeded by --seed.")
     parser.add_argument("--k", type=int, default=1, help="How many teachers to choose.")
     parser.add_argument("--estimator", default="renyi2", choices=sorted(ESTIMATORS), help="Information estimator.")
-    parser.add_argument("--objective", default="outputs", choices=list(OBJECTIVES),
-                        help="J on the softened outputs (default) or on the penultimate features.")
+    parser.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=list(OBJECTIVES),
+                        help="J = label + beta * input information on the softened outputs or the penultimate "
+                             "features, or a trivial baseline: 'final' (last snapshot), 'accuracy' (best validation "
+                             "accuracy).")
+    parser.add_argument("--accuracy_margin", type=float, default=0.05,
+                        help="Warn when a chosen snapshot's probe accuracy is more than this below the best one's.")
     parser.add_argument("--temperature", type=float, default=4.0, help="Distillation temperature T.")
     parser.add_argument("--output", default=None, help="Report folder (default: <snapshot_dir>/../selection).")
     parser.add_argument("--seed", type=int, default=0, help="Seeds the probe draw and the estimator.")
@@ -212,7 +213,7 @@ def _select_parser() -> argparse.ArgumentParser:
 def cmd_select(args) -> int:
     import time
 
-    from .data import ImageTransformConfig, load_dataset_split
+    from .data import ImageTransformConfig, default_normalisation, load_dataset_split
     from .selection.selector import select_teachers
     from .snapshots import SnapshotIndex
 
@@ -221,10 +222,12 @@ def cmd_select(args) -> int:
     probe = load_dataset_split(args.dataset, args.split)
     held_out = load_dataset_split(args.dataset, args.held_out_split) if args.held_out_split else None
     # What a model does not record of its input normalisation follows the training command's convention.
-    default_transform = None if args.dataset == "fashion_mnist" else ImageTransformConfig(mean=(0.5,), std=(0.5,))
+    mean, std = default_normalisation(args.dataset, 1)
+    default_transform = ImageTransformConfig(mean=mean, std=std)
     report = select_teachers(
         index, probe, k=args.k, temperature=args.temperature, objective=args.objective, estimator=args.estimator,
         max_probe_samples=args.max_probe_samples, seed=args.seed, batch_size=args.batch_size,
+        accuracy_margin=args.accuracy_margin,
         label_column=args.label_column, image_column=args.image_column, held_out_probe=held_out,
         default_transform=default_transform, progress=not args.disable_tqdm)
     report.extra["dataset"] = {"name": args.dataset, "split": args.split, "held_out_split": args.held_out_split}
@@ -233,6 +236,8 @@ def cmd_select(args) -> int:
     print(report.to_markdown())
     for name in report.selected:
         print(report.explain(name))
+    for warning in report.warnings:
+        print(f"warning: {warning}")
     print(f"chosen: {', '.join(report.selected)}")
     print(f"report: {output} (selection.json, table.md, information_plane.png); "
           f"took {time.perf_counter() - started:.1f} s")

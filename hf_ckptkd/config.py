@@ -6,11 +6,13 @@ Parses with `HfArgumentParser` from the command line, a dict, a JSON or a YAML f
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import TrainingArguments
+from transformers.trainer_utils import SchedulerType
 
 SNAPSHOT_STRATEGIES = ("no", "epoch", "steps")
 KD_LOSSES = ("kl", "mse", "reverse_kl")
@@ -44,6 +46,21 @@ DISTILLATION_FIELDS = ("teachers", "temperature", "alpha", "kd_loss", "ensemble_
 class CheckpointKDConfig(TrainingArguments):
     """Training arguments for teachers that keep snapshots and students that learn from them."""
 
+    # --- step-decay learning rate (teacher and student runs alike) ---
+    lr_decay_epochs: list[float] | None = field(
+        default=None,
+        metadata={"help": "Step-decay (multistep) schedule: the epochs at which the learning rate is multiplied by "
+                          "`lr_decay_factor`, e.g. 18 36 54 for a 60-epoch run. Values all in (0, 1) are fractions of "
+                          "training instead (0.3 0.6 0.9), which scale with the run's length. Increasing; one convention "
+                          "per list. After the usual linear warm-up (warmup_steps) the rate is "
+                          "learning_rate * lr_decay_factor^(milestones passed). With max_steps set, epochs count as "
+                          "fractions epoch/num_train_epochs of max_steps. Replaces lr_scheduler_type (leave it 'linear'). "
+                          "Unset (the default): no step decay."},
+    )
+    lr_decay_factor: float = field(
+        default=0.1,
+        metadata={"help": "What each `lr_decay_epochs` milestone multiplies the learning rate by, in (0, 1]."},
+    )
     # --- snapshots (teacher runs) ---
     snapshot_strategy: str = field(
         default="no",
@@ -122,9 +139,61 @@ class CheckpointKDConfig(TrainingArguments):
             raise ConfigError(f"alpha={self.alpha} must lie in [0, 1] (the weight of the hard-label loss)")
         if not self.temperature > 0:
             raise ConfigError(f"temperature={self.temperature} must be > 0")
+        _check_lr_decay(self)
         if self.teacher_weights is not None:
             if not self.teachers or len(self.teacher_weights) != len(self.teachers):
                 raise ConfigError(f"teacher_weights has {len(self.teacher_weights)} values but there are "
                                   f"{len(self.teachers or [])} teachers; give one weight per teacher")
             if any(w < 0 for w in self.teacher_weights) or sum(self.teacher_weights) <= 0:
                 raise ConfigError(f"teacher_weights={self.teacher_weights} must be non-negative with a positive sum")
+
+
+def _check_lr_decay(config: CheckpointKDConfig) -> None:
+    factor = config.lr_decay_factor
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+        raise ConfigError(f"lr_decay_factor={factor!r} must lie in (0, 1] (what each lr_decay_epochs milestone multiplies "
+                          "the learning rate by; 0.1 is the usual step decay)")
+    milestones = config.lr_decay_epochs
+    if milestones is None:
+        return
+    if not isinstance(milestones, (list, tuple)) or not milestones:
+        raise ConfigError(f"lr_decay_epochs={milestones!r} must be a non-empty list of epochs (e.g. [18, 36, 54]) or of "
+                          "fractions of training (e.g. [0.3, 0.6, 0.9]); leave it unset for no step decay")
+    if any(isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) for m in milestones):
+        raise ConfigError(f"lr_decay_epochs={milestones!r} must hold numbers only: epochs (e.g. [18, 36, 54]) or "
+                          "fractions of training (e.g. [0.3, 0.6, 0.9])")
+    if any(m <= 0 for m in milestones):
+        raise ConfigError(f"lr_decay_epochs={milestones!r} must be positive: epochs (e.g. [18, 36, 54]) or fractions of "
+                          "training in (0, 1) (e.g. [0.3, 0.6, 0.9])")
+    if any(m < 1 for m in milestones) and any(m >= 1 for m in milestones):
+        raise ConfigError(f"lr_decay_epochs={milestones!r} mixes fractions of training (values below 1) with epochs "
+                          "(values of 1 or more); use one convention for the whole list, e.g. all epochs [18, 36, 54] "
+                          "or all fractions [0.3, 0.6, 0.9]")
+    if any(b <= a for a, b in zip(milestones, milestones[1:])):
+        raise ConfigError(f"lr_decay_epochs={milestones!r} must be strictly increasing; sort them and drop repeats "
+                          f"(e.g. {sorted(set(milestones))})")
+    if milestones[-1] >= 1 and milestones[-1] >= config.num_train_epochs:
+        length = (f", which the max_steps={config.max_steps} run counts as its whole length (it reads an epoch as "
+                  "the fraction epoch/num_train_epochs of max_steps)" if config.max_steps > 0 else ", the end of training")
+        raise ConfigError(f"lr_decay_epochs={milestones!r} has milestones at or after num_train_epochs="
+                          f"{config.num_train_epochs}{length}; they would never decay the learning rate. Give epochs "
+                          "below num_train_epochs, or fractions of training (e.g. [0.3, 0.6, 0.9]) that scale with the run")
+    scheduler = SchedulerType(config.lr_scheduler_type)
+    if scheduler != SchedulerType.LINEAR:
+        raise ConfigError(f"lr_decay_epochs={milestones!r} and lr_scheduler_type={scheduler.value!r} "
+                          "cannot be combined: lr_decay_epochs is itself the schedule (linear warm-up, then step "
+                          "decay). Leave lr_scheduler_type at its default 'linear', or unset lr_decay_epochs")
+
+
+def lr_decay_milestone_steps(config: CheckpointKDConfig, num_training_steps: int) -> list[int]:
+    """The optimizer steps at which `config.lr_decay_epochs` decay the learning rate, in a run of `num_training_steps`.
+
+    Fractions are fractions of `num_training_steps`. Epochs use the run's steps per epoch,
+    `num_training_steps / num_train_epochs` (exact when `num_train_epochs` is a whole number, as
+    Trainer then trains `num_train_epochs * steps_per_epoch` steps); with `max_steps` set, the same
+    ratio makes an epoch a fraction `epoch / num_train_epochs` of `max_steps`.
+    """
+    milestones = config.lr_decay_epochs or []
+    fractions = milestones and milestones[-1] < 1
+    scale = num_training_steps if fractions else num_training_steps / config.num_train_epochs
+    return [math.floor(m * scale + 0.5) for m in milestones]

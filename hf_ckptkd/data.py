@@ -62,12 +62,8 @@ def _fashion_mnist_features() -> Features:
     return Features({"image": Image(), "label": ClassLabel(names=FASHION_MNIST_LABELS)})
 
 
-def load_fashion_mnist(split: str = "train", limit: int | None = None, data_dir: str | Path | None = None) -> Dataset:
-    """Fashion-MNIST as a `datasets.Dataset` with `image` (PIL) and `label` (ClassLabel).
-
-    Reads Debian's IDX files; when the package is not installed, falls back to the Hub copy
-    (`zalando-datasets/fashion_mnist`) and says so. `limit` keeps the first N examples.
-    """
+def _fashion_mnist_arrays(split: str, data_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray] | Path:
+    """(images N × 28 × 28, labels N) from Debian's IDX files, or the path of the missing file."""
     if split not in _FILES:
         raise DataError(f"unknown Fashion-MNIST split {split!r}; use 'train' or 'test'")
     root = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
@@ -77,15 +73,56 @@ def load_fashion_mnist(split: str = "train", limit: int | None = None, data_dir:
         images = _read_idx(images_path, 2051, 3)
         labels = _read_idx(labels_path, 2049, 1)
     except FileNotFoundError as missing:
-        return _load_fashion_mnist_from_hub(split, limit, missing.args[0])
+        return Path(missing.args[0])
     if len(images) != len(labels):
         raise DataError(f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels; "
                         "reinstall with `apt-get install --reinstall dataset-fashion-mnist`")
+    return images, labels
+
+
+def load_fashion_mnist(split: str = "train", limit: int | None = None, data_dir: str | Path | None = None) -> Dataset:
+    """Fashion-MNIST as a `datasets.Dataset` with `image` (PIL) and `label` (ClassLabel).
+
+    Reads Debian's IDX files; when the package is not installed, falls back to the Hub copy
+    (`zalando-datasets/fashion_mnist`) and says so. `limit` keeps the first N examples.
+    """
+    arrays = _fashion_mnist_arrays(split, data_dir)
+    if isinstance(arrays, Path):
+        return _load_fashion_mnist_from_hub(split, limit, arrays)
+    images, labels = arrays
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     # Arrays go in as-is; datasets encodes them as PNG images once, when the table is built.
     return Dataset.from_dict({"image": list(images), "label": labels.astype(np.int64)},
                              features=_fashion_mnist_features(), split=split)
+
+
+ROTATIONS = (0, 90, 180, 270)
+
+
+def load_fashion_mnist_rotations(split: str = "train", limit: int | None = None,
+                                 data_dir: str | Path | None = None) -> Dataset:
+    """Fashion-MNIST garment × rotation: 40 classes made from the real images (`fashion_mnist_rot40`).
+
+    Each image of the split is turned counter-clockwise by 0, 90, 180 or 270 degrees, drawn with a
+    generator seeded by the split (train 0, test 1), and labelled `4 * garment + rotation index`
+    ("Sandal @90", ...): one example per source image, so the splits keep Fashion-MNIST's sizes and
+    the classes are balanced up to the draw. Classes share structure (the four rotations of a
+    garment, and similar garments at one rotation), which gives soft labels something to say.
+    Horizontal flips swap 90 and 270 degrees: train on it with `hflip: false`.
+    """
+    arrays = _fashion_mnist_arrays(split, data_dir)
+    if isinstance(arrays, Path):
+        source = _load_fashion_mnist_from_hub(split, None, arrays)
+        arrays = (np.stack([np.asarray(im) for im in source["image"]]), np.asarray(source["label"]))
+    images, labels = arrays
+    turns = np.random.default_rng(0 if split == "train" else 1).integers(len(ROTATIONS), size=len(labels))
+    if limit is not None:
+        images, labels, turns = images[:limit], labels[:limit], turns[:limit]
+    rotated = [np.ascontiguousarray(np.rot90(im, k=int(t))) for im, t in zip(images, turns)]
+    names = [f"{garment} @{angle}" for garment in FASHION_MNIST_LABELS for angle in ROTATIONS]
+    return Dataset.from_dict({"image": rotated, "label": (labels.astype(np.int64) * len(ROTATIONS) + turns)},
+                             features=Features({"image": Image(), "label": ClassLabel(names=names)}), split=split)
 
 
 def _load_fashion_mnist_from_hub(split: str, limit: int | None, missing: Path) -> Dataset:
@@ -100,10 +137,50 @@ def _load_fashion_mnist_from_hub(split: str, limit: int | None, missing: Path) -
     return ds.select(range(min(limit, len(ds)))) if limit is not None else ds
 
 
+def _fortunes_topics(split: str, limit: int | None = None) -> Dataset:
+    from .fortunes import FortunesMissingError, load_fortunes_topics
+
+    try:
+        return load_fortunes_topics(split, limit)
+    except (FortunesMissingError, ValueError) as e:
+        raise DataError(str(e)) from None
+
+
+# The datasets that need no network: name -> loader(split, limit).
+BUILTIN_DATASETS = {
+    "fashion_mnist": load_fashion_mnist,
+    "fashion_mnist_rot40": load_fashion_mnist_rotations,
+    "fortunes_topics": _fortunes_topics,
+}
+# Built-in image datasets made from Fashion-MNIST's pixels, which are normalised with its statistics.
+FASHION_MNIST_PIXELS = ("fashion_mnist", "fashion_mnist_rot40")
+
+
+def default_normalisation(dataset: str, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) for a dataset: Fashion-MNIST's statistics for its own pixels, else 0.5 per channel."""
+    if dataset in FASHION_MNIST_PIXELS and in_chans == 1:
+        return FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    return (0.5,) * in_chans, (0.5,) * in_chans
+
+
+def load_tokenizer(name_or_path: str):
+    """`fortunes` (built in: WordPiece trained on the fortunes training split) or a folder / Hub id."""
+    from transformers import AutoTokenizer
+
+    if name_or_path == "fortunes":
+        from .fortunes import FortunesMissingError, fortunes_tokenizer
+
+        try:
+            return fortunes_tokenizer()
+        except FortunesMissingError as e:
+            raise DataError(str(e)) from None
+    return AutoTokenizer.from_pretrained(name_or_path)
+
+
 def load_dataset_split(name_or_path: str, split: str, limit: int | None = None, config_name: str | None = None) -> Dataset:
-    """`fashion_mnist` (built in, offline) or anything `datasets.load_dataset` accepts (with a config name)."""
-    if name_or_path == "fashion_mnist":
-        return load_fashion_mnist(split, limit)
+    """A built-in dataset (`BUILTIN_DATASETS`, offline) or anything `datasets.load_dataset` accepts."""
+    if name_or_path in BUILTIN_DATASETS:
+        return BUILTIN_DATASETS[name_or_path](split, limit)
     try:
         ds = load_dataset(name_or_path, config_name, split=split)
     except Exception as e:

@@ -106,9 +106,9 @@ def load_run_data(recipe: Recipe) -> RunData:
     test = data.load_dataset_split(recipe.dataset, recipe.test_split, recipe.test_samples, config_name=recipe.dataset_config)
     if recipe.text_column:
         return _text_run_data(recipe, rest, validation, test, names)
-    fmnist = recipe.dataset == "fashion_mnist"
-    mean = tuple(recipe.mean) if recipe.mean else (data.FASHION_MNIST_MEAN if fmnist else (0.5,) * recipe.in_chans)
-    std = tuple(recipe.std) if recipe.std else (data.FASHION_MNIST_STD if fmnist else (0.5,) * recipe.in_chans)
+    default_mean, default_std = data.default_normalisation(recipe.dataset, recipe.in_chans)
+    mean = tuple(recipe.mean) if recipe.mean else default_mean
+    std = tuple(recipe.std) if recipe.std else default_std
     transform = data.ImageTransformConfig(image_size=recipe.image_size, in_chans=recipe.in_chans, mean=mean, std=std,
                                           crop_padding=recipe.crop_padding, hflip=recipe.hflip)
     return RunData(rest, validation, test, names, transform=transform,
@@ -116,16 +116,14 @@ def load_run_data(recipe: Recipe) -> RunData:
 
 
 def _text_run_data(recipe: Recipe, train, validation, test, names) -> RunData:
-    from transformers import AutoTokenizer
-
-    from .data import tokenize_text_dataset
+    from .data import DataError, load_tokenizer, tokenize_text_dataset
 
     if not recipe.tokenizer:
         raise ConfigError("a text recipe (text_column set) needs `tokenizer`: a tokenizer folder or Hub id that "
                           "teacher and student share")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(recipe.tokenizer)
-    except (OSError, ValueError) as e:
+        tokenizer = load_tokenizer(recipe.tokenizer)
+    except (OSError, ValueError, DataError) as e:
         raise ConfigError(f"tokenizer {recipe.tokenizer!r} could not be loaded ({e})") from e
     splits = [tokenize_text_dataset(ds, tokenizer, recipe.text_column, recipe.label_column, recipe.max_length)
               for ds in (train, validation, test)]
@@ -226,6 +224,8 @@ def select(recipe: Recipe, run: RunData, output_dir: Path, index: SnapshotIndex,
                                      transform=run.transform, **options)
             report.save(folder)
             _say(state, f"  k={k}: selected {', '.join(report.selected)} in {time.time() - start:.0f}s")
+            for warning in report.warnings:
+                _say(state, f"  warning: {warning}")
         state.wait_for_everyone()
         reports[k] = SelectionReport.load(folder)
     return reports

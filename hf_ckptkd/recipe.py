@@ -62,7 +62,7 @@ class Recipe:
     full_ensemble: int = 2                # independently trained teachers in the "full ensemble"
     ensemble_k: int = 2                   # members of the selected snapshot ensemble
     oracle: bool = False                  # distil from every snapshot too
-    selection: dict[str, Any] = field(default_factory=lambda: {"objective": "outputs", "max_probe_samples": 2000})
+    selection: dict[str, Any] = field(default_factory=lambda: {"max_probe_samples": 2000})  # + SELECTION_KEYS
     source: str | None = None
 
     @property
@@ -96,7 +96,8 @@ _TOP_KEYS = {name: hint for name, hint in typing.get_type_hints(Recipe).items() 
 _CONFIG_FIELDS = {f.name: typing.get_type_hints(CheckpointKDConfig)[f.name]
                   for f in dataclasses.fields(CheckpointKDConfig) if f.init}
 _SECTION_KEYS = ("model", "model_kwargs")
-SELECTION_KEYS = ("objective", "max_probe_samples", "estimator", "temperature", "beta", "kappa", "seed")
+SELECTION_KEYS = ("objective", "max_probe_samples", "estimator", "temperature", "beta", "kappa", "seed",
+                  "accuracy_margin")
 
 
 def _nearest(key: str, valid) -> str:

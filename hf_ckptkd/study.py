@@ -37,7 +37,7 @@ import yaml
 from .config import ConfigError
 from .pipeline import NO_TEACHER, RECIPE_RECORD, RESULT_NAME, finished_teacher, run
 from .recipe import recipe_from_dict
-from .selection.objective import OBJECTIVES
+from .selection.objective import OBJECTIVES, j_from_scores
 
 
 def load_study(path: str | Path) -> dict[str, Any]:
@@ -117,19 +117,6 @@ def _copy_no_teacher_students(source: Path, cell_dir: Path) -> None:
         shutil.copytree(d, cell_dir / "students" / NO_TEACHER / d.name)
 
 
-def _j(scores: list[dict], objective: str, beta: float = 1.0) -> dict[str, float]:
-    """J of each non-initial snapshot, min-max over the candidates (as the selector computes it)."""
-    x, y = ("i_xp", "i_yp") if objective == "outputs" else ("i_xf", "i_yf")
-    cand = [s for s in scores if not s.get("init")]
-
-    def scale(key):
-        lo, hi = min(s[key] for s in cand), max(s[key] for s in cand)
-        return {s["name"]: (s[key] - lo) / (hi - lo) if hi > lo else 0.0 for s in cand}
-
-    mx, my = scale(x), scale(y)
-    return {name: my[name] + beta * mx[name] for name in mx}
-
-
 def _spearman(a: list[float], b: list[float]) -> float:
     def ranks(v):
         order = sorted(range(len(v)), key=lambda i: v[i])
@@ -171,7 +158,7 @@ def summarise_cell(run_dir: Path) -> dict[str, Any]:
         "std": {c: rows[c]["student_test_std"] for c in ("no_kd", "final", "selected") if c in rows},
     }
     for objective in OBJECTIVES:
-        j = _j(scores, objective)
+        j = j_from_scores(scores, objective)
         names = [n for n in j if n in snap_acc]
         chosen = max(names, key=lambda n: j[n])
         cell[f"{objective}_selected"] = chosen

@@ -6,20 +6,25 @@ overrides `compute_loss` with `alpha*CE + (1-alpha)*T^2*KL(teacher || student)` 
 `loss_ce`, `loss_kd` and the teachers' batch accuracy beside `loss`. Everything else — gradient
 accumulation, mixed precision, `accelerate launch` on several processes — is `Trainer`'s own.
 The teachers are a separate frozen object: never wrapped by DDP/FSDP, never in a checkpoint.
+With `lr_decay_epochs` set, `create_scheduler` builds a step-decay `LambdaLR` (linear warm-up, then
+`lr_decay_factor` per milestone), saved in and restored from checkpoints like any other schedule.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import Dataset
 from transformers import Trainer
 
-from .config import CheckpointKDConfig
+from .config import CheckpointKDConfig, lr_decay_milestone_steps
 from .losses import distillation_loss
 from .models import model_inputs, unwrap
 from .snapshots import SnapshotCallback
@@ -65,6 +70,17 @@ class CheckpointKDTrainer(Trainer):
         self._kd_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.accelerator.device))
         self._kd_batches = 0
         self._logits_cache_built = False
+
+    # --- the step-decay schedule -------------------------------------------------------------
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is not None or not self.args.lr_decay_epochs:
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = self.optimizer if optimizer is None else optimizer
+        self.lr_scheduler = step_decay_schedule(optimizer, num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                                                milestones=lr_decay_milestone_steps(self.args, num_training_steps),
+                                                factor=self.args.lr_decay_factor)
+        self._created_lr_scheduler = True  # Trainer rebuilds it (for a new step count) on the next train()
+        return self.lr_scheduler
 
     # --- the loss -------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -134,6 +150,24 @@ class CheckpointKDTrainer(Trainer):
         self.train_dataset = _WithTeacherLogits(dataset, table)
         self.data_collator = _TeacherLogitsCollator(collate)
         self._logits_cache_built = True
+
+
+def _step_decay_lr_lambda(current_step: int, *, num_warmup_steps: int, milestones: list[int], factor: float) -> float:
+    warmup = float(current_step) / float(max(1, num_warmup_steps)) if current_step < num_warmup_steps else 1.0
+    return warmup * factor ** bisect.bisect_right(milestones, current_step)
+
+
+def step_decay_schedule(optimizer: torch.optim.Optimizer, *, num_warmup_steps: int, milestones: list[int],
+                        factor: float, last_epoch: int = -1) -> LambdaLR:
+    """Linear warm-up from 0 over `num_warmup_steps` (as transformers' schedules), times `factor` per milestone passed.
+
+    The rate of the optimizer step after `current_step` steps is
+    `lr * min(1, current_step / num_warmup_steps) * factor ** (milestones <= current_step)`.
+    A `partial` of a module-level function, as transformers' own, so the state dict keeps only the step count.
+    """
+    lr_lambda = partial(_step_decay_lr_lambda, num_warmup_steps=num_warmup_steps, milestones=sorted(milestones),
+                        factor=factor)
+    return LambdaLR(optimizer, lr_lambda, last_epoch=last_epoch)
 
 
 def _warn_if_clipping_kd(args: CheckpointKDConfig) -> None:

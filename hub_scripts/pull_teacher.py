@@ -47,9 +47,7 @@ def main(argv=None) -> int:
         mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
     else:
         in_chans, size = model.config.num_channels, model.config.image_size
-        fmnist = args.dataset == "fashion_mnist"
-        mean = data.FASHION_MNIST_MEAN if fmnist else (0.5,)
-        std = data.FASHION_MNIST_STD if fmnist else (0.5,)
+        mean, std = data.default_normalisation(args.dataset, 1)
     if len(mean) != in_chans:  # e.g. a one-value mean for a three-channel model
         mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
     transform = data.build_image_transform(

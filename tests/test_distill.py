@@ -1,5 +1,6 @@
 """Distillation with CheckpointKDTrainer: both families, mixed, text, ensembles, cached logits,
-gradient accumulation, two processes, and the bad inputs that must stop before the first step."""
+gradient accumulation, two processes, and the bad inputs that must stop before the first step;
+and the trainer's step-decay learning-rate schedule (teachers and students alike)."""
 
 import json
 import math
@@ -10,20 +11,22 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from datasets import ClassLabel, Dataset, Features, Value
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
+from transformers import DataCollatorWithPadding, HfArgumentParser, PreTrainedTokenizerFast, TrainerCallback
 
 from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer, SnapshotIndex
 from hf_ckptkd.cli import main
-from hf_ckptkd.config import ConfigError
+from hf_ckptkd.config import DISTILLATION_FIELDS, ConfigError
 from hf_ckptkd.data import ImageTransformConfig, build_image_transform, image_collator, label_names, load_fashion_mnist, with_image_transform
 from hf_ckptkd.losses import distillation_loss
 from hf_ckptkd.models import build_model
+from hf_ckptkd.recipe import recipe_from_dict
 from hf_ckptkd.snapshots import write_snapshot
 from hf_ckptkd.teachers import LabelSpaceError, TeacherOutputError, TeacherReferenceError
-from hf_ckptkd.trainer import CachedLogitsError
+from hf_ckptkd.trainer import CachedLogitsError, step_decay_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 7,
@@ -324,3 +327,153 @@ def test_text_teacher_and_student_from_the_command_line(tmp_path, capsys):
     assert main(["distill", "--model", "transformers:BertConfig", "--dataset", str(tmp_path / "data"), "--text_column",
                  "sentence", "--teachers", f"{tmp_path / 't' / 'snapshots'}:epoch-0002", "--output_dir", str(tmp_path / "x")]) == 2
     assert "--text_column needs --tokenizer" in capsys.readouterr().err
+
+
+# --- the step-decay learning rate ---------------------------------------------------------------
+
+class _TinyClassifier(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x, labels=None):
+        logits = self.fc(x)
+        return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+class _LearningRates(TrainerCallback):
+    """The learning rate each optimizer step used, by step number (1, 2, ...)."""
+
+    def __init__(self, stop_at: int | None = None):
+        self.by_step, self.stop_at = {}, stop_at
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.by_step[state.global_step + 1] = optimizer.param_groups[0]["lr"]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.stop_at:
+            control.should_training_stop = True  # an interrupted run (after the checkpoint of this step is saved)
+
+
+# 16 random examples in batches of 4: 4 optimizer steps per epoch, 12 in the 3 epochs below.
+_RANDOM_SET = [{"x": torch.randn(4, generator=torch.Generator().manual_seed(i)), "labels": torch.tensor(i % 3)}
+               for i in range(16)]
+BASE = 0.1
+# Warm-up over 2 steps from 0, then x0.5 at the end of epoch 1 (after step 4) and of epoch 2 (after step 8).
+EXPECTED = [BASE * m for m in (0, 0.5, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25)]
+
+
+def _lr_run(tmp_path, resume_from_checkpoint=None, stop_at=None, **overrides) -> dict[int, float]:
+    values = dict(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=4, learning_rate=BASE,
+                  optim="sgd", warmup_steps=2, lr_decay_epochs=[1, 2], lr_decay_factor=0.5, save_strategy="no",
+                  report_to="none", disable_tqdm=True, logging_steps=100, use_cpu=True, seed=0)
+    values.update(overrides)
+    recorder = _LearningRates(stop_at)
+    torch.manual_seed(0)
+    trainer = CheckpointKDTrainer(model=_TinyClassifier(), args=CheckpointKDConfig(**values), train_dataset=_RANDOM_SET,
+                                  callbacks=[recorder])
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    assert isinstance(trainer.lr_scheduler, torch.optim.lr_scheduler.LambdaLR)
+    return recorder.by_step
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ({}, EXPECTED),
+    # warm-up as a ratio (3 of 12 steps, rounded up as Trainer does), factor 0.1
+    ({"warmup_steps": 0.25, "lr_decay_factor": 0.1}, [BASE * m for m in (0, 1 / 3, 2 / 3, 1, 0.1, 0.1, 0.1, 0.1,
+                                                                           0.01, 0.01, 0.01, 0.01)]),
+    # gradient accumulation: still 4 optimizer steps per epoch
+    ({"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}, EXPECTED),
+])
+def test_step_decay_learning_rate_at_every_step(tmp_path, overrides, expected):
+    lrs = _lr_run(tmp_path, **overrides)
+    assert list(lrs) == list(range(1, 13))
+    assert list(lrs.values()) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"lr_decay_epochs": [1 / 3, 2 / 3]},  # fractions of training
+    {"max_steps": 12},  # a max_steps run: epochs are fractions epoch/num_train_epochs of max_steps
+    {"max_steps": 12, "num_train_epochs": 6, "lr_decay_epochs": [2, 4]},
+    {"max_steps": 12, "lr_decay_epochs": [1 / 3, 2 / 3]},
+])
+def test_fractions_and_max_steps_give_the_epoch_schedule(tmp_path, overrides):
+    assert list(_lr_run(tmp_path, **overrides).values()) == pytest.approx(EXPECTED, rel=1e-9, abs=1e-12)
+
+
+def test_a_resumed_run_continues_the_step_decay(tmp_path):
+    uninterrupted = _lr_run(tmp_path / "full")
+    first = _lr_run(tmp_path / "cut", save_strategy="steps", save_steps=6, stop_at=6)
+    assert list(first) == list(range(1, 7))
+    resumed = _lr_run(tmp_path / "cut", resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-6"))
+    assert list(resumed) == list(range(7, 13))
+    assert list({**first, **resumed}.values()) == pytest.approx(list(uninterrupted.values()), rel=1e-9, abs=1e-12)
+    assert list(uninterrupted.values()) == pytest.approx(EXPECTED, rel=1e-9, abs=1e-12)
+
+
+def test_step_decay_schedule_reads_its_milestones_as_steps_done():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = step_decay_schedule(optimizer, num_warmup_steps=0, milestones=[2, 2, 5], factor=0.1)
+    lrs = []
+    for _ in range(7):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    # two milestones on one step decay twice there
+    assert lrs == pytest.approx([1, 1, 0.01, 0.01, 0.01, 0.001, 0.001])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"lr_decay_epochs": [36, 18]}, r"lr_decay_epochs=\[36, 18\] must be strictly increasing; .* \[18, 36\]"),
+    ({"lr_decay_epochs": [18, 18, 36]}, r"lr_decay_epochs=\[18, 18, 36\] must be strictly increasing"),
+    ({"lr_decay_epochs": [-5, 18]}, r"lr_decay_epochs=\[-5, 18\] must be positive"),
+    ({"lr_decay_epochs": [0, 18]}, r"lr_decay_epochs=\[0, 18\] must be positive"),
+    ({"lr_decay_epochs": [0.3, 18]}, r"lr_decay_epochs=\[0.3, 18\] mixes fractions of training .* one convention"),
+    ({"lr_decay_epochs": [0.5, 1.0]}, r"mixes fractions of training \(values below 1\) with epochs"),
+    ({"lr_decay_epochs": [18, 0.5]}, r"lr_decay_epochs=\[18, 0.5\] mixes fractions"),
+    ({"lr_decay_epochs": [0.6, 0.3]}, r"lr_decay_epochs=\[0.6, 0.3\] must be strictly increasing; .* \[0.3, 0.6\]"),
+    ({"lr_decay_epochs": []}, r"lr_decay_epochs=\[\] must be a non-empty list .* leave it unset"),
+    ({"lr_decay_epochs": ["18"]}, r"lr_decay_epochs=\['18'\] must hold numbers only"),
+    ({"lr_decay_epochs": [18, 60]}, r"lr_decay_epochs=\[18, 60\] has milestones at or after num_train_epochs=60"),
+    ({"lr_decay_epochs": [18, 36], "max_steps": 1000, "num_train_epochs": 3},
+     r"at or after num_train_epochs=3, which the max_steps=1000 run counts as its whole length"),
+    ({"lr_decay_factor": 0}, r"lr_decay_factor=0 must lie in \(0, 1\]"),
+    ({"lr_decay_factor": 1.5}, r"lr_decay_factor=1.5 must lie in \(0, 1\]"),
+    ({"lr_decay_factor": -0.1}, r"lr_decay_factor=-0.1 must lie in \(0, 1\]"),
+    ({"lr_decay_epochs": [18, 36], "lr_scheduler_type": "cosine"},
+     r"lr_decay_epochs=\[18, 36\] and lr_scheduler_type='cosine' cannot be combined.*Leave lr_scheduler_type"),
+    ({"lr_decay_epochs": [0.3], "lr_scheduler_type": "constant_with_warmup"}, r"cannot be combined"),
+])
+def test_bad_step_decay_settings(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        CheckpointKDConfig(output_dir=str(tmp_path), **{"num_train_epochs": 60, **overrides})
+
+
+def test_step_decay_settings_parse_from_flags_and_recipes(tmp_path):
+    (config,) = HfArgumentParser(CheckpointKDConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--num_train_epochs", "60", "--lr_decay_epochs", "18", "36", "54",
+         "--lr_decay_factor", "0.2"])
+    assert config.lr_decay_epochs == [18, 36, 54] and config.lr_decay_factor == 0.2
+    (config,) = HfArgumentParser(CheckpointKDConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--lr_decay_epochs", "0.3", "0.6", "0.9"])
+    assert config.lr_decay_epochs == [0.3, 0.6, 0.9] and config.lr_decay_factor == 0.1
+    assert CheckpointKDConfig(output_dir=str(tmp_path)).lr_decay_epochs is None
+    with pytest.raises(ConfigError, match=r"lr_decay_epochs=\[36.0, 18.0\] must be strictly increasing"):
+        HfArgumentParser(CheckpointKDConfig).parse_args_into_dataclasses(
+            ["--output_dir", str(tmp_path), "--num_train_epochs", "60", "--lr_decay_epochs", "36", "18"])
+
+    recipe = recipe_from_dict(yaml.safe_load("""
+        teacher: {model: timm:test_resnet, num_train_epochs: 60, lr_decay_epochs: [18, 36], lr_decay_factor: 0.2}
+        student: {model: timm:test_resnet, lr_decay_epochs: [0.3, 0.6]}
+    """))
+    teacher = CheckpointKDConfig(output_dir=str(tmp_path), **recipe.teacher.training)
+    student = CheckpointKDConfig(output_dir=str(tmp_path), **recipe.student.training)
+    assert (teacher.lr_decay_epochs, teacher.lr_decay_factor) == ([18, 36], 0.2)
+    assert (student.lr_decay_epochs, student.lr_decay_factor) == ([0.3, 0.6], 0.1)
+    with pytest.raises(ConfigError, match=r"student: lr_decay_epochs='18 36' has the wrong type"):
+        recipe_from_dict({"teacher": {"model": "timm:test_resnet"},
+                          "student": {"model": "timm:test_resnet", "lr_decay_epochs": "18 36"}})
+    # A schedule matters to a student trained without a teacher too.
+    assert not {"lr_decay_epochs", "lr_decay_factor"} & set(DISTILLATION_FIELDS)
+    plain = recipe_from_dict({"teacher": {"model": "timm:test_resnet"}, "student": {"model": "timm:test_resnet"}})
+    assert recipe.no_teacher_fingerprint != plain.no_teacher_fingerprint

@@ -10,7 +10,6 @@ import torch.nn.functional as nnf
 
 from hf_ckptkd.selection import (
     Candidate,
-    MinMax,
     SelectionReport,
     SnapshotScore,
     UnknownObjectiveError,
@@ -62,18 +61,17 @@ def test_init_is_inferred_from_the_flag_the_step_or_the_epoch():
     assert not Candidate("a", t, t).is_init
 
 
-def test_j_is_the_min_max_rescaled_sum_over_candidates_without_the_init(report):
-    candidates = [s for s in report.scores if not s.init]
-    lo_x, hi_x = min(s.i_xp for s in candidates), max(s.i_xp for s in candidates)
-    lo_y, hi_y = min(s.i_yp for s in candidates), max(s.i_yp for s in candidates)
-    assert report.ranges == {"i_x": [lo_x, hi_x], "i_y": [lo_y, hi_y]}
+def test_j_is_the_label_term_plus_beta_times_the_input_term_on_fixed_scales(run, report):
     for s in report.scores:
-        expected = (s.i_yp - lo_y) / (hi_y - lo_y) + report.beta * (s.i_xp - lo_x) / (hi_x - lo_x)
-        assert s.j == pytest.approx(expected, abs=1e-9)
-    assert all(0.0 <= s.j <= 2.0 for s in candidates)
+        assert s.j == pytest.approx(s.i_yp + report.beta * s.i_xp, abs=1e-12)
+        assert 0.0 <= s.i_yp <= 1.0 and 0.0 <= s.i_xp <= 1.0
+    # No rescaling over the candidates: dropping candidates leaves every other snapshot's J as it was.
+    x, y, candidates = run
+    fewer = select_from_candidates([c for i, c in enumerate(candidates) if i % 2 == 0], x, y)
+    for s in fewer.scores:
+        assert s.j == pytest.approx(report.score(s.name).j, abs=1e-9)
     init = report.score("epoch-0000")
     assert init.init and not init.chosen
-    assert init.j < 0  # scored with the candidates' ranges, outside of which it falls
 
 
 def test_the_init_is_never_chosen_even_when_it_scores_best():
@@ -83,7 +81,7 @@ def test_the_init_is_never_chosen_even_when_it_scores_best():
     assert best.name == "epoch-0000"
     report = select_from_candidates(candidates, x, y, beta=0.0)
     assert "epoch-0000" not in report.selected
-    # Including it changes the ranges and the choice: the exclusion is what keeps it out.
+    # The exclusion is what keeps it out.
     candidates[0].init = False
     assert select_from_candidates(candidates, x, y, beta=0.0).selected == ["epoch-0000"]
 
@@ -108,7 +106,7 @@ def test_the_intermediate_snapshot_wins_on_the_synthetic_run(report):
     assert report.score("epoch-0010").accuracy >= report.score(report.selected[0]).accuracy
 
 
-def test_ensembles_score_the_mean_probabilities_with_the_singles_ranges(run, report):
+def test_ensembles_score_the_mean_probabilities_with_the_same_j(run, report):
     x, y, candidates = run
     assert report.k == 2 and len(set(report.selected)) == 2 and report.search == "exhaustive"
     assert [s.rank for s in report.selected_scores] == [1, 2]
@@ -120,14 +118,13 @@ def test_ensembles_score_the_mean_probabilities_with_the_singles_ranges(run, rep
     est = Renyi2Estimator(x, y, num_classes=6)
     members = [c for c in candidates if c.name in report.selected]
     info = est.outputs(torch.stack([output_embedding(c.logits, 4.0) for c in members]).mean(0))
-    m_x, m_y = MinMax(*report.ranges["i_x"]), MinMax(*report.ranges["i_y"])
-    assert report.ensemble["j"] == pytest.approx(m_y(info.y) + m_x(info.x), abs=1e-6)
+    assert report.ensemble["j"] == pytest.approx(info.y + info.x, abs=1e-6)
     # The exhaustive search found the best pair.
     singles = [c for c in candidates if not c.is_init]
     for i, a in enumerate(singles):
         for b in singles[i + 1:]:
             pair = est.outputs((output_embedding(a.logits, 4.0) + output_embedding(b.logits, 4.0)) / 2)
-            assert m_y(pair.y) + m_x(pair.x) <= report.ensemble["j"] + 1e-6
+            assert pair.y + pair.x <= report.ensemble["j"] + 1e-6
 
 
 def test_greedy_search_beyond_the_exhaustive_limit(run):
@@ -155,12 +152,6 @@ def test_choose_members_greedy_and_exhaustive_on_a_known_function():
     assert choose_members(single, [2, 3], 1, table.__getitem__)[0] == [2]
 
 
-def test_min_max_of_tied_candidates_falls_back_to_differences():
-    m = MinMax.over([0.4, 0.4])
-    assert m(0.4) == 0.0 and m(0.5) == pytest.approx(0.1)
-    assert MinMax.over([0.2, 0.6])(0.5) == pytest.approx(0.75)
-
-
 def test_unknown_objective(run):
     x, y, candidates = run
     with pytest.raises(UnknownObjectiveError, match="unknown objective 'loss'; choose one of outputs, features"):
@@ -168,16 +159,17 @@ def test_unknown_objective(run):
 
 
 def test_selection_is_invariant_to_duplicating_the_probe_set():
-    # Î(X;P) shrinks by log2 N / log2 2N under duplication, but the same factor for every snapshot
-    # cancels in the min–max rescaling: J and the selection are unchanged.
+    # The outputs' label term is a mean cross-entropy, unchanged by duplication; Î(X;P) shrinks by the
+    # same factor log2 N / log2 2N for every snapshot, which here leaves the choice as it was.
     x, y, candidates = synthetic_run(n=150)
     doubled = [Candidate(c.name, c.features.repeat(2, 1), c.logits.repeat(2, 1), epoch=c.epoch, step=c.step)
                for c in candidates]
     one = select_from_candidates(candidates, x, y, k=2)
     two = select_from_candidates(doubled, x.repeat(2, 1), y.repeat(2), k=2)
     assert two.selected == one.selected
-    assert [s.j for s in two.scores] == pytest.approx([s.j for s in one.scores], abs=1e-3)
-    assert two.score("epoch-0005").i_xp < one.score("epoch-0005").i_xp - 0.01
+    assert [s.i_yp for s in two.scores] == pytest.approx([s.i_yp for s in one.scores], abs=1e-6)
+    factor = math.log2(150) / math.log2(300)
+    assert [s.i_xp for s in two.scores] == pytest.approx([factor * s.i_xp for s in one.scores], abs=1e-4)
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -202,7 +194,7 @@ def test_save_and_load_round_trip(report, tmp_path):
     out = report.save(tmp_path / "selection")
     assert sorted(p.name for p in out.iterdir()) == ["information_plane.png", "selection.json", "table.md"]
     data = json.loads((out / "selection.json").read_text())
-    assert data["format_version"] == 1 and data["selected"] == report.selected
+    assert data["format_version"] == 2 and data["selected"] == report.selected
     assert data["scores"][0]["name"] == "epoch-0000" and set(data["scores"][0]) >= {
         "epoch", "step", "accuracy", "i_xf", "i_yf", "i_xp", "i_yp", "j", "chosen"}
     loaded = SelectionReport.load(out)
@@ -224,7 +216,7 @@ def test_newer_format_is_refused(report, tmp_path):
 
 def test_markdown_table_has_a_row_per_snapshot(report):
     md = report.to_markdown()
-    assert "| snapshot | epoch | step | accuracy | Î(X;F) | Î(Y;F) | Î(X;P) | Î(Y;P) | J | chosen |" in md
+    assert "| snapshot | epoch | step | accuracy | Î(X;F) | Ĩ(Y;F) | Î(X;P) | Ĩ(Y;P) | J | chosen |" in md
     rows = [line for line in md.splitlines() if line.startswith("| epoch-")]
     assert len(rows) == len(report.scores)
     first = report.score(report.selected[0])

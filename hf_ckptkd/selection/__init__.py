@@ -2,7 +2,9 @@
 
 - `estimators`: matrix-based Rényi alpha=2 mutual information (default) and a k-means plug-in
   estimator for cross-checks, behind one interface (`ESTIMATORS`, `build_estimator`).
-- `objective`: `Candidate`, the objective J, the choice of k teachers (`select_from_candidates`).
+- `label_information`: the label terms Ĩ(Y;P), Ĩ(Y;F), variational lower bounds in bits.
+- `objective`: `Candidate`, the objective J, the trivial baselines, the choice of k teachers
+  (`select_from_candidates`).
 - `report`: `SelectionReport` (`selection.json`, `table.md`, `information_plane.png`).
 - `selector`: `select_teachers`, which loads the snapshots, extracts their features and logits
   on the probe set and calls `select_from_candidates` (imported lazily on first access, since it
@@ -20,10 +22,13 @@ from .estimators import (
     InformationEstimator,
     MutualInformation,
     NonFiniteError,
+    ProbeTooSmallError,
     Renyi2Estimator,
     SelectionError,
     ShapeMismatchError,
     SingleClassProbeError,
+    SparseClassError,
+    TemperatureTooHighError,
     TooManyTeachersError,
     UnknownEstimatorError,
     UnknownObjectiveError,
@@ -34,11 +39,15 @@ from .estimators import (
     renyi2_entropy,
     renyi2_mutual_information,
 )
+from .label_information import features_label_bits, outputs_label_bits, shannon_entropy_bits
 from .objective import (
+    DEFAULT_OBJECTIVE,
+    INFORMATION_OBJECTIVES,
     OBJECTIVES,
+    TRIVIAL_OBJECTIVES,
     Candidate,
-    MinMax,
     choose_members,
+    j_from_scores,
     objective_value,
     select_from_candidates,
 )
@@ -46,12 +55,14 @@ from .report import SelectionReport, SnapshotScore
 
 __all__ = [
     "BinningEstimator", "Candidate", "ClassCountMismatchError", "DEFAULT_ESTIMATOR", "DEFAULT_KAPPA",
-    "DegenerateProbeError", "ESTIMATORS", "EmptyProbeError", "InformationEstimator", "MinMax", "MutualInformation",
-    "NonFiniteError", "OBJECTIVES", "Renyi2Estimator", "SelectionError", "SelectionReport", "ShapeMismatchError",
-    "SingleClassProbeError", "SnapshotScore", "TooManyTeachersError", "UnknownEstimatorError",
-    "UnknownObjectiveError", "build_estimator", "choose_members", "gaussian_gram", "label_gram",
-    "median_pairwise_distance", "objective_value", "renyi2_entropy", "renyi2_mutual_information",
-    "select_from_candidates",
+    "DEFAULT_OBJECTIVE", "DegenerateProbeError", "ESTIMATORS", "EmptyProbeError", "INFORMATION_OBJECTIVES",
+    "InformationEstimator", "MutualInformation", "NonFiniteError", "OBJECTIVES", "ProbeTooSmallError",
+    "Renyi2Estimator", "SelectionError", "SelectionReport", "ShapeMismatchError", "SingleClassProbeError",
+    "SnapshotScore", "SparseClassError", "TRIVIAL_OBJECTIVES", "TemperatureTooHighError", "TooManyTeachersError",
+    "UnknownEstimatorError", "UnknownObjectiveError", "build_estimator", "choose_members", "features_label_bits",
+    "gaussian_gram", "j_from_scores", "label_gram", "median_pairwise_distance", "objective_value",
+    "outputs_label_bits", "renyi2_entropy", "renyi2_mutual_information", "select_from_candidates",
+    "shannon_entropy_bits",
 ]
 
 

@@ -1,32 +1,43 @@
 """The selection objective and the choice of k teachers among the snapshots of a run.
 
-Every candidate snapshot is scored on the probe set (see `estimators`): Î(X;F), Î(Y;F) of its
-penultimate features and Î(X;P), Î(Y;P) of its outputs softened at the distillation temperature T.
-The objective is the total task-related information
+Every candidate snapshot is scored on the probe set (see `estimators`): Î(X;F), Ĩ(Y;F) of its
+penultimate features and Î(X;P), Ĩ(Y;P) of its outputs softened at the distillation temperature T.
+The information objectives maximise the total task-related information
 
-    J(t) = m(Î(Y;·_t)) + beta · m(Î(X;·_t))          (beta = 1 by default)
+    J(t) = Ĩ(Y;·_t) + beta · Î(X;·_t)          (beta = 1 by default)
 
-on the outputs P (`objective="outputs"`, the default: what the student is taught) or on the
-features F (`objective="features"`: the paper's information plane), where m is the min–max
-rescaling over the candidate snapshots: m(v) = (v - min) / (max - min) (v - min when all candidates
-tie). The initialisation (`Candidate.is_init`) is left out of the rescaling and can never be
-chosen; it is still scored and reported, and its J (which may fall outside [0, 1 + beta]) is
-computed with the candidates' ranges. This exclusion is done in `select_from_candidates`, and
-nowhere else.
+on the outputs P (`objective="outputs"`: what the student is taught) or on the features F
+(`objective="features"`: the paper's information plane). Both terms are already on fixed scales:
+the label term is a share of the label entropy H(Y), the input term a share of a fixed bound of the
+probe set (log2 N for P, S2(K_X) for F), so a difference of 0.1 in either means the same amount of
+information whichever snapshots are compared, and beta says how many units of input information
+one unit of label information is worth. (The first version rescaled each term min–max over the
+candidates, which stretched a 0.03 difference to the range of a 0.4 one and let an uncertain, weak
+snapshot win on its input term.)
 
-For k > 1 teachers an ensemble is scored as a whole with the same J and the same min–max ranges
-(those of the single candidates, so an ensemble can score above 1 + beta):
+Two trivial selectors stand beside them, with the same interface, so that every report and study
+can say whether the information is worth its cost: `objective="final"` takes the last snapshot(s)
+in training order (J = the position in training order), `objective="accuracy"` the snapshot(s) with
+the best validation accuracy (J = that accuracy: the `eval_accuracy` the run recorded at each
+snapshot when every candidate has one, else the accuracy on the probe set).
+
+The initialisation (`Candidate.is_init`) is scored and reported but never chosen.
+
+For k > 1 teachers the information objectives score an ensemble as a whole with the same J:
 
 - `objective="outputs"`: the ensemble's soft labels are the mean of its members' probabilities at
   temperature T, scored like one snapshot's outputs;
 - `objective="features"`: the ensemble's representation is the concatenation of its members'
   features, each first divided by its own median pairwise distance so that every member weighs
-  equally (the Gaussian width is then kappa × the median distance of the concatenation, as for a
-  single snapshot, and a one-member ensemble scores exactly like the member).
+  equally (a one-member ensemble scores exactly like the member).
 
 Members are distinct. The search is exhaustive when C(n, k) <= `exhaustive_limit` (500), where n is
 the number of candidates; otherwise greedy: start from the best single candidate and repeatedly add
 the candidate that raises the ensemble's J most. Ties go to the earlier snapshot in training order.
+The trivial selectors take the k best by their own J.
+
+Whatever the objective, a chosen snapshot whose probe accuracy is more than `accuracy_margin`
+(5 points by default) below the best candidate's is flagged in `SelectionReport.warnings`.
 """
 
 from __future__ import annotations
@@ -48,20 +59,28 @@ from .estimators import (
     NonFiniteError,
     SelectionError,
     ShapeMismatchError,
+    TemperatureTooHighError,
     TooManyTeachersError,
     UnknownEstimatorError,
     UnknownObjectiveError,
     build_estimator,
     check_probe,
+    check_probe_classes,
     output_embedding,
 )
 from .report import SelectionReport, SnapshotScore
 
-OBJECTIVES = ("outputs", "features")
+INFORMATION_OBJECTIVES = ("outputs", "features")
+TRIVIAL_OBJECTIVES = ("final", "accuracy")
+OBJECTIVES = INFORMATION_OBJECTIVES + TRIVIAL_OBJECTIVES
 DEFAULT_OBJECTIVE = "outputs"
 DEFAULT_TEMPERATURE = 4.0
 DEFAULT_BETA = 1.0
 DEFAULT_EXHAUSTIVE_LIMIT = 500
+DEFAULT_ACCURACY_MARGIN = 0.05
+# Softened outputs whose largest and smallest probability differ by less than this are uniform to
+# float precision: the temperature has washed out everything the snapshot says.
+UNIFORM_SPREAD = 1e-6
 
 
 @dataclass
@@ -98,25 +117,32 @@ class Candidate:
         return self.epoch is not None and float(self.epoch) == 0.0
 
 
-@dataclass(frozen=True)
-class MinMax:
-    """The min–max rescaling m(v) = (v - lo) / (hi - lo); v - lo when hi == lo (all candidates tie)."""
-
-    lo: float
-    hi: float
-
-    @classmethod
-    def over(cls, values: Sequence[float]) -> "MinMax":
-        return cls(float(min(values)), float(max(values)))
-
-    def __call__(self, value: float) -> float:
-        span = self.hi - self.lo
-        return (value - self.lo) / span if span > 1e-12 else value - self.lo
+def objective_value(info: MutualInformation, beta: float = DEFAULT_BETA) -> float:
+    """J = Ĩ(Y;·) + beta · Î(X;·) of an information objective."""
+    return info.y + beta * info.x
 
 
-def objective_value(info: MutualInformation, x_range: MinMax, y_range: MinMax, beta: float = DEFAULT_BETA) -> float:
-    """J = m(Î(Y;·)) + beta · m(Î(X;·))."""
-    return y_range(info.y) + beta * x_range(info.x)
+def j_from_scores(scores: Sequence[dict[str, Any]], objective: str, beta: float = DEFAULT_BETA) -> dict[str, float]:
+    """J of each non-initial snapshot from a saved report's scores (`selection.json`'s "scores"), as
+    `select_from_candidates` computes it: for recomputing a run's choice under every objective."""
+    candidates = [s for s in scores if not s.get("init")]
+    if objective in INFORMATION_OBJECTIVES:
+        x, y = ("i_xp", "i_yp") if objective == "outputs" else ("i_xf", "i_yf")
+        return {s["name"]: s[y] + beta * s[x] for s in candidates}
+    as_candidates = [Candidate(s["name"], torch.zeros(0), torch.zeros(0), init=False, metadata=s.get("metadata") or {})
+                     for s in candidates]
+    values = trivial_values(as_candidates, objective, [s["accuracy"] for s in candidates])
+    return {s["name"]: v for s, v in zip(candidates, values)}
+
+
+def trivial_values(candidates: Sequence[Candidate], objective: str, probe_accuracy: Sequence[float]) -> list[float]:
+    """J of a trivial selector: the position in training order ("final") or the validation accuracy ("accuracy")."""
+    if objective == "final":
+        return [float(i) for i in range(len(candidates))]
+    recorded = [c.metadata.get("eval_accuracy") for c in candidates if not c.is_init]
+    if recorded and all(isinstance(a, (int, float)) for a in recorded):
+        return [float(c.metadata.get("eval_accuracy", math.nan)) for c in candidates]
+    return [float(a) for a in probe_accuracy]
 
 
 def choose_members(single_j: Sequence[float], eligible: Sequence[int], k: int,
@@ -209,6 +235,7 @@ def select_from_candidates(
     seed: int = 0,
     chunk_size: int | None = None,
     exhaustive_limit: int = DEFAULT_EXHAUSTIVE_LIMIT,
+    accuracy_margin: float = DEFAULT_ACCURACY_MARGIN,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     estimator_options: dict[str, Any] | None = None,
@@ -218,21 +245,25 @@ def select_from_candidates(
 
     Args:
         candidates: the snapshots in training order (see `Candidate`); the initialisation among
-            them is scored but excluded from the min–max ranges and from the choice.
+            them is scored but never chosen.
         inputs: the probe inputs, N × ... (flattened for the input kernel K_X).
         labels: the probe labels, N integer class indices.
         k: how many teachers; 1 <= k <= number of non-initial candidates.
-        objective: "outputs" (J on Î(X;P), Î(Y;P); default) or "features" (J on Î(X;F), Î(Y;F)).
-            An ensemble (k > 1) is scored on the mean of its members' probabilities ("outputs") or
-            on the concatenation of its members' features, each scaled to unit median pairwise
-            distance ("features").
+        objective: "outputs" (J on Î(X;P), Ĩ(Y;P)), "features" (J on Î(X;F), Ĩ(Y;F)), or a trivial
+            selector: "final" (the last snapshots) or "accuracy" (the best validation accuracy).
+            Every snapshot is scored whatever the objective. An ensemble (k > 1) is scored on the
+            mean of its members' probabilities ("outputs") or on the concatenation of its members'
+            features, each scaled to unit median pairwise distance ("features").
         temperature: the distillation temperature T at which outputs are softened.
         beta: weight of the input term in J.
         kappa: feature/input kernel width as a fraction of the median pairwise distance.
         estimator: a name in `ESTIMATORS` ("renyi2", default, or "binning").
-        seed: seeds the random pairs of the median distance (and the k-means of "binning").
+        seed: seeds the random pairs of the median distance, the halves of the cross-fitted
+            feature probe (and the k-means of "binning").
         chunk_size: rows per Gram block (None: dense up to 20k examples, chunked beyond).
         exhaustive_limit: search all C(n, k) ensembles when there are at most this many.
+        accuracy_margin: flag a chosen snapshot whose probe accuracy is more than this (a fraction,
+            0.05 = 5 points) below the best candidate's.
         dtype: compute dtype (float32 by default).
         device: where to compute; default the first accelerator among the inputs and the first
             candidate's tensors, else the inputs' device.
@@ -240,17 +271,22 @@ def select_from_candidates(
         progress: show a progress bar over the candidates.
 
     Returns:
-        a `SelectionReport` (`.selected` in rank order, `.scores` in the candidates' order).
+        a `SelectionReport` (`.selected` in rank order, `.scores` in the candidates' order,
+        `.warnings` for chosen snapshots far below the best probe accuracy).
 
     Raises (all subclasses of `SelectionError`, a `ValueError`): `EmptyProbeError`,
-    `SingleClassProbeError`, `ClassCountMismatchError`, `TooManyTeachersError`, `ShapeMismatchError`,
-    `NonFiniteError`, `DegenerateProbeError`, `UnknownEstimatorError`, `UnknownObjectiveError`.
+    `SingleClassProbeError`, `ProbeTooSmallError`, `SparseClassError`, `ClassCountMismatchError`,
+    `TooManyTeachersError`, `ShapeMismatchError`, `NonFiniteError`, `TemperatureTooHighError`,
+    `DegenerateProbeError`, `UnknownEstimatorError`, `UnknownObjectiveError`.
     """
     check_request(objective, estimator, temperature)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise TooManyTeachersError(f"k must be a positive integer number of teachers, got {k!r}")
+    if not 0 <= accuracy_margin <= 1:
+        raise SelectionError(f"accuracy_margin must lie in [0, 1] (a fraction of accuracy), got {accuracy_margin}")
     _, y = check_probe(inputs, labels)
     num_classes = _check_candidates(candidates)
+    check_probe_classes(y, num_classes)
     eligible = [i for i, c in enumerate(candidates) if not c.is_init]
     if k > len(eligible):
         n_init = len(candidates) - len(eligible)
@@ -264,46 +300,60 @@ def select_from_candidates(
                           device=device, num_classes=num_classes, **(estimator_options or {}))
     y_cpu = y.cpu()
 
+    probs: list[Tensor] = []
+    for c in candidates:
+        try:
+            probs.append(output_embedding(c.logits.to(device), temperature))
+        except NonFiniteError as e:
+            raise NonFiniteError(f"snapshot {c.name!r}: {e}") from None
+    spread = [float((p.max(dim=1).values - p.min(dim=1).values).max()) for p in probs]
+    if max(spread[i] for i in eligible) < UNIFORM_SPREAD:
+        raise TemperatureTooHighError(
+            f"the temperature T={temperature:g} is too high for the estimator: softened at T, every snapshot's "
+            f"outputs are uniform to float precision (largest spread between classes {max(spread):.1e}), so they "
+            "carry no information to score; use the distillation temperature (e.g. 4)")
+
     feats: list[MutualInformation] = []
     outs: list[MutualInformation] = []
     accuracy: list[float] = []
-    probs: list[Tensor] = []
     iterator: Any = candidates
     if progress:
         from tqdm.auto import tqdm
         iterator = tqdm(candidates, desc="scoring snapshots", unit="snapshot")
-    for c in iterator:
+    for c, p in zip(iterator, probs):
         try:
-            p = output_embedding(c.logits.to(device), temperature)
             outs.append(est.outputs(p))
             feats.append(est.features(c.features))
         except NonFiniteError as e:
             raise NonFiniteError(f"snapshot {c.name!r}: {e}") from None
         except ShapeMismatchError as e:
             raise ShapeMismatchError(f"snapshot {c.name!r}: {e}") from None
-        probs.append(p)
         accuracy.append(float((c.logits.argmax(dim=1).cpu() == y_cpu).float().mean()))
 
-    infos = outs if objective == "outputs" else feats
-    x_range = MinMax.over([infos[i].x for i in eligible])
-    y_range = MinMax.over([infos[i].y for i in eligible])
-    single_j = [objective_value(info, x_range, y_range, beta) for info in infos]
-
+    infos = feats if objective == "features" else outs
+    information = objective in INFORMATION_OBJECTIVES
+    single_j = ([objective_value(info, beta) for info in infos] if information
+                else trivial_values(candidates, objective, accuracy))
     cache: dict[tuple[int, ...], tuple[MutualInformation, float]] = {}
 
     def score(members: tuple[int, ...]) -> tuple[MutualInformation, float]:
         if members not in cache:
             if len(members) == 1:
                 info = infos[members[0]]
-            elif objective == "outputs":
-                info = est.outputs(torch.stack([probs[i] for i in members]).mean(dim=0))
-            else:
+            elif objective == "features":
                 info = est.features([candidates[i].features for i in members])
-            cache[members] = (info, objective_value(info, x_range, y_range, beta))
+            else:
+                info = est.outputs(torch.stack([probs[i] for i in members]).mean(dim=0))
+            cache[members] = (info, objective_value(info, beta) if information else
+                              sum(single_j[i] for i in members) / len(members))
         return cache[members]
 
-    chosen, search, ensemble_j = choose_members(single_j, eligible, k, lambda m: score(m)[1],
-                                                exhaustive_limit=exhaustive_limit)
+    if information:
+        chosen, search, ensemble_j = choose_members(single_j, eligible, k, lambda m: score(m)[1],
+                                                    exhaustive_limit=exhaustive_limit)
+    else:
+        chosen = sorted(eligible, key=lambda i: (-single_j[i], i))[:k]
+        search, ensemble_j = "top-k", score(tuple(sorted(chosen)))[1]
     ensemble_info, _ = score(tuple(sorted(chosen)))
     rank = {i: r + 1 for r, i in enumerate(chosen)}
     scores = [
@@ -313,6 +363,12 @@ def select_from_candidates(
             chosen=i in rank, rank=rank.get(i), init=c.is_init, path=c.path, metadata=dict(c.metadata))
         for i, c in enumerate(candidates)
     ]
+    best = max(eligible, key=lambda i: (accuracy[i], -i))
+    warnings = [
+        f"{candidates[i].name} has probe accuracy {accuracy[i]:.1%}, {100 * (accuracy[best] - accuracy[i]):.1f} "
+        f"points below the best candidate ({candidates[best].name}, {accuracy[best]:.1%}; margin "
+        f"{100 * accuracy_margin:g} points): check this choice, or compare objective='accuracy'"
+        for i in chosen if accuracy[i] < accuracy[best] - accuracy_margin]
     return SelectionReport(
         selected=[candidates[i].name for i in chosen],
         scores=scores,
@@ -327,6 +383,8 @@ def select_from_candidates(
         search=search,
         ensemble={"members": [candidates[i].name for i in chosen], "i_x": ensemble_info.x,
                   "i_y": ensemble_info.y, "j": ensemble_j},
-        ranges={"i_x": [x_range.lo, x_range.hi], "i_y": [y_range.lo, y_range.hi]},
+        label_entropy_bits=float(est.entropy_y),
+        accuracy_margin=float(accuracy_margin),
+        warnings=warnings,
         estimator_options=est.options(),
     )

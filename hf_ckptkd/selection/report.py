@@ -18,11 +18,15 @@ from typing import Any
 SELECTION_JSON = "selection.json"
 TABLE_MD = "table.md"
 PLANE_PNG = "information_plane.png"
-FORMAT_VERSION = 1
+# 2: Ĩ(Y;·) became a variational bound normalised by H(Y), J lost its min–max rescaling, and the
+# report gained `warnings`, `accuracy_margin` and `label_entropy_bits`.
+FORMAT_VERSION = 2
 
 OBJECTIVE_DESCRIPTIONS = {
-    "outputs": "J = m(Î(Y;P)) + β·m(Î(X;P)) on the outputs softened at temperature T",
-    "features": "J = m(Î(Y;F)) + β·m(Î(X;F)) on the penultimate features",
+    "outputs": "J = Ĩ(Y;P) + β·Î(X;P) on the outputs softened at temperature T",
+    "features": "J = Ĩ(Y;F) + β·Î(X;F) on the penultimate features",
+    "final": "the last snapshot(s) in training order (a trivial baseline; J = position in training order)",
+    "accuracy": "the best validation accuracy (a trivial baseline; J = that accuracy)",
 }
 
 
@@ -30,9 +34,9 @@ OBJECTIVE_DESCRIPTIONS = {
 class SnapshotScore:
     """One snapshot's scores on the probe set. Information values are normalised to [0, 1].
 
-    `j` is the snapshot's own objective value (min–max rescaled over the candidates; the
-    initialisation's may fall outside [0, 1 + beta]). `rank` is its 1-based position in
-    `SelectionReport.selected`, None when not chosen.
+    `i_yf`, `i_yp` are the label terms Ĩ(Y;F), Ĩ(Y;P) (shares of H(Y)); `i_xf`, `i_xp` the input
+    terms Î(X;F), Î(X;P). `j` is the snapshot's own objective value. `rank` is its 1-based position
+    in `SelectionReport.selected`, None when not chosen.
     """
 
     name: str
@@ -58,12 +62,14 @@ class SelectionReport:
     Attributes:
         selected: names of the chosen snapshots, in rank order.
         scores: one `SnapshotScore` per snapshot, in training order (the initialisation included).
-        objective: "outputs" or "features".
+        objective: "outputs", "features", "final" or "accuracy".
         k, temperature, beta, kappa, estimator, probe_size, seed: the settings it ran with.
-        search: "exhaustive" or "greedy".
+        search: "exhaustive", "greedy" or "top-k" (the trivial selectors).
         ensemble: {"members", "i_x", "i_y", "j"}: the chosen set scored as a whole under the
-            objective (i_x, i_y are Î(X;·), Î(Y;·) of its mean probabilities or joint features).
-        ranges: {"i_x": [lo, hi], "i_y": [lo, hi]}: the min–max ranges over the candidates.
+            objective (i_x, i_y are Î(X;·), Ĩ(Y;·) of its mean probabilities or joint features).
+        label_entropy_bits: H(Y) of the probe labels, the label terms' unit.
+        accuracy_margin: chosen snapshots more than this below the best probe accuracy are flagged.
+        warnings: one sentence per flagged choice (also in table.md and the CLI's output).
         estimator_options: the estimator's own settings.
         snapshot_dir: where the snapshots live, if the selector knows it.
         extra: free-form metadata (e.g. the run, the probe set's source).
@@ -81,7 +87,9 @@ class SelectionReport:
     seed: int
     search: str = "exhaustive"
     ensemble: dict[str, Any] = field(default_factory=dict)
-    ranges: dict[str, list[float]] = field(default_factory=dict)
+    label_entropy_bits: float | None = None
+    accuracy_margin: float | None = None
+    warnings: list[str] = field(default_factory=list)
     estimator_options: dict[str, Any] = field(default_factory=dict)
     snapshot_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -111,6 +119,8 @@ class SelectionReport:
         if not s.chosen:
             return f"{name} was not chosen ({values})."
         what = OBJECTIVE_DESCRIPTIONS.get(self.objective, self.objective)
+        if self.objective not in ("outputs", "features"):
+            return f"{name} is chosen by {what} ({values})."
         if self.k == 1:
             order = sorted((t for t in self.scores if not t.init), key=lambda t: -t.j)
             return (f"{name} maximises the task-related information {what} (T={self.temperature:g}, "
@@ -151,7 +161,9 @@ class SelectionReport:
             "",
             f"Selected ({self.k}): " + ", ".join(f"**{n}**" for n in self.selected),
             "",
-            f"- objective: `{self.objective}`: {what}; m = min–max over the candidates (the initialisation excluded)",
+            f"- objective: `{self.objective}`: {what}; Ĩ(Y;·) is a share of H(Y)"
+            + (f" = {self.label_entropy_bits:.3f} bits" if self.label_entropy_bits is not None else "")
+            + ", Î(X;·) a share of a fixed bound of the probe set; the initialisation is never chosen",
             f"- temperature T = {self.temperature:g}, β = {self.beta:g}, κ = {self.kappa:g}, "
             f"estimator `{self.estimator}`, probe set of {self.probe_size} examples, seed {self.seed}, "
             f"{self.search} search",
@@ -160,9 +172,11 @@ class SelectionReport:
             lines.append(f"- the ensemble, scored as a whole on {self._ensemble_representation()}: "
                          f"Î(X;·) = {self.ensemble['i_x']:.4f}, Î(Y;·) = {self.ensemble['i_y']:.4f}, "
                          f"J = {self.ensemble['j']:.4f}")
+        if self.warnings:
+            lines += [""] + [f"> **Warning:** {w}" for w in self.warnings]
         lines += [
             "",
-            "| snapshot | epoch | step | accuracy | Î(X;F) | Î(Y;F) | Î(X;P) | Î(Y;P) | J | chosen |",
+            "| snapshot | epoch | step | accuracy | Î(X;F) | Ĩ(Y;F) | Î(X;P) | Ĩ(Y;P) | J | chosen |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
         ]
         for s in self.scores:

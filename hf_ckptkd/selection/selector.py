@@ -49,6 +49,7 @@ from .estimators import (
     SelectionError,
     SingleClassProbeError,
     TooManyTeachersError,
+    check_probe_classes,
 )
 from .objective import DEFAULT_OBJECTIVE, DEFAULT_TEMPERATURE, Candidate, check_request, select_from_candidates
 from .report import SelectionReport
@@ -389,6 +390,7 @@ def extract_candidates(
         return _image_batches(images, batch_size), images, image_labels
 
     batches, inputs, labels = probe_of(probe_dataset)
+    check_probe_classes(labels, max(num_labels_of(first_model), int(labels.max()) + 1))
     held_out = None
     if held_out_probe is not None:
         h_batches, _, h_labels = probe_of(held_out_probe)
@@ -474,7 +476,8 @@ def select_teachers(
             `load_fashion_mnist("train")`), normally the teachers' training data.
         k: how many teachers (1 <= k <= number of non-initial snapshots).
         temperature: the distillation temperature T at which the outputs are softened.
-        objective: "outputs" (J on Î(X;P), Î(Y;P), default) or "features" (J on Î(X;F), Î(Y;F)).
+        objective: "outputs" (J on Î(X;P), Ĩ(Y;P)), "features" (J on Î(X;F), Ĩ(Y;F)), or a
+            trivial baseline: "final" (the last snapshot) or "accuracy" (best validation accuracy).
         estimator: "renyi2" (default) or "binning".
         max_probe_samples: probe size: a label-stratified sample seeded by `seed` (None: all).
         seed: seeds the probe draw and the estimator.
@@ -491,7 +494,7 @@ def select_teachers(
             It does not enter J: the estimator computes every term on one probe set.
         progress: tqdm bars over the snapshots and their batches.
         **options: passed to `select_from_candidates` (beta, kappa, chunk_size, exhaustive_limit,
-            dtype, estimator_options).
+            accuracy_margin, dtype, estimator_options).
 
     Returns:
         the `SelectionReport`, with `snapshot_dir` set (when the snapshots share one folder) and
@@ -499,7 +502,8 @@ def select_teachers(
 
     Raises:
         `SelectionError` subclasses (a `ValueError`) for a bad request: `TooManyTeachersError`,
-        `EmptyProbeError`, `SingleClassProbeError`, `ClassCountMismatchError`,
+        `EmptyProbeError`, `SingleClassProbeError`, `ProbeTooSmallError`, `SparseClassError`,
+        `TemperatureTooHighError`, `ClassCountMismatchError`,
         `LabelSpaceMismatchError`, `UnknownObjectiveError`, `UnknownEstimatorError`;
         `SnapshotError` for a missing or altered snapshot; `DataError` for a dataset without the
         named columns.
