@@ -15,14 +15,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Debian's Fashion-MNIST package when we can install it; otherwise the data layer says so and
-# falls back to the Hub copy of the dataset.
+# Debian's Fashion-MNIST package when we can install it (otherwise the data layer says so and
+# falls back to the Hub copy of the dataset), and Debian's fortunes, the offline English text.
+FORTUNES := /usr/share/games/fortunes/computers
 data:
-	@if [ ! -f $(FMNIST) ]; then \
+	@if [ ! -f $(FMNIST) ] || [ ! -f $(FORTUNES) ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null \
-	      || echo "could not install dataset-fashion-mnist; the Hub copy will be used"; \
-	  else echo "dataset-fashion-mnist is not installed and apt-get needs root; the Hub copy will be used"; fi; \
+	    (apt-get install -y -qq dataset-fashion-mnist fortunes || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist fortunes)) >/dev/null \
+	      || echo "could not install dataset-fashion-mnist and fortunes; Fashion-MNIST falls back to the Hub copy, the text sets are unavailable"; \
+	  else echo "dataset-fashion-mnist or fortunes is not installed and apt-get needs root"; fi; \
 	fi
 
 # The whole method on the offline default; resumable: a second run skips finished stages.

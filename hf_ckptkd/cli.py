@@ -89,8 +89,9 @@ def _parse(dataclass_types, argv: list[str], prog: str):
 def _image_data(data_args: DataArguments):
     from . import data
 
-    columns = data.ImageColumns(data_args.image_column, data_args.label_column)
     train = data.load_dataset_split(data_args.dataset, "train", data_args.max_train_samples)
+    columns = data.ImageColumns(data_args.image_column,
+                                data.resolve_label_column(train, data_args.label_column, "--label_column"))
     evaluation = data.load_dataset_split(data_args.dataset, data_args.eval_split, data_args.max_eval_samples)
     names = data.label_names(train, columns)
     transform = data.ImageTransformConfig(image_size=data_args.image_size, in_chans=data_args.in_chans,

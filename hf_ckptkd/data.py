@@ -194,6 +194,8 @@ def load_dataset_split(name_or_path: str, split: str, limit: int | None = None, 
 def tokenize_text_dataset(dataset: Dataset, tokenizer, text_column: str, label_column: str = "label",
                           max_length: int = 128) -> Dataset:
     """Tokenize `text_column` (truncating to `max_length`); the result has the model's inputs and `labels`."""
+    if text_column in dataset.column_names:
+        label_column = resolve_label_column(dataset, label_column)
     missing = [c for c in (text_column, label_column) if c not in dataset.column_names]
     if missing:
         raise DataError(f"dataset has no column(s) {missing}; its columns are {dataset.column_names}. "
@@ -210,6 +212,28 @@ def stratified_split(dataset: Dataset, fraction: float, seed: int, label_column:
         dataset = dataset.class_encode_column(label_column)
     parts = dataset.train_test_split(test_size=fraction, seed=seed, stratify_by_column=label_column)
     return parts["train"], parts["test"]
+
+
+# The package's own helpers name the label `labels` (what models take); datasets usually `label`.
+LABEL_COLUMN_ALIASES = ("label", "labels")
+
+
+def resolve_label_column(dataset, column: str, argument: str = "label_column") -> str:
+    """The dataset's label column: `column`, or its alias (`label` <-> `labels`) when only that one exists.
+
+    A dataset tokenised by `tokenize_text_dataset` carries `labels`, a raw one usually `label`; either
+    name works wherever the package takes a dataset. Anything else missing is a `DataError` that
+    names the column, the dataset's columns and the argument that sets it.
+    """
+    names = list(getattr(dataset, "column_names", None) or [])
+    if column in names:
+        return column
+    if column in LABEL_COLUMN_ALIASES:
+        alias = next(a for a in LABEL_COLUMN_ALIASES if a != column)
+        if alias in names:
+            return alias
+    raise DataError(f"the dataset has no label column {column!r}; its columns are {names}. Name the column that "
+                    f"holds the integer class labels with {argument}")
 
 
 @dataclass
@@ -270,6 +294,8 @@ def is_random_transform(config: ImageTransformConfig, train: bool) -> bool:
 def with_image_transform(dataset: Dataset, transform: T.Compose, columns: ImageColumns | None = None) -> Dataset:
     """Apply `transform` lazily: each example becomes `pixel_values` (tensor) and `labels` (int)."""
     columns = columns or ImageColumns()
+    if columns.image in dataset.column_names:
+        columns = ImageColumns(columns.image, resolve_label_column(dataset, columns.label))
     check_image_columns(dataset, columns)
 
     def apply(batch):

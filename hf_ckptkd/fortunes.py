@@ -5,7 +5,8 @@ separated by lines holding a single `%`. `load_fortunes_topics(split)` turns the
 `FORTUNES_TOPICS` into a `datasets.Dataset` with `text` and `label` (a `ClassLabel` of the topic
 names): every fortune is one example, its topic the file it came from. The split is fixed: within
 each topic the fortunes are shuffled with a seeded generator and the first 20 % are the test split,
-so train and test never share a fortune and every topic is in both in proportion.
+so every topic is in both in proportion and no entry of a file is in both. (The files themselves
+repeat six fortunes, five of them under two topics: those six texts occur in both splits.)
 
 `fortunes_tokenizer()` is a WordPiece tokenizer (8,000 tokens, lower-cased, BERT's special
 tokens) trained with `tokenizers` on the training split only, saved once under

@@ -62,6 +62,7 @@ class Recipe:
     full_ensemble: int = 2                # independently trained teachers in the "full ensemble"
     ensemble_k: int = 2                   # members of the selected snapshot ensemble
     oracle: bool = False                  # distil from every snapshot too
+    best_of_last_epochs: int = 0          # also report each student's best test accuracy of its last N epochs
     selection: dict[str, Any] = field(default_factory=lambda: {"max_probe_samples": 2000})  # + SELECTION_KEYS
     source: str | None = None
 
@@ -85,11 +86,15 @@ class Recipe:
 
     def _hash_without(self, *keys: str, **replaced: Any) -> str:
         payload = {k: v for k, v in {**self.to_dict(), **replaced}.items() if k not in keys}
+        # Keys added after runs were made hash only when set, so those runs keep their fingerprints.
+        payload = {k: v for k, v in payload.items() if not (k in _HASHED_WHEN_SET and not v)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+_HASHED_WHEN_SET = ("best_of_last_epochs",)
 
 # Resolved annotations (fields of classes using `from __future__ import annotations` hold strings).
 _TOP_KEYS = {name: hint for name, hint in typing.get_type_hints(Recipe).items() if name not in ("teacher", "student")}

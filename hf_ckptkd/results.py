@@ -19,6 +19,31 @@ def _pp(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+# Two-sided 95 % quantiles of Student's t distribution, t_{0.975, df}, for df = 1..30 (beyond: 1.96).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def paired_difference(runs: list[dict], baseline: list[dict], key: str = "test_accuracy") -> dict[str, Any] | None:
+    """Mean paired difference (pp) of `runs` against `baseline` over the seeds both have, with a 95 % t interval.
+
+    Students of one seed share their initialisation whatever teaches them, so the difference per seed
+    removes the seed's own luck. The verdict is "better" or "worse" only when the interval excludes
+    zero, else "no difference"; with fewer than two shared seeds there is no interval (None).
+    """
+    base = {r["seed"]: r[key] for r in baseline}
+    diffs = [100 * (r[key] - base[r["seed"]]) for r in runs if r["seed"] in base]
+    if len(diffs) < 2:
+        return None
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
+    half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * sd / n ** 0.5
+    lo, hi = mean - half, mean + half
+    verdict = "better" if lo > 0 else "worse" if hi < 0 else "no difference"
+    return {"mean_pp": mean, "ci95_pp": [lo, hi], "seeds": n, "verdict": verdict}
+
+
 def write_report(recipe, output_dir: Path, cells: list[StudentCell], results: dict[str, list[dict]], indexes,
                  reports: dict[int, Any], teacher_acc: dict[str, float]) -> dict[str, Any]:
     index = indexes[0]
@@ -31,13 +56,23 @@ def write_report(recipe, output_dir: Path, cells: list[StudentCell], results: di
         members = [teacher_acc.get(ref) for ref in cell.teachers]
         teacher = sum(members) / len(members) if members and None not in members else None
         epochs = [by_ref[ref].epoch for ref in cell.teachers if ref in by_ref]
-        rows.append({"cell": cell.name, "description": cell.description, "teachers": list(cell.teachers),
-                     "teacher_epochs": epochs, "teacher_test_accuracy": teacher, "seeds": len(runs),
-                     "student_test_accuracy": test_mean, "student_test_std": test_std,
-                     "student_validation_accuracy": val_mean})
+        row = {"cell": cell.name, "description": cell.description, "teachers": list(cell.teachers),
+               "teacher_epochs": epochs, "teacher_test_accuracy": teacher, "seeds": len(runs),
+               "student_test_accuracy": test_mean, "student_test_std": test_std,
+               "student_validation_accuracy": val_mean}
+        if runs and all("test_accuracy_best_of_last" in r for r in runs):
+            row["student_test_best_of_last"], row["student_test_best_of_last_std"] = mean_std(
+                [r["test_accuracy_best_of_last"] for r in runs])
+        rows.append(row)
     final = next(r for r in rows if r["cell"] == "final")
     for row in rows:
         row["gain_vs_final_pp"] = 100 * (row["student_test_accuracy"] - final["student_test_accuracy"])
+        other = row["cell"] != "final" and tuple(row["teachers"]) != tuple(final["teachers"])
+        row["paired_vs_final"] = paired_difference(results.get(row["cell"], []), results.get("final", [])) \
+            if other else None
+        if other and "student_test_best_of_last" in row and "student_test_best_of_last" in final:
+            row["paired_vs_final_best_of_last"] = paired_difference(
+                results.get(row["cell"], []), results.get("final", []), key="test_accuracy_best_of_last")
     summary: dict[str, Any] = {"recipe": recipe.source, "name": recipe.name, "rows": rows,
                                "selected": {k: r.selected for k, r in reports.items()},
                                "objective": reports[1].objective}
@@ -60,13 +95,28 @@ def write_report(recipe, output_dir: Path, cells: list[StudentCell], results: di
 
 
 def _table(rows: list[dict], summary: dict) -> str:
-    lines = ["| how the student is taught | teacher epoch(s) | teacher test acc | student test acc | vs final (pp) | seeds |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| how the student is taught | teacher epoch(s) | teacher test acc | student test acc | vs final (pp) | "
+             "paired vs final, 95% CI (pp) | seeds |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         teacher = _pp(r["teacher_test_accuracy"]) if r["teacher_test_accuracy"] is not None else "–"
         epochs = ", ".join(f"{e:g}" for e in r["teacher_epochs"]) or "–"
+        paired = r.get("paired_vs_final")
+        paired_text = (f"{paired['mean_pp']:+.2f} [{paired['ci95_pp'][0]:+.2f}, {paired['ci95_pp'][1]:+.2f}] "
+                       f"{paired['verdict']}" if paired else "–")
         lines.append(f"| {r['description']} | {epochs} | {teacher} | {_pp(r['student_test_accuracy'])} ± "
-                     f"{_pp(r['student_test_std'])} | {r['gain_vs_final_pp']:+.2f} | {r['seeds']} |")
+                     f"{_pp(r['student_test_std'])} | {r['gain_vs_final_pp']:+.2f} | {paired_text} | {r['seeds']} |")
+    last = [r for r in rows if "student_test_best_of_last" in r]
+    if last:
+        lines += ["", "Best test accuracy of the last epochs (the paper's measure; the table above is the final epoch):",
+                  "", "| how the student is taught | student test acc, best of last epochs | paired vs final, 95% CI (pp) |",
+                  "|---|---|---|"]
+        for r in last:
+            paired = r.get("paired_vs_final_best_of_last")
+            paired_text = (f"{paired['mean_pp']:+.2f} [{paired['ci95_pp'][0]:+.2f}, {paired['ci95_pp'][1]:+.2f}] "
+                           f"{paired['verdict']}" if paired else "–")
+            lines.append(f"| {r['description']} | {_pp(r['student_test_best_of_last'])} ± "
+                         f"{_pp(r['student_test_best_of_last_std'])} | {paired_text} |")
     if "oracle" in summary:
         o = summary["oracle"]
         lines.append(f"\nOracle (best snapshot as teacher, by test accuracy): {o['cell']} at "

@@ -117,7 +117,7 @@ def _copy_no_teacher_students(source: Path, cell_dir: Path) -> None:
         shutil.copytree(d, cell_dir / "students" / NO_TEACHER / d.name)
 
 
-def _spearman(a: list[float], b: list[float]) -> float:
+def spearman(a: list[float], b: list[float]) -> float:
     def ranks(v):
         order = sorted(range(len(v)), key=lambda i: v[i])
         r = [0.0] * len(v)
@@ -156,6 +156,9 @@ def summarise_cell(run_dir: Path) -> dict[str, Any]:
         "full_ensemble": rows.get("full_ensemble", {}).get("student_test_accuracy"),
         "final_teacher_test_accuracy": rows["final"]["teacher_test_accuracy"],
         "std": {c: rows[c]["student_test_std"] for c in ("no_kd", "final", "selected") if c in rows},
+        # The best intermediate snapshot against the final teacher, paired by student seed (95 % t interval).
+        "best_intermediate_paired": rows[f"snapshot:{max(intermediate, key=intermediate.get)}"].get("paired_vs_final")
+        if intermediate else None,
     }
     for objective in OBJECTIVES:
         j = j_from_scores(scores, objective)
@@ -163,7 +166,7 @@ def summarise_cell(run_dir: Path) -> dict[str, Any]:
         chosen = max(names, key=lambda n: j[n])
         cell[f"{objective}_selected"] = chosen
         cell[f"{objective}_regret_pp"] = 100 * (snap_acc[oracle_name] - snap_acc[chosen])
-        cell[f"{objective}_spearman"] = _spearman([j[n] for n in names], [snap_acc[n] for n in names])
+        cell[f"{objective}_spearman"] = spearman([j[n] for n in names], [snap_acc[n] for n in names])
     return cell
 
 
@@ -222,15 +225,17 @@ def study_table(name: str, cells: dict[str, dict]) -> str:
 
     lines = [f"Study {name}: student test accuracy (%), mean over seeds",
              "", "| cell | teacher | no KD | final | halfway | selected | oracle (snapshot) | best inter − final (pp) | "
-                 "2-snap ens. | 2-teacher ens. | regret outputs / features (pp) | Spearman outputs / features |",
+                 "2-snap ens. | 2-teacher ens. | regret " + " / ".join(OBJECTIVES) + " (pp) | Spearman "
+                 + " / ".join(OBJECTIVES) + " |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell, c in cells.items():
+        regret = " / ".join(f"{c[f'{o}_regret_pp']:.2f}" for o in OBJECTIVES)
+        rho = " / ".join(f"{c[f'{o}_spearman']:+.2f}" for o in OBJECTIVES)
         lines.append(
             f"| {cell} | {pp(c['final_teacher_test_accuracy'])} | {pp(c['no_kd'])} | {pp(c['final'])} | {pp(c['halfway'])} | "
             f"{pp(c['selected'])} | {pp(c['oracle'])} ({c['oracle_snapshot']}) | {c['best_intermediate_minus_final_pp']:+.2f} | "
-            f"{pp(c['selected_ensemble'])} | {pp(c['full_ensemble'])} | {c['outputs_regret_pp']:.2f} / "
-            f"{c['features_regret_pp']:.2f} | {c['outputs_spearman']:+.2f} / {c['features_spearman']:+.2f} |")
+            f"{pp(c['selected_ensemble'])} | {pp(c['full_ensemble'])} | {regret} | {rho} |")
     return "\n".join(lines)
 
 
-__all__ = ["load_study", "study_cells", "is_run_of", "run_study", "summarise_cell", "study_table"]
+__all__ = ["load_study", "study_cells", "is_run_of", "run_study", "spearman", "summarise_cell", "study_table"]

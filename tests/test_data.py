@@ -9,15 +9,21 @@ import torch
 from datasets import ClassLabel, Dataset, Features, Image, Value
 
 from hf_ckptkd.data import (
+    BUILTIN_DATASETS,
     FASHION_MNIST_DIR,
     FASHION_MNIST_LABELS,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
     DataError,
     ImageColumns,
     ImageTransformConfig,
     build_image_transform,
+    default_normalisation,
     image_collator,
     label_names,
+    load_dataset_split,
     load_fashion_mnist,
+    load_fashion_mnist_rotations,
     with_image_transform,
 )
 
@@ -108,3 +114,65 @@ def test_missing_files_without_network_say_how_to_install(tmp_path, monkeypatch)
 def test_unknown_split():
     with pytest.raises(DataError, match="unknown Fashion-MNIST split 'validation'"):
         load_fashion_mnist("validation")
+
+
+# -- fashion_mnist_rot40: garment × rotation ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rot40_train():
+    return load_dataset_split("fashion_mnist_rot40", "train", limit=200)
+
+
+def test_rot40_is_a_builtin_dataset():
+    assert {"fashion_mnist", "fashion_mnist_rot40", "fortunes_topics"} <= set(BUILTIN_DATASETS)
+    assert BUILTIN_DATASETS["fashion_mnist_rot40"] is load_fashion_mnist_rotations
+
+
+def test_rot40_labels_are_garment_times_rotation(rot40_train):
+    ds = rot40_train
+    assert len(ds) == 200
+    names = ds.features["label"].names
+    assert isinstance(ds.features["label"], ClassLabel) and len(names) == 40 == len(set(names))
+    assert names[:4] == ["T-shirt/top @0", "T-shirt/top @90", "T-shirt/top @180", "T-shirt/top @270"]
+    assert names[4 * 5 + 1] == "Sandal @90" and names[-1] == "Ankle boot @270"
+    labels = np.asarray(ds["label"])
+    assert labels.min() >= 0 and labels.max() < 40
+    original = load_fashion_mnist("train", limit=200)
+    assert (labels // 4).tolist() == original["label"]
+    assert set((labels % 4).tolist()) == {0, 1, 2, 3}  # every rotation occurs in 200 draws
+    for i in range(len(ds)):
+        image, source = np.asarray(ds[i]["image"]), np.asarray(original[i]["image"])
+        assert image.shape == (28, 28)
+        assert np.array_equal(image, np.rot90(source, k=int(labels[i]) % 4)), i
+
+
+def test_rot40_draw_is_seeded_per_split(rot40_train):
+    again = load_dataset_split("fashion_mnist_rot40", "train", limit=200)
+    assert again["label"] == rot40_train["label"]
+    # A shorter limit keeps the same draw for the examples it keeps.
+    assert load_fashion_mnist_rotations("train", limit=50)["label"] == rot40_train["label"][:50]
+    # The test split is its own draw (another seed), over the test images.
+    test = load_dataset_split("fashion_mnist_rot40", "test", limit=200)
+    original = load_fashion_mnist("test", limit=200)
+    test_labels = np.asarray(test["label"])
+    assert (test_labels // 4).tolist() == original["label"]
+    assert not np.array_equal(test_labels % 4, np.asarray(rot40_train["label"]) % 4)
+    assert np.array_equal(np.asarray(test[0]["image"]), np.rot90(np.asarray(original[0]["image"]), k=int(test_labels[0]) % 4))
+    assert load_dataset_split("fashion_mnist_rot40", "test", limit=200)["label"] == test["label"]
+
+
+def test_default_normalisation_follows_the_pixels():
+    assert default_normalisation("fashion_mnist", 1) == (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    assert default_normalisation("fashion_mnist_rot40", 1) == (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    assert default_normalisation("fortunes_topics", 1) == ((0.5,), (0.5,))
+    assert default_normalisation("some/hub-dataset", 1) == ((0.5,), (0.5,))
+    assert default_normalisation("some/hub-dataset", 3) == ((0.5,) * 3, (0.5,) * 3)
+    # Fashion-MNIST resized to 3 channels has no single-channel statistics to reuse.
+    assert default_normalisation("fashion_mnist", 3) == ((0.5,) * 3, (0.5,) * 3)
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "fashion_mnist_rot40", "fortunes_topics"])
+def test_unknown_builtin_split_is_a_data_error(name):
+    with pytest.raises(DataError, match="unknown .*split 'validation'.*'train' or 'test'"):
+        load_dataset_split(name, "validation")

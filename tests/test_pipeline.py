@@ -60,6 +60,32 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     assert (out / "students" / "no_kd" / "seed-1" / "result.json").is_file()
 
 
+def test_best_of_last_epochs_and_paired_differences(tmp_path):
+    tiny = yaml.safe_load(TINY.read_text())
+    recipe = _tiny(full_ensemble=1, ensemble_k=1, best_of_last_epochs=2,
+                   student={**tiny["student"], "num_train_epochs": 3})
+    summary = run(recipe, tmp_path / "run", seeds=2)
+    result = json.loads((tmp_path / "run" / "students" / "no_kd" / "seed-1" / "result.json").read_text())
+    assert sorted(result["test_accuracy_by_epoch"]) == ["2", "3"]  # the last two epochs only
+    assert result["test_accuracy_by_epoch"]["3"] == pytest.approx(result["test_accuracy"])
+    assert result["test_accuracy_best_of_last"] == max(result["test_accuracy_by_epoch"].values())
+    rows = {r["cell"]: r for r in summary["rows"]}
+    assert rows["final"]["paired_vs_final"] is None
+    paired = rows["no_kd"]["paired_vs_final"]
+    by_teachers = {}
+    for path in (tmp_path / "run" / "students").glob("*/seed-*/result.json"):
+        r = json.loads(path.read_text())
+        by_teachers[(tuple(r["teachers"]), r["seed"])] = r["test_accuracy"]
+    final = tuple(rows["final"]["teachers"])
+    expected = 50 * sum(by_teachers[((), s)] - by_teachers[(final, s)] for s in (0, 1))  # mean of 2, in points
+    assert paired["seeds"] == 2 and paired["mean_pp"] == pytest.approx(expected)
+    assert "student_test_best_of_last" in rows["no_kd"] and "paired_vs_final_best_of_last" in rows["halfway"]
+    table = (tmp_path / "run" / "results.md").read_text()
+    assert "paired vs final, 95% CI (pp)" in table and "best of last epochs" in table
+    # A recipe without the key keeps the fingerprint it had before the key existed; setting it retrains.
+    assert _tiny().fingerprint == _tiny(best_of_last_epochs=0).fingerprint != _tiny(best_of_last_epochs=2).fingerprint
+
+
 def test_run_dir_of_another_recipe_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

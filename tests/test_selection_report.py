@@ -1,5 +1,6 @@
 """The selection objective, the choice of teachers, and the report (JSON, Markdown, PNG)."""
 
+import dataclasses
 import json
 import math
 
@@ -10,10 +11,15 @@ import torch.nn.functional as nnf
 
 from hf_ckptkd.selection import (
     Candidate,
+    ProbeTooSmallError,
+    SelectionError,
     SelectionReport,
     SnapshotScore,
+    SparseClassError,
+    TemperatureTooHighError,
     UnknownObjectiveError,
     choose_members,
+    j_from_scores,
     select_from_candidates,
 )
 
@@ -254,3 +260,197 @@ def test_explain(report):
     assert "initialisation" in report.explain("epoch-0000")
     other = next(s.name for s in report.scores if not s.chosen and not s.init)
     assert "was not chosen" in report.explain(other)
+
+
+# -- the trivial objectives -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    """A shorter synthetic run (init + 5 snapshots on 120 examples) for the trivial objectives."""
+    return synthetic_run(n=120, epochs=5)
+
+
+def _with_eval_accuracy(candidates, values):
+    """Copies of the candidates with `metadata["eval_accuracy"]` set from `values` (name -> accuracy)."""
+    return [dataclasses.replace(c, metadata={**c.metadata, "eval_accuracy": values[c.name]} if c.name in values
+                                else dict(c.metadata)) for c in candidates]
+
+
+def _assert_every_snapshot_is_scored(report, reference):
+    """Whatever the objective, every snapshot has the same information scores as under `reference`."""
+    assert [s.name for s in report.scores] == [s.name for s in reference.scores]
+    for s, r in zip(report.scores, reference.scores):
+        assert (s.i_xf, s.i_yf, s.i_xp, s.i_yp, s.accuracy) == (r.i_xf, r.i_yf, r.i_xp, r.i_yp, r.accuracy)
+        assert all(0.0 <= v <= 1.0 for v in (s.i_xf, s.i_yf, s.i_xp, s.i_yp))
+
+
+def test_final_objective_takes_the_last_snapshots_latest_first(small_run):
+    x, y, candidates = small_run
+    reference = select_from_candidates(candidates, x, y)
+    one = select_from_candidates(candidates, x, y, objective="final")
+    two = select_from_candidates(candidates, x, y, k=2, objective="final")
+    assert one.selected == ["epoch-0005"] and one.search == "top-k" and one.objective == "final"
+    assert two.selected == ["epoch-0005", "epoch-0004"] and two.search == "top-k"
+    assert [s.rank for s in two.selected_scores] == [1, 2] and sum(s.chosen for s in two.scores) == 2
+    assert not two.score("epoch-0000").chosen
+    # J is the position in training order; the ensemble's J is the members' mean.
+    assert [s.j for s in one.scores] == [float(i) for i in range(len(candidates))]
+    assert two.ensemble["members"] == two.selected and two.ensemble["j"] == pytest.approx(4.5)
+    for report in (one, two):
+        _assert_every_snapshot_is_scored(report, reference)
+    assert "chosen by the last snapshot(s) in training order" in one.explain("epoch-0005")
+
+
+def test_final_objective_never_takes_the_init_even_when_it_is_last(small_run):
+    x, y, candidates = small_run
+    reordered = candidates[1:] + candidates[:1]  # the initialisation last in the list
+    assert select_from_candidates(reordered, x, y, objective="final").selected == ["epoch-0005"]
+
+
+def test_accuracy_objective_prefers_the_recorded_eval_accuracy(small_run):
+    x, y, candidates = small_run
+    reference = select_from_candidates(candidates, x, y)
+    probe_best = max((s for s in reference.scores if not s.init), key=lambda s: s.accuracy).name
+    assert probe_best == "epoch-0005"
+    # Recorded validation accuracies (the initialisation has none, as in a real run) that rank another snapshot first.
+    recorded = {"epoch-0001": 0.50, "epoch-0002": 0.93, "epoch-0003": 0.71, "epoch-0004": 0.80, "epoch-0005": 0.85}
+    report = select_from_candidates(_with_eval_accuracy(candidates, recorded), x, y, objective="accuracy")
+    assert report.selected == ["epoch-0002"] != [probe_best]
+    assert report.search == "top-k" and report.objective == "accuracy"
+    assert {s.name: s.j for s in report.scores if not s.init} == recorded
+    _assert_every_snapshot_is_scored(report, reference)
+    two = select_from_candidates(_with_eval_accuracy(candidates, recorded), x, y, k=2, objective="accuracy")
+    assert two.selected == ["epoch-0002", "epoch-0005"]
+    assert two.ensemble["j"] == pytest.approx((0.93 + 0.85) / 2)
+
+    # One snapshot without a recorded accuracy: every J falls back to the probe accuracy.
+    partial = dict(recorded)
+    del partial["epoch-0003"]
+    fallback = select_from_candidates(_with_eval_accuracy(candidates, partial), x, y, objective="accuracy")
+    assert fallback.selected == [probe_best]
+    assert [s.j for s in fallback.scores] == [s.accuracy for s in fallback.scores]
+    # No recorded accuracies at all: the same.
+    assert select_from_candidates(candidates, x, y, objective="accuracy").selected == [probe_best]
+
+
+def test_j_from_scores_reproduces_every_objectives_j(small_run):
+    x, y, candidates = small_run
+    recorded = {"epoch-0001": 0.50, "epoch-0002": 0.93, "epoch-0003": 0.71, "epoch-0004": 0.80, "epoch-0005": 0.85}
+    with_eval = _with_eval_accuracy(candidates, recorded)
+    runs = [("outputs", candidates, 1.0), ("outputs", candidates, 2.5), ("features", candidates, 1.0),
+            ("features", candidates, 0.5), ("accuracy", candidates, 1.0), ("accuracy", with_eval, 1.0),
+            ("final", candidates, 1.0)]
+    for objective, cands, beta in runs:
+        report = select_from_candidates(cands, x, y, objective=objective, beta=beta)
+        scores = json.loads(json.dumps(report.to_dict()))["scores"]  # as read back from selection.json
+        j = j_from_scores(scores, objective, beta=beta)
+        assert list(j) == [s.name for s in report.scores if not s.init]
+        best = max(j, key=lambda name: (j[name], -list(j).index(name)))
+        assert best == report.selected[0], (objective, beta)
+        assert j == pytest.approx({s.name: s.j for s in report.scores if not s.init}, abs=1e-12), (objective, beta)
+
+
+def test_j_from_scores_reproduces_the_final_objectives_values(small_run):
+    x, y, candidates = small_run
+    report = select_from_candidates(candidates, x, y, objective="final")
+    j = j_from_scores(report.to_dict()["scores"], "final")
+    assert j == {s.name: s.j for s in report.scores if not s.init}
+
+
+# -- the accuracy warning -------------------------------------------------------------------------
+
+
+def _poor_last_snapshot(candidates):
+    """The run with its last snapshot's outputs replaced by the initialisation's (an inaccurate final)."""
+    return candidates[:-1] + [dataclasses.replace(candidates[-1], logits=candidates[0].logits.clone())]
+
+
+def test_a_chosen_snapshot_far_below_the_best_accuracy_is_flagged(small_run):
+    x, y, candidates = small_run
+    poor = _poor_last_snapshot(candidates)
+    report = select_from_candidates(poor, x, y, k=2, objective="final")
+    assert report.selected == ["epoch-0005", "epoch-0004"] and report.accuracy_margin == 0.05
+    chosen, best = report.score("epoch-0005"), max((s for s in report.scores if not s.init), key=lambda s: s.accuracy)
+    assert best.name == "epoch-0004" and best.accuracy - chosen.accuracy > 0.5
+    assert len(report.warnings) == 1  # epoch-0004, the best, is chosen too but not flagged
+    warning = report.warnings[0]
+    assert warning.startswith(f"epoch-0005 has probe accuracy {chosen.accuracy:.1%}, ")
+    assert f"{100 * (best.accuracy - chosen.accuracy):.1f} points below the best candidate" in warning
+    assert f"(epoch-0004, {best.accuracy:.1%}; margin 5 points)" in warning
+    assert "objective='accuracy'" in warning
+    md = report.to_markdown()
+    assert f"> **Warning:** {warning}" in md.splitlines()
+    assert md.index("> **Warning:**") < md.index("| snapshot |")  # above the table
+    # The warnings are part of the saved report.
+    assert SelectionReport.from_dict(json.loads(json.dumps(report.to_dict()))).warnings == report.warnings
+
+
+def test_the_warning_follows_the_margin(small_run):
+    x, y, candidates = small_run
+    poor = _poor_last_snapshot(candidates)
+    relaxed = select_from_candidates(poor, x, y, objective="final", accuracy_margin=1.0)
+    assert relaxed.selected == ["epoch-0005"] and relaxed.warnings == [] and relaxed.accuracy_margin == 1.0
+    assert "**Warning:**" not in relaxed.to_markdown()
+    # A margin of 0 flags any choice below the best accuracy; the best itself never is.
+    assert select_from_candidates(candidates, x, y, objective="accuracy", accuracy_margin=0.0).warnings == []
+    strict = select_from_candidates(candidates, x, y, k=2, objective="final", accuracy_margin=0.0)
+    assert strict.selected == ["epoch-0005", "epoch-0004"]
+    assert [w.split(" ")[0] for w in strict.warnings] == ["epoch-0004"]
+    assert "margin 0 points" in strict.warnings[0]
+    for margin in (-0.01, 1.5, math.nan):
+        with pytest.raises(SelectionError, match=r"accuracy_margin must lie in \[0, 1\]"):
+            select_from_candidates(candidates, x, y, accuracy_margin=margin)
+
+
+def test_an_information_objective_is_flagged_too(small_run):
+    # On the features, the early snapshot whose features have not yet compressed wins, 10 points below the best.
+    x, y, candidates = small_run
+    report = select_from_candidates(candidates, x, y, objective="features")
+    chosen = report.score(report.selected[0])
+    best = max((s for s in report.scores if not s.init), key=lambda s: s.accuracy)
+    assert best.accuracy - chosen.accuracy > report.accuracy_margin
+    assert [w.split(" ")[0] for w in report.warnings] == [chosen.name]
+
+
+# -- bad probes and temperatures ------------------------------------------------------------------
+
+
+def _random_candidates(n, classes, count=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [Candidate(f"epoch-{e:04d}", torch.randn(n, 4, generator=g), torch.randn(n, classes, generator=g),
+                      epoch=e, step=10 * e) for e in range(1, count + 1)]
+
+
+def test_a_probe_with_fewer_examples_than_classes_is_refused():
+    x, y = torch.randn(8, 16), torch.arange(8)
+    with pytest.raises(ProbeTooSmallError,
+                       match=r"the probe set has 8 examples but the snapshots predict 10 classes.*max_probe_samples"):
+        select_from_candidates(_random_candidates(8, 10), x, y)
+    assert issubclass(ProbeTooSmallError, SelectionError)
+
+
+def test_a_class_with_a_single_probe_example_is_named():
+    x, y, candidates = synthetic_run(n=60, epochs=2)
+    keep = [i for i in range(60) if int(y[i]) != 3] + [3]  # class 3 keeps one example (index 3)
+    keep = torch.tensor(sorted(keep))
+    subset = [dataclasses.replace(c, features=c.features[keep], logits=c.logits[keep]) for c in candidates]
+    with pytest.raises(SparseClassError, match=r"class\(es\) 3 have a single example in the probe set of 51.*"
+                                               r"max_probe_samples"):
+        select_from_candidates(subset, x[keep], y[keep])
+    keep = torch.tensor([i for i in range(60) if int(y[i]) not in (2, 4)] + [2, 4])
+    subset = [dataclasses.replace(c, features=c.features[keep], logits=c.logits[keep]) for c in candidates]
+    with pytest.raises(SparseClassError, match=r"class\(es\) 2, 4 have a single example"):
+        select_from_candidates(subset, x[keep], y[keep])
+    assert issubclass(SparseClassError, SelectionError)
+
+
+def test_a_temperature_that_flattens_every_output_is_refused(small_run):
+    x, y, candidates = small_run
+    with pytest.raises(TemperatureTooHighError, match=r"temperature T=1e\+12 is too high.*uniform"):
+        select_from_candidates(candidates, x, y, temperature=1e12)
+    with pytest.raises(TemperatureTooHighError, match="too high"):
+        select_from_candidates(candidates, x, y, objective="final", temperature=1e12)
+    assert issubclass(TemperatureTooHighError, SelectionError)
+    # A high but usable temperature still works.
+    assert select_from_candidates(candidates, x, y, temperature=100.0).selected

@@ -2,6 +2,7 @@
 
 import collections
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,125 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "hf-ckptkd select" in err and "snapshot" in err and "Traceback" not in err
     assert main(["select", str(tmp_path)]) == 2  # --dataset is required
+
+
+# -- the CLI: trivial objectives, bad probes and temperatures, the accuracy warning ----------------
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory, probe_data):
+    """The probe data as a local parquet dataset folder (the `datasets.load_dataset` path, offline)."""
+    folder = tmp_path_factory.mktemp("probe-data")
+    probe_data.to_parquet(str(folder / "train.parquet"))
+    return folder
+
+
+def _select(snapshot_dir, probe_dir, *flags):
+    return main(["select", str(snapshot_dir), "--dataset", str(probe_dir), "--disable_tqdm", *flags])
+
+
+@pytest.mark.parametrize("objective", ["final", "accuracy"])
+def test_cli_select_trivial_objectives(run, probe_dir, tmp_path, capsys, objective):
+    out = tmp_path / "selection"
+    code = _select(run.snapshot_dir, probe_dir, "--objective", objective, "--max_probe_samples", "100",
+                   "--output", str(out))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    trained = [s for s in run if s.global_step > 0]
+    expected = trained[-1] if objective == "final" else max(trained, key=lambda s: (s.accuracy, -s.global_step))
+    assert f"chosen: {expected.name}\n" in captured.out
+    saved = json.loads((out / "selection.json").read_text())
+    assert (saved["objective"], saved["search"], saved["selected"]) == (objective, "top-k", [expected.name])
+    # Every snapshot is scored all the same.
+    assert [s["name"] for s in saved["scores"]] == run.names
+    assert all(0.0 <= s[key] <= 1.0 for s in saved["scores"] for key in ("i_xf", "i_yf", "i_xp", "i_yp"))
+    assert f"`{objective}`" in (out / "table.md").read_text()
+
+
+def _one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("hf-ckptkd select: ") and len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and "chosen:" not in captured.out
+    return err
+
+
+def test_cli_select_probe_smaller_than_the_label_space_exits_2(run, probe_dir, tmp_path, capsys):
+    code = _select(run.snapshot_dir, probe_dir, "--max_probe_samples", "5", "--output", str(tmp_path / "s"))
+    assert code == 2
+    err = _one_line_error(capsys)
+    assert "5 examples" in err and "10 classes" in err and "max_probe_samples" in err
+    assert not (tmp_path / "s").exists()
+    # 15 examples over 10 classes: five classes get a single example, too few for the label term.
+    assert _select(run.snapshot_dir, probe_dir, "--max_probe_samples", "15", "--output", str(tmp_path / "s")) == 2
+    err = _one_line_error(capsys)
+    assert "single example" in err and "max_probe_samples" in err
+
+
+def test_cli_select_temperature_too_high_exits_2(run, probe_dir, tmp_path, capsys):
+    code = _select(run.snapshot_dir, probe_dir, "--temperature", "1e12", "--max_probe_samples", "100",
+                   "--output", str(tmp_path / "s"))
+    assert code == 2
+    err = _one_line_error(capsys)
+    assert "temperature T=1e+12 is too high" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_select_warns_when_the_choice_is_far_below_the_best_accuracy(run, probe_dir, tmp_path, capsys):
+    # A copy of the run whose last snapshot (after the final one) holds the untrained weights again, as
+    # a diverged run's would: objective "final" must choose it, far below the trained snapshots.
+    snapshots = tmp_path / "snapshots"
+    shutil.copytree(run.snapshot_dir, snapshots)
+    last = run[-1]
+    write_snapshot(run[0].load_model(), snapshots, "epoch-0004", epoch=last.epoch + 1,
+                   global_step=2 * last.global_step)
+    out = tmp_path / "selection"
+    code = _select(snapshots, probe_dir, "--objective", "final", "--max_probe_samples", "100",
+                   "--output", str(out))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    saved = json.loads((out / "selection.json").read_text())
+    assert saved["selected"] == ["epoch-0004"]
+    accuracy = {s["name"]: s["accuracy"] for s in saved["scores"]}
+    best = max((name for name in accuracy if name != "epoch-0000"), key=accuracy.get)
+    assert accuracy[best] - accuracy["epoch-0004"] > saved["accuracy_margin"] == 0.05  # the premise
+    assert accuracy["epoch-0004"] == pytest.approx(accuracy["epoch-0000"])  # the same weights as the init
+    assert len(saved["warnings"]) == 1
+    lines = captured.out.splitlines()
+    warning = next(i for i, line in enumerate(lines) if line.startswith("warning: "))
+    assert lines[warning] == f"warning: {saved['warnings'][0]}"
+    assert lines[warning].startswith(f"warning: epoch-0004 has probe accuracy {accuracy['epoch-0004']:.1%}")
+    assert f"best candidate ({best}, {accuracy[best]:.1%}" in lines[warning]
+    assert warning < next(i for i, line in enumerate(lines) if line.startswith("chosen: epoch-0004"))
+    assert f"> **Warning:** {saved['warnings'][0]}" in (out / "table.md").read_text()
+    # A margin wide enough silences it.
+    assert _select(snapshots, probe_dir, "--objective", "final", "--max_probe_samples", "100",
+                   "--accuracy_margin", "1", "--output", str(tmp_path / "relaxed")) == 0
+    assert "warning:" not in capsys.readouterr().out
+
+
+def test_the_packages_own_tokenised_text_is_accepted_with_default_arguments(tmp_path, monkeypatch):
+    """`tokenize_text_dataset` names the label `labels`; `select_teachers` takes it without label_column."""
+    from hf_ckptkd.data import DataError, load_dataset_split, load_tokenizer, tokenize_text_dataset
+
+    monkeypatch.setenv("HF_CKPTKD_CACHE", str(tmp_path / "cache"))
+    raw = load_dataset_split("fortunes_topics", "train", limit=160)
+    tokenizer = load_tokenizer("fortunes")
+    tokenised = tokenize_text_dataset(raw, tokenizer, "text", "label", max_length=32)
+    assert "labels" in tokenised.column_names and "label" not in tokenised.column_names
+    names = raw.features["label"].names
+    bert = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, "hidden_size": 16,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+    for epoch in (1, 2):
+        torch.manual_seed(epoch)
+        model = build_model("transformers:BertConfig", len(names), label_names=names, model_kwargs=bert)
+        write_snapshot(model, tmp_path / "snapshots", f"epoch-{epoch:04d}", epoch=epoch, global_step=10 * epoch)
+    report = select_teachers(tmp_path / "snapshots", tokenised, k=1, progress=False)
+    assert report.selected[0] in ("epoch-0001", "epoch-0002") and report.probe_size == 160
+    assert report.extra["probe"]["label_column"] == "labels"
+    # The reverse too: a raw-style `label` column when `labels` is asked for.
+    renamed = tokenised.rename_column("labels", "label")
+    assert select_teachers(tmp_path / "snapshots", renamed, k=1, label_column="labels", progress=False).selected
+    # A column that is not there is the package's own error, naming it, the columns and the argument.
+    with pytest.raises(DataError, match=r"no label column 'topic'.*\['labels', 'input_ids', 'attention_mask'\].*label_column"):
+        select_teachers(tmp_path / "snapshots", tokenised, k=1, label_column="topic", progress=False)

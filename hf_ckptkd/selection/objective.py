@@ -125,14 +125,13 @@ def objective_value(info: MutualInformation, beta: float = DEFAULT_BETA) -> floa
 def j_from_scores(scores: Sequence[dict[str, Any]], objective: str, beta: float = DEFAULT_BETA) -> dict[str, float]:
     """J of each non-initial snapshot from a saved report's scores (`selection.json`'s "scores"), as
     `select_from_candidates` computes it: for recomputing a run's choice under every objective."""
-    candidates = [s for s in scores if not s.get("init")]
     if objective in INFORMATION_OBJECTIVES:
         x, y = ("i_xp", "i_yp") if objective == "outputs" else ("i_xf", "i_yf")
-        return {s["name"]: s[y] + beta * s[x] for s in candidates}
-    as_candidates = [Candidate(s["name"], torch.zeros(0), torch.zeros(0), init=False, metadata=s.get("metadata") or {})
-                     for s in candidates]
-    values = trivial_values(as_candidates, objective, [s["accuracy"] for s in candidates])
-    return {s["name"]: v for s, v in zip(candidates, values)}
+        return {s["name"]: s[y] + beta * s[x] for s in scores if not s.get("init")}
+    as_candidates = [Candidate(s["name"], torch.zeros(0), torch.zeros(0), init=bool(s.get("init")),
+                               metadata=s.get("metadata") or {}) for s in scores]
+    values = trivial_values(as_candidates, objective, [s["accuracy"] for s in scores])
+    return {s["name"]: v for s, v in zip(scores, values) if not s.get("init")}
 
 
 def trivial_values(candidates: Sequence[Candidate], objective: str, probe_accuracy: Sequence[float]) -> list[float]:

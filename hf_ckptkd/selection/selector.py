@@ -39,6 +39,7 @@ from ..data import (
     _as_pil,
     build_image_transform,
     check_image_columns,
+    resolve_label_column,
 )
 from ..models import TimmForImageClassification, forward_with_features, label_names_of, num_labels_of, unwrap
 from ..snapshots import Snapshot, SnapshotIndex
@@ -360,6 +361,7 @@ def extract_candidates(
         raise SelectionError("there are no snapshots to select from; train with snapshot_strategy='epoch' (or "
                              "'steps') so that the run keeps snapshots")
     device = torch.device(device) if device is not None else default_device()
+    label_column = resolve_label_column(probe_dataset, label_column)
     columns = ImageColumns(image=image_column, label=label_column)
     labels_all = _labels_of(probe_dataset, label_column)
     probe_classes = int(labels_all.max()) + 1 if labels_all.size else 0
@@ -382,11 +384,12 @@ def extract_candidates(
 
     def probe_of(dataset):
         """(model-input batches, inputs X for the kernel, labels) of a probe drawn from `dataset`."""
+        own_columns = replace(columns, label=resolve_label_column(dataset, label_column))
         if text:
             pad = getattr(unwrap(first_model).config, "pad_token_id", None) or 0
-            return draw_text_probe(dataset, max_probe_samples, seed, label_column, batch_size, pad)
-        check_image_columns(dataset, columns)
-        images, image_labels, _ = draw_probe(dataset, max_probe_samples, seed, transform_fn, columns)
+            return draw_text_probe(dataset, max_probe_samples, seed, own_columns.label, batch_size, pad)
+        check_image_columns(dataset, own_columns)
+        images, image_labels, _ = draw_probe(dataset, max_probe_samples, seed, transform_fn, own_columns)
         return _image_batches(images, batch_size), images, image_labels
 
     batches, inputs, labels = probe_of(probe_dataset)
@@ -483,7 +486,8 @@ def select_teachers(
         seed: seeds the probe draw and the estimator.
         batch_size: probe examples per forward pass.
         device: where models run and the estimator computes; default the accelerator, if any.
-        label_column, image_column: the dataset's columns.
+        label_column, image_column: the dataset's columns (`label` and `labels` stand for each other
+            when the dataset has only the other, as after `tokenize_text_dataset`).
         transform: an `ImageTransformConfig` (its evaluation transform is used) or a callable
             PIL image → tensor; default derived from the first snapshot's model (see
             `probe_transform_config`), with `default_transform` for what the model does not record
