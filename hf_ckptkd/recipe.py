@@ -63,6 +63,7 @@ class Recipe:
     ensemble_k: int = 2                   # members of the selected snapshot ensemble
     oracle: bool = False                  # distil from every snapshot too
     best_of_last_epochs: int = 0          # also report each student's best test accuracy of its last N epochs
+    label_noise: float = 0.0              # share of training labels replaced by another class (validation, test clean)
     selection: dict[str, Any] = field(default_factory=lambda: {"max_probe_samples": 2000})  # + SELECTION_KEYS
     source: str | None = None
 
@@ -94,7 +95,7 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-_HASHED_WHEN_SET = ("best_of_last_epochs",)
+_HASHED_WHEN_SET = ("best_of_last_epochs", "label_noise")
 
 # Resolved annotations (fields of classes using `from __future__ import annotations` hold strings).
 _TOP_KEYS = {name: hint for name, hint in typing.get_type_hints(Recipe).items() if name not in ("teacher", "student")}
@@ -176,6 +177,12 @@ def recipe_from_dict(values: dict[str, Any], source: str | None = None) -> Recip
     recipe.source = source
     if recipe.seeds < 1 or recipe.full_ensemble < 1 or recipe.ensemble_k < 1:
         raise ConfigError(f"{where}: seeds, full_ensemble and ensemble_k must be at least 1")
+    if not 0 <= recipe.label_noise < 1:
+        raise ConfigError(f"{where}: label_noise={recipe.label_noise} must lie in [0, 1) (the share of training "
+                          "labels replaced by another class, e.g. 0.2)")
+    if recipe.best_of_last_epochs < 0:
+        raise ConfigError(f"{where}: best_of_last_epochs={recipe.best_of_last_epochs} must be 0 (off) or a number "
+                          "of final epochs, e.g. 10")
     return recipe
 
 

@@ -86,6 +86,25 @@ def test_best_of_last_epochs_and_paired_differences(tmp_path):
     assert _tiny().fingerprint == _tiny(best_of_last_epochs=0).fingerprint != _tiny(best_of_last_epochs=2).fingerprint
 
 
+def test_symmetric_label_noise_changes_an_exact_seeded_share_of_training_labels():
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    from hf_ckptkd.pipeline import with_label_noise
+
+    clean = Dataset.from_dict({"x": list(range(200)), "label": [i % 5 for i in range(200)]},
+                              features=Features({"x": Value("int64"), "label": ClassLabel(num_classes=5)}))
+    noisy = with_label_noise(clean, "label", 0.2, 5)
+    changed = [i for i, (a, b) in enumerate(zip(clean["label"], noisy["label"])) if a != b]
+    assert len(changed) == 40  # exactly 20 %, each to a different class
+    assert with_label_noise(clean, "label", 0.2, 5)["label"] == noisy["label"]  # seeded
+    assert sorted(set(noisy["label"])) == [0, 1, 2, 3, 4]
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="label_noise"):
+            _tiny(label_noise=bad)
+    with pytest.raises(ConfigError, match="best_of_last_epochs"):
+        _tiny(best_of_last_epochs=-1)
+
+
 def test_run_dir_of_another_recipe_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
