@@ -10,9 +10,11 @@ objectives (`outputs`, `features`) and the two trivial ones (`final`: always the
 correlation between its J and the students' accuracy over the snapshots. Then each selector's mean
 and worst regret: the default objective is the one with the lowest worst-case regret.
 
-Training is done by the runs; this only loads snapshots and scores them (about a minute a cell).
+The oracle and the regrets use the student seeds that every snapshot of the cell has (paired; a
+run still going is read as far as it got). Training is done by the runs; this only loads snapshots
+and scores them (about a minute a cell).
 
-    python benchmarks/selection_studies.py [--min_seeds 2] [--json benchmarks/results/selection_studies.json]
+    python benchmarks/selection_studies.py [--min_seeds 1] [--json benchmarks/results/selection_studies.json]
 """
 
 from __future__ import annotations
@@ -33,29 +35,45 @@ CELLS = ROOT / "recipes" / "selector_cells"
 STUDIES = ROOT / "recipes" / "studies"
 
 
-def finished_runs(min_seeds: int) -> list[tuple[str, object, Path]]:
-    """(name, recipe, run directory) of every finished run with the oracle and `min_seeds` seeds."""
-    found: dict[str, tuple[str, object, Path]] = {}
+def students_by_snapshot(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Test accuracy of the students taught by each single snapshot of teacher-0, by student seed."""
+    teacher0 = (run_dir / "teachers" / "teacher-0").resolve()
+    found: dict[str, dict[int, float]] = {}
+    for path in (run_dir / "students").glob("*/seed-*/result.json"):
+        result = json.loads(path.read_text())
+        refs = result["teachers"]
+        if len(refs) == 1 and Path(refs[0].rpartition(":")[0]).resolve().is_relative_to(teacher0):
+            found.setdefault(refs[0].rpartition(":")[2], {})[result["seed"]] = result["test_accuracy"]
+    return found
+
+
+def finished_runs(min_seeds: int) -> list[tuple[str, object, Path, list[int]]]:
+    """(name, recipe, run directory, seeds) of every run whose every snapshot taught students of `min_seeds`
+    common seeds (only seeds that every snapshot has are used, so comparisons stay paired)."""
+    found: dict[str, tuple[str, object, Path, list[int]]] = {}
     candidates = [(p.stem, load_recipe(p), Path("runs/cells") / p.stem) for p in sorted(CELLS.glob("*.yaml"))]
     for study in sorted(STUDIES.glob("*.yaml")):
         candidates += [(f"{study.stem}: {name}", recipe, run_dir) for name, recipe, run_dir in study_cells(study)[2]]
     for name, recipe, run_dir in candidates:
-        results = run_dir / "results.json"
-        if str(run_dir) in found or not is_run_of(recipe, run_dir) or not results.is_file():
+        if str(run_dir) in found or not is_run_of(recipe, run_dir):
             continue
-        rows = json.loads(results.read_text())["rows"]
-        if not any(r["cell"].startswith("snapshot:") for r in rows):
+        try:
+            index = SnapshotIndex.load(run_dir / "teachers" / "teacher-0")
+        except Exception:  # teachers not trained yet
             continue
-        if min(r["seeds"] for r in rows) < min_seeds:
-            print(f"not yet {min_seeds} seeds: {name}")
+        names = [s.name for s in index if s.global_step > 0]
+        students = students_by_snapshot(run_dir)
+        seeds = set.intersection(*(set(students.get(n, {})) for n in names)) if names else set()
+        if len(seeds) < min_seeds:
+            print(f"not yet {min_seeds} common seed(s) over every snapshot: {name} ({len(seeds)})")
             continue
-        found[str(run_dir)] = (name, recipe, run_dir)
+        found[str(run_dir)] = (name, recipe, run_dir, sorted(seeds))
     return list(found.values())
 
 
-def score_cell(name: str, recipe, run_dir: Path) -> dict:
-    rows = {r["cell"]: r for r in json.loads((run_dir / "results.json").read_text())["rows"]}
-    student = {c.split(":", 1)[1]: r["student_test_accuracy"] for c, r in rows.items() if c.startswith("snapshot:")}
+def score_cell(name: str, recipe, run_dir: Path, seeds: list[int]) -> dict:
+    per_seed = students_by_snapshot(run_dir)
+    student = {n: sum(acc[s] for s in seeds) / len(seeds) for n, acc in per_seed.items() if set(seeds) <= set(acc)}
     oracle = max(student, key=student.get)
     run = load_run_data(recipe)
     options = dict(recipe.selection)
@@ -66,7 +84,8 @@ def score_cell(name: str, recipe, run_dir: Path) -> dict:
         label_column="labels" if text else run.columns.label, image_column=recipe.image_column,
         transform=run.transform)
     options.pop("objective", None)
-    cell = {"name": name, "run_dir": str(run_dir), "oracle": oracle, "student": student, "selectors": {}}
+    cell = {"name": name, "run_dir": str(run_dir), "seeds": seeds, "oracle": oracle, "student": student,
+            "selectors": {}}
     for objective in OBJECTIVES:
         report = select_from_candidates(probe.candidates, probe.inputs, probe.labels, objective=objective, **options)
         scored = [s for s in report.scores if not s.init and s.name in student]
@@ -83,7 +102,8 @@ def score_cell(name: str, recipe, run_dir: Path) -> dict:
 
 
 def print_cell(cell: dict) -> None:
-    print(f"\n### {cell['name']} (oracle {cell['oracle']}, {100 * cell['student'][cell['oracle']]:.2f} %)\n")
+    print(f"\n### {cell['name']} (oracle {cell['oracle']}, {100 * cell['student'][cell['oracle']]:.2f} %; student "
+          f"seed(s) {', '.join(map(str, cell['seeds']))})\n")
     print("| snapshot | probe acc. | Ĩ(Y;P) | Î(X;P) | Ĩ(Y;F) | Î(X;F) | student test acc. |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for s in cell["snapshots"]:
@@ -94,12 +114,12 @@ def print_cell(cell: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--min_seeds", type=int, default=2)
+    parser.add_argument("--min_seeds", type=int, default=1)
     parser.add_argument("--json", default=None, help="Also write every figure to this JSON file.")
     args = parser.parse_args()
     runs = finished_runs(args.min_seeds)
     if not runs:
-        raise SystemExit(f"no finished run with {args.min_seeds} seeds and the oracle under runs/; run "
+        raise SystemExit(f"no run under runs/ has students of {args.min_seeds} seed(s) for every snapshot; run "
                          "`hf-ckptkd run recipes/selector_cells/<name>.yaml --output_dir runs/cells/<name>` first "
                          "(from the repository root)")
     cells = [score_cell(*r) for r in runs]

@@ -440,13 +440,13 @@ def _card_text(snapshot, facts, repo_id, revision, report, score, ensemble, run,
             f"The selector scored every snapshot of the run on a probe set of {report.probe_size} training examples "
             f"with the `{report.estimator}` estimator (information normalised to [0, 1]; objective "
             f"`{report.objective}` on {what}, T = {report.temperature:g}, β = {report.beta:g}).", "",
-            "| rank | probe accuracy | Î(X;F) | Î(Y;F) | Î(X;P) | Î(Y;P) | J |",
+            "| rank | probe accuracy | Î(X;F) | Ĩ(Y;F) | Î(X;P) | Ĩ(Y;P) | J |",
             "|---:|---:|---:|---:|---:|---:|---:|",
             f"| {score.rank} of {report.k} | {score.accuracy:.2%} | {score.i_xf:.4f} | {score.i_yf:.4f} | "
             f"{score.i_xp:.4f} | {score.i_yp:.4f} | {score.j:.4f} |",
         ]
     if plot:
-        lines += ["", f"![The information plane of the run: Î(X;F) against Î(Y;F) per snapshot, chosen teachers "
+        lines += ["", f"![The information plane of the run: Î(X;F) against Ĩ(Y;F) per snapshot, chosen teachers "
                       f"ringed; J and accuracy against epoch]({PLANE_PNG})"]
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(snapshot.eval_metrics.items())) or "none recorded"
     lr = f"{snapshot.learning_rate:.3g}" if snapshot.learning_rate is not None else "-"

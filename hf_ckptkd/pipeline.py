@@ -279,11 +279,13 @@ def student_cells(recipe: Recipe, indexes: list[SnapshotIndex], reports: dict[in
              StudentCell("final", (final.reference,), f"final teacher ({final.name})"),
              StudentCell("halfway", (halfway.reference,), f"halfway snapshot ({halfway.name})")]
     selected = reports[1].selected[0]
-    cells.append(StudentCell("selected", (index[selected].reference,), f"MI-selected snapshot ({selected})"))
+    how = reports[1].objective  # what chose it: an information objective or a trivial baseline
+    cells.append(StudentCell("selected", (index[selected].reference,), f"selected snapshot ({selected}; {how})"))
     if recipe.ensemble_k > 1:
         members = reports[recipe.ensemble_k].selected
         cells.append(StudentCell("selected_ensemble", tuple(index[m].reference for m in members),
-                                 f"MI-selected {len(members)}-snapshot ensemble ({', '.join(members)})"))
+                                 f"selected {len(members)}-snapshot ensemble ({', '.join(members)}; "
+                                 f"{reports[recipe.ensemble_k].objective})"))
     if len(indexes) > 1:
         cells.append(StudentCell("full_ensemble", tuple(ix.final.reference for ix in indexes),
                                  f"{len(indexes)} independently trained final teachers"))

@@ -141,7 +141,7 @@ def plot_student_vs_teacher_epoch(rows: list[dict], index, teacher_acc: dict[str
     sel = next((s for s in index if s.name == selected), None)
     if sel is not None and sel.epoch in points:
         ax.plot([sel.epoch], [100 * points[sel.epoch][0]], "o", ms=14, mfc="none", mec="tab:red", mew=2,
-                label=f"MI-selected ({selected})")
+                label=f"selected ({selected})")
     ax.set_xlabel("teacher snapshot epoch")
     ax.set_ylabel("student test accuracy (%)", color="tab:blue")
     twin = ax.twinx()

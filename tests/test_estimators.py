@@ -405,4 +405,4 @@ def test_speed_per_snapshot_is_printed(capsys):
     finally:
         torch.set_num_threads(threads)
     with capsys.disabled():
-        print(f"\n[speed] renyi2 on CPU, N={n}, D={d}, Î(X;F), Î(Y;F), Î(X;P), Î(Y;P): " + "; ".join(lines))
+        print(f"\n[speed] renyi2 on CPU, N={n}, D={d}, Î(X;F), Ĩ(Y;F), Î(X;P), Ĩ(Y;P): " + "; ".join(lines))

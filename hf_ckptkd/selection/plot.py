@@ -3,7 +3,7 @@
 The figure is a bare `matplotlib.figure.Figure` drawn on an Agg canvas, so rendering neither uses
 nor changes pyplot's global backend (safe inside notebooks and GUI sessions).
 
-Left: Î(X;F) against Î(Y;F), one point per snapshot joined in training order and coloured by epoch,
+Left: Î(X;F) against Ĩ(Y;F), one point per snapshot joined in training order and coloured by epoch,
 the chosen teachers ringed and labelled with their rank, the initialisation marked apart.
 Right: the objective J of every candidate and the probe accuracy of every snapshot against epoch
 (accuracy on a twin axis), the chosen teachers ringed, the ensemble's J as a dashed line when k > 1.
@@ -93,7 +93,7 @@ def plot_information_plane(report: "SelectionReport", path: str | os.PathLike, *
     ax.set_ylim(*_padded(ys))
     fig.colorbar(sc, ax=ax, pad=0.01).set_label(t_label)
     ax.set_xlabel("Î(X;F): information the features keep about the input (normalised)")
-    ax.set_ylabel("Î(Y;F): information the features carry about the label (normalised)")
+    ax.set_ylabel("Ĩ(Y;F): label information of the features (share of H(Y))")
     ax.set_title("Information plane of the penultimate features")
     ax.grid(alpha=0.25)
     handles = [
@@ -120,7 +120,7 @@ def plot_information_plane(report: "SelectionReport", path: str | os.PathLike, *
     ax_j.set_xlabel(t_label)
     if all(v.is_integer() for v in t):
         ax_j.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_j.set_ylabel("J = m(Î(Y;·)) + β·m(Î(X;·))", color=J_COLOR)
+    ax_j.set_ylabel("J (" + report.objective + ")", color=J_COLOR)
     ax_j.tick_params(axis="y", colors=J_COLOR)
     ax_j.grid(alpha=0.25)
     ax_acc = ax_j.twinx()
@@ -137,8 +137,11 @@ def plot_information_plane(report: "SelectionReport", path: str | os.PathLike, *
     ax_j.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=9,
                 frameon=False)
 
-    where = "outputs P at T=" + f"{report.temperature:g}" if report.objective == "outputs" else "features F"
-    fig.suptitle(f"Teacher selection: {', '.join(report.selected)}  —  objective on {where}, β={report.beta:g}, "
+    where = {"outputs": f"objective on the outputs P at T={report.temperature:g}, β={report.beta:g}",
+             "features": f"objective on the features F, β={report.beta:g}",
+             "final": "the last snapshot (trivial baseline)",
+             "accuracy": "the best validation accuracy (trivial baseline)"}.get(report.objective, report.objective)
+    fig.suptitle(f"Teacher selection: {', '.join(report.selected)}  —  {where}, "
                  f"k={report.k}, estimator {report.estimator} (κ={report.kappa:g}), probe N={report.probe_size}",
                  fontsize=11)
     path = Path(path)
