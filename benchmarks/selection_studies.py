@@ -25,6 +25,7 @@ from pathlib import Path
 
 from hf_ckptkd.pipeline import load_run_data
 from hf_ckptkd.recipe import load_recipe
+from hf_ckptkd.results import paired_difference
 from hf_ckptkd.selection import OBJECTIVES, select_from_candidates
 from hf_ckptkd.selection.selector import extract_candidates
 from hf_ckptkd.snapshots import SnapshotIndex
@@ -84,8 +85,11 @@ def score_cell(name: str, recipe, run_dir: Path, seeds: list[int]) -> dict:
         label_column="labels" if text else run.columns.label, image_column=recipe.image_column,
         transform=run.transform)
     options.pop("objective", None)
+    final = max((s for s in SnapshotIndex.load(run_dir / "teachers" / "teacher-0")), key=lambda s: s.global_step).name
+    as_runs = {n: [{"seed": s, "test_accuracy": per_seed[n][s]} for s in seeds] for n in student}
     cell = {"name": name, "run_dir": str(run_dir), "seeds": seeds, "oracle": oracle, "student": student,
-            "selectors": {}}
+            "final": final, "oracle_vs_final": paired_difference(as_runs[oracle], as_runs[final]) if oracle != final
+            else None, "selectors": {}}
     for objective in OBJECTIVES:
         report = select_from_candidates(probe.candidates, probe.inputs, probe.labels, objective=objective, **options)
         scored = [s for s in report.scores if not s.init and s.name in student]
@@ -125,12 +129,17 @@ def main() -> None:
     cells = [score_cell(*r) for r in runs]
     for cell in cells:
         print_cell(cell)
-    print("\n| cell | oracle | " + " | ".join(f"{o}: pick, regret (pp), Spearman" for o in OBJECTIVES) + " |")
-    print("|---|---|" + "---|" * len(OBJECTIVES))
+    print("\n| cell | seeds | oracle (paired vs final, 95% CI, pp) | "
+          + " | ".join(f"{o}: pick, regret (pp), Spearman" for o in OBJECTIVES) + " |")
+    print("|---|---|---|" + "---|" * len(OBJECTIVES))
     for c in cells:
         parts = [f"{c['selectors'][o]['pick']}, {c['selectors'][o]['regret_pp']:.2f}, "
                  f"{c['selectors'][o]['spearman']:+.2f}" for o in OBJECTIVES]
-        print(f"| {c['name']} | {c['oracle']} | " + " | ".join(parts) + " |")
+        d = c["oracle_vs_final"]
+        versus = "the final snapshot" if c["oracle"] == c["final"] else (
+            f"{c['oracle']} ({d['mean_pp']:+.2f} [{d['ci95_pp'][0]:+.2f}, {d['ci95_pp'][1]:+.2f}])" if d
+            else f"{c['oracle']} (one seed: no interval)")
+        print(f"| {c['name']} | {len(c['seeds'])} | {versus} | " + " | ".join(parts) + " |")
     print()
     worst = {}
     for o in OBJECTIVES:
