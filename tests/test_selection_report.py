@@ -51,7 +51,7 @@ def run():
 @pytest.fixture(scope="module")
 def report(run):
     x, y, candidates = run
-    return select_from_candidates(candidates, x, y, k=2)
+    return select_from_candidates(candidates, x, y, k=2, objective="outputs")
 
 
 # -- the objective ------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_j_is_the_label_term_plus_beta_times_the_input_term_on_fixed_scales(run,
         assert 0.0 <= s.i_yp <= 1.0 and 0.0 <= s.i_xp <= 1.0
     # No rescaling over the candidates: dropping candidates leaves every other snapshot's J as it was.
     x, y, candidates = run
-    fewer = select_from_candidates([c for i, c in enumerate(candidates) if i % 2 == 0], x, y)
+    fewer = select_from_candidates([c for i, c in enumerate(candidates) if i % 2 == 0], x, y, objective="outputs")
     for s in fewer.scores:
         assert s.j == pytest.approx(report.score(s.name).j, abs=1e-9)
     init = report.score("epoch-0000")
@@ -85,11 +85,11 @@ def test_the_init_is_never_chosen_even_when_it_scores_best():
     candidates[0].logits = 50 * nnf.one_hot(y).float()  # a perfect, confident "initialisation"
     best = max((s for s in select_from_candidates(candidates, x, y).scores), key=lambda s: s.i_yp)
     assert best.name == "epoch-0000"
-    report = select_from_candidates(candidates, x, y, beta=0.0)
+    report = select_from_candidates(candidates, x, y, beta=0.0, objective="outputs")
     assert "epoch-0000" not in report.selected
     # The exclusion is what keeps it out.
     candidates[0].init = False
-    assert select_from_candidates(candidates, x, y, beta=0.0).selected == ["epoch-0000"]
+    assert select_from_candidates(candidates, x, y, beta=0.0, objective="outputs").selected == ["epoch-0000"]
 
 
 def test_k1_picks_the_best_candidate_for_each_objective_and_beta(run):
@@ -170,8 +170,8 @@ def test_selection_is_invariant_to_duplicating_the_probe_set():
     x, y, candidates = synthetic_run(n=150)
     doubled = [Candidate(c.name, c.features.repeat(2, 1), c.logits.repeat(2, 1), epoch=c.epoch, step=c.step)
                for c in candidates]
-    one = select_from_candidates(candidates, x, y, k=2)
-    two = select_from_candidates(doubled, x.repeat(2, 1), y.repeat(2), k=2)
+    one = select_from_candidates(candidates, x, y, k=2, objective="outputs")
+    two = select_from_candidates(doubled, x.repeat(2, 1), y.repeat(2), k=2, objective="outputs")
     assert two.selected == one.selected
     assert [s.i_yp for s in two.scores] == pytest.approx([s.i_yp for s in one.scores], abs=1e-6)
     factor = math.log2(150) / math.log2(300)
@@ -454,3 +454,15 @@ def test_a_temperature_that_flattens_every_output_is_refused(small_run):
     assert issubclass(TemperatureTooHighError, SelectionError)
     # A high but usable temperature still works.
     assert select_from_candidates(candidates, x, y, temperature=100.0).selected
+
+
+def test_the_default_is_the_selector_with_the_lowest_worst_case_regret_measured(run):
+    # README "Selector across tasks": over the four selector-evidence cells "accuracy" had the lowest
+    # worst-case regret; a change of default must come with new evidence and a change here.
+    from hf_ckptkd.selection import DEFAULT_OBJECTIVE
+
+    x, y, candidates = run
+    assert DEFAULT_OBJECTIVE == "accuracy"
+    report = select_from_candidates(candidates, x, y)
+    best = max((s for s in report.scores if not s.init), key=lambda s: (s.accuracy, -s.step))
+    assert report.objective == "accuracy" and report.selected == [best.name]

@@ -72,7 +72,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(run, probe_data):
-    return select_teachers(run, probe_data, k=2, max_probe_samples=PROBE, progress=False)
+    return select_teachers(run, probe_data, k=2, max_probe_samples=PROBE, progress=False, objective="outputs")
 
 
 def test_scores_cover_every_snapshot_in_order(run, report):
@@ -104,7 +104,7 @@ def test_report_saves_three_files(report, tmp_path):
 
 def test_same_call_gives_identical_scores(run, report, probe_data):
     """BatchNorm teachers are scored in eval mode, so nothing about the call changes the scores."""
-    again = select_teachers(run, probe_data, k=2, max_probe_samples=PROBE, progress=False)
+    again = select_teachers(run, probe_data, k=2, max_probe_samples=PROBE, progress=False, objective="outputs")
     assert again.to_dict()["scores"] == report.to_dict()["scores"]
     assert again.selected == report.selected
     run.verify()  # the snapshots are read, never written

@@ -73,7 +73,9 @@ from .report import SelectionReport, SnapshotScore
 INFORMATION_OBJECTIVES = ("outputs", "features")
 TRIVIAL_OBJECTIVES = ("final", "accuracy")
 OBJECTIVES = INFORMATION_OBJECTIVES + TRIVIAL_OBJECTIVES
-DEFAULT_OBJECTIVE = "outputs"
+# The default is the selector with the lowest worst-case regret over the selector-evidence cells
+# (README, "Selector across tasks"; benchmarks/selection_studies.py), whichever it is.
+DEFAULT_OBJECTIVE = "accuracy"
 DEFAULT_TEMPERATURE = 4.0
 DEFAULT_BETA = 1.0
 DEFAULT_EXHAUSTIVE_LIMIT = 500
