@@ -142,7 +142,8 @@ def trivial_values(candidates: Sequence[Candidate], objective: str, probe_accura
         return [float(i) for i in range(len(candidates))]
     recorded = [c.metadata.get("eval_accuracy") for c in candidates if not c.is_init]
     if recorded and all(isinstance(a, (int, float)) for a in recorded):
-        return [float(c.metadata.get("eval_accuracy", math.nan)) for c in candidates]
+        # The initialisation, never chosen, usually has no recorded accuracy: its probe accuracy stands in.
+        return [float(c.metadata.get("eval_accuracy", a)) for c, a in zip(candidates, probe_accuracy)]
     return [float(a) for a in probe_accuracy]
 
 
