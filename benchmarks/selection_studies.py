@@ -79,13 +79,14 @@ def score_cell(name: str, recipe, run_dir: Path, seeds: list[int]) -> dict:
     run = load_run_data(recipe)
     options = dict(recipe.selection)
     text = run.tokenizer is not None
+    index = SnapshotIndex.load(run_dir / "teachers" / "teacher-0")
     probe = extract_candidates(
-        SnapshotIndex.load(run_dir / "teachers" / "teacher-0"), run.validation,
+        index, run.validation,
         max_probe_samples=options.pop("max_probe_samples", 2000), seed=options.pop("seed", 0), progress=False,
         label_column="labels" if text else run.columns.label, image_column=recipe.image_column,
         transform=run.transform)
     options.pop("objective", None)
-    final = max((s for s in SnapshotIndex.load(run_dir / "teachers" / "teacher-0")), key=lambda s: s.global_step).name
+    final = index.final.name
     as_runs = {n: [{"seed": s, "test_accuracy": per_seed[n][s]} for s in seeds] for n in student}
     cell = {"name": name, "run_dir": str(run_dir), "seeds": seeds, "oracle": oracle, "student": student,
             "final": final, "oracle_vs_final": paired_difference(as_runs[oracle], as_runs[final]) if oracle != final

@@ -214,6 +214,26 @@ def stratified_split(dataset: Dataset, fraction: float, seed: int, label_column:
     return parts["train"], parts["test"]
 
 
+def with_label_noise(dataset, column: str, rate: float, num_classes: int, seed: int = 0):
+    """Symmetric label noise: a seeded `rate` share of the examples get a different class, drawn uniformly.
+
+    The pipeline corrupts only the training examples (the validation split is carved before, the test split is
+    another split), so choices and reported accuracy stay on clean labels.
+    """
+    if not 0 <= rate < 1:
+        raise DataError(f"label_noise={rate} must lie in [0, 1): the share of training labels replaced")
+    rng = np.random.default_rng(seed)
+    noisy = rng.permutation(len(dataset))[:int(round(rate * len(dataset)))]
+    offsets = dict(zip(noisy.tolist(), rng.integers(1, num_classes, size=len(noisy)).tolist()))
+
+    def corrupt(example, index):
+        if index in offsets:
+            example[column] = (example[column] + offsets[index]) % num_classes
+        return example
+
+    return dataset.map(corrupt, with_indices=True, desc="label noise")
+
+
 # The package's own helpers name the label `labels` (what models take); datasets usually `label`.
 LABEL_COLUMN_ALIASES = ("label", "labels")
 

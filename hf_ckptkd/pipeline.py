@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import PartialState
 from transformers import TrainerCallback
@@ -107,7 +106,7 @@ def load_run_data(recipe: Recipe) -> RunData:
                               f"carving {recipe.validation_samples} for validation")
         rest = rest.select(range(recipe.train_samples))
     if recipe.label_noise:
-        rest = with_label_noise(rest, label, recipe.label_noise, len(names))
+        rest = data.with_label_noise(rest, label, recipe.label_noise, len(names))
     test = data.load_dataset_split(recipe.dataset, recipe.test_split, recipe.test_samples, config_name=recipe.dataset_config)
     if recipe.text_column:
         return _text_run_data(recipe, rest, validation, test, names, label)
@@ -118,26 +117,6 @@ def load_run_data(recipe: Recipe) -> RunData:
                                           crop_padding=recipe.crop_padding, hflip=recipe.hflip)
     return RunData(rest, validation, test, names, transform=transform,
                    columns=data.ImageColumns(recipe.image_column, label))
-
-
-def with_label_noise(dataset, column: str, rate: float, num_classes: int, seed: int = 0):
-    """Symmetric label noise: a seeded `rate` share of the examples get a different class, drawn uniformly.
-
-    Only the training examples are corrupted (the validation split is carved before, the test split is
-    another split), so choices and reported accuracy stay on clean labels.
-    """
-    if not 0 <= rate < 1:
-        raise ConfigError(f"label_noise={rate} must lie in [0, 1): the share of training labels replaced")
-    rng = np.random.default_rng(seed)
-    noisy = rng.permutation(len(dataset))[:int(round(rate * len(dataset)))]
-    offsets = dict(zip(noisy.tolist(), rng.integers(1, num_classes, size=len(noisy)).tolist()))
-
-    def corrupt(example, index):
-        if index in offsets:
-            example[column] = (example[column] + offsets[index]) % num_classes
-        return example
-
-    return dataset.map(corrupt, with_indices=True, desc="label noise")
 
 
 def _text_run_data(recipe: Recipe, train, validation, test, names, label: str) -> RunData:

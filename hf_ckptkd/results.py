@@ -44,6 +44,13 @@ def paired_difference(runs: list[dict], baseline: list[dict], key: str = "test_a
     return {"mean_pp": mean, "ci95_pp": [lo, hi], "seeds": n, "verdict": verdict}
 
 
+def _paired_text(paired: dict[str, Any] | None) -> str:
+    if not paired:
+        return "–"
+    lo, hi = paired["ci95_pp"]
+    return f"{paired['mean_pp']:+.2f} [{lo:+.2f}, {hi:+.2f}] {paired['verdict']}"
+
+
 def write_report(recipe, output_dir: Path, cells: list[StudentCell], results: dict[str, list[dict]], indexes,
                  reports: dict[int, Any], teacher_acc: dict[str, float]) -> dict[str, Any]:
     index = indexes[0]
@@ -101,22 +108,18 @@ def _table(rows: list[dict], summary: dict) -> str:
     for r in rows:
         teacher = _pp(r["teacher_test_accuracy"]) if r["teacher_test_accuracy"] is not None else "–"
         epochs = ", ".join(f"{e:g}" for e in r["teacher_epochs"]) or "–"
-        paired = r.get("paired_vs_final")
-        paired_text = (f"{paired['mean_pp']:+.2f} [{paired['ci95_pp'][0]:+.2f}, {paired['ci95_pp'][1]:+.2f}] "
-                       f"{paired['verdict']}" if paired else "–")
         lines.append(f"| {r['description']} | {epochs} | {teacher} | {_pp(r['student_test_accuracy'])} ± "
-                     f"{_pp(r['student_test_std'])} | {r['gain_vs_final_pp']:+.2f} | {paired_text} | {r['seeds']} |")
+                     f"{_pp(r['student_test_std'])} | {r['gain_vs_final_pp']:+.2f} | "
+                     f"{_paired_text(r.get('paired_vs_final'))} | {r['seeds']} |")
     last = [r for r in rows if "student_test_best_of_last" in r]
     if last:
         lines += ["", "Best test accuracy of the last epochs (the paper's measure; the table above is the final epoch):",
                   "", "| how the student is taught | student test acc, best of last epochs | paired vs final, 95% CI (pp) |",
                   "|---|---|---|"]
         for r in last:
-            paired = r.get("paired_vs_final_best_of_last")
-            paired_text = (f"{paired['mean_pp']:+.2f} [{paired['ci95_pp'][0]:+.2f}, {paired['ci95_pp'][1]:+.2f}] "
-                           f"{paired['verdict']}" if paired else "–")
             lines.append(f"| {r['description']} | {_pp(r['student_test_best_of_last'])} ± "
-                         f"{_pp(r['student_test_best_of_last_std'])} | {paired_text} |")
+                         f"{_pp(r['student_test_best_of_last_std'])} | "
+                         f"{_paired_text(r.get('paired_vs_final_best_of_last'))} |")
     if "oracle" in summary:
         o = summary["oracle"]
         lines.append(f"\nOracle (best snapshot as teacher, by test accuracy): {o['cell']} at "

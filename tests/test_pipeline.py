@@ -89,7 +89,7 @@ def test_best_of_last_epochs_and_paired_differences(tmp_path):
 def test_symmetric_label_noise_changes_an_exact_seeded_share_of_training_labels():
     from datasets import ClassLabel, Dataset, Features, Value
 
-    from hf_ckptkd.pipeline import with_label_noise
+    from hf_ckptkd.data import with_label_noise
 
     clean = Dataset.from_dict({"x": list(range(200)), "label": [i % 5 for i in range(200)]},
                               features=Features({"x": Value("int64"), "label": ClassLabel(num_classes=5)}))
