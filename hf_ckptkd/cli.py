@@ -124,6 +124,7 @@ def _train(argv: list[str], prog: str, distill: bool) -> int:
 
     from .config import CheckpointKDConfig
     from .data import image_collator
+    from .dataset_record import dataset_record
     from .models import build_model
     from .metrics import compute_metrics
     from .trainer import CheckpointKDTrainer
@@ -145,14 +146,21 @@ def _train(argv: list[str], prog: str, distill: bool) -> int:
             "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **kwargs})
         collator = DataCollatorWithPadding(tokenizer)
         shared = {"teacher_tokenizer": tokenizer, "student_tokenizer": tokenizer} if config.teachers else {}
+        shared["processing_class"] = tokenizer  # snapshots then carry the tokenizer beside the weights
     else:
         train_ds, eval_ds, names, transform = _image_data(data_args)
         set_seed(config.seed)
         model = build_model(data_args.model, len(names), label_names=names, in_chans=transform.in_chans,
                             image_size=transform.image_size, mean=transform.mean, std=transform.std, model_kwargs=kwargs)
         collator, shared = image_collator, {}
+    record = dataset_record(data_args.dataset, train_split="train", train_examples=len(train_ds),
+                            eval_split=data_args.eval_split, eval_examples=len(eval_ds), test_split=data_args.eval_split,
+                            image_column=data_args.image_column, label_column=data_args.label_column,
+                            text_column=data_args.text_column, tokenizer=data_args.tokenizer,
+                            max_length=data_args.max_length)
     trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                                  data_collator=collator, compute_metrics=compute_metrics, label_names=names, **shared)
+                                  data_collator=collator, compute_metrics=compute_metrics, label_names=names,
+                                  dataset_record=record, **shared)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     # Reuse the evaluation the run already made at its last step instead of evaluating twice.
     last = trainer.state.log_history[-2] if len(trainer.state.log_history) > 1 else {}
@@ -179,6 +187,7 @@ def cmd_snapshots(args) -> int:
 
 def _select_parser() -> argparse.ArgumentParser:
     from .selection import DEFAULT_OBJECTIVE, ESTIMATORS, OBJECTIVES
+    from .selection.objective import DEFAULT_BETA
     from .selection.selector import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PROBE_SAMPLES
 
     parser = argparse.ArgumentParser(
@@ -200,6 +209,9 @@ def _select_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accuracy_margin", type=float, default=0.05,
                         help="Warn when a chosen snapshot's probe accuracy is more than this below the best one's.")
     parser.add_argument("--temperature", type=float, default=4.0, help="Distillation temperature T.")
+    parser.add_argument("--beta", type=float, default=DEFAULT_BETA,
+                        help="Weight β of the input information in J = Ĩ(Y;·) + β·Î(X;·) (a number >= 0; the "
+                             "information objectives only).")
     parser.add_argument("--output", default=None, help="Report folder (default: <snapshot_dir>/../selection).")
     parser.add_argument("--seed", type=int, default=0, help="Seeds the probe draw and the estimator.")
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="Probe examples per forward pass.")
@@ -207,31 +219,93 @@ def _select_parser() -> argparse.ArgumentParser:
                         help="Also report each snapshot's accuracy on this split (e.g. test); it does not enter J.")
     parser.add_argument("--image_column", default="image", help="The dataset's image column.")
     parser.add_argument("--label_column", default="label", help="The dataset's label column.")
+    parser.add_argument("--text_column", default=None,
+                        help="For text teachers: the dataset's text column (the probe is tokenised with --tokenizer).")
+    parser.add_argument("--tokenizer", default=None,
+                        help="Tokenizer of the text teachers (a folder, Hub id, owner/name@revision or 'fortunes'); "
+                             "default: the one saved in the snapshots.")
+    parser.add_argument("--max_length", type=int, default=128, help="Truncate probe texts to this many tokens.")
     parser.add_argument("--disable_tqdm", action="store_true", help="No progress bars.")
     return parser
 
 
+def _select_tokenizer(args, index):
+    """The text teachers' tokenizer: --tokenizer, else the one saved in the first snapshot."""
+    from .data import DataError, load_tokenizer
+    from .model_card import TOKENIZER_FILES
+
+    source = args.tokenizer
+    if source is None:
+        first = index.snapshots[0].path if len(index) else None
+        if first is None or not any((first / name).is_file() for name in TOKENIZER_FILES):
+            raise ConfigError(f"--text_column needs --tokenizer: the snapshots in {index.snapshot_dir} hold no tokenizer "
+                              "(they were written before snapshots saved one, or by a run without processing_class); "
+                              "pass the tokenizer the teachers were trained with (a folder, Hub id or 'fortunes')")
+        source = str(first)
+    try:
+        tokenizer = load_tokenizer(source)
+    except (OSError, ValueError, DataError) as e:
+        raise ConfigError(f"--tokenizer {source}: could not be loaded ({e}); give a tokenizer folder, a Hub id, "
+                          "owner/name@revision or 'fortunes'") from e
+    vocab = json.loads((index.snapshots[0].path / "config.json").read_text()).get("vocab_size") if len(index) else None
+    if vocab and len(tokenizer) > vocab:  # its ids would index past the teachers' embeddings
+        raise ConfigError(f"--tokenizer {source} has {len(tokenizer)} tokens but the teachers' vocabulary has {vocab}; "
+                          "pass the tokenizer the teachers were trained with")
+    return tokenizer
+
+
+def _select_probe(args, dataset, tokenizer):
+    """The probe dataset as the selector takes it: tokenised text (with --text_column), else raw images."""
+    from .data import DataError, tokenize_text_dataset
+
+    if args.text_column is None:
+        if args.image_column not in dataset.column_names:
+            texts = [c for c, f in dataset.features.items() if getattr(f, "dtype", None) == "string"]
+            hint = (f"; for text teachers add --text_column {texts[0]} (and --tokenizer unless the snapshots hold "
+                    "theirs)") if texts else ""
+            raise ConfigError(f"--image_column {args.image_column!r} is not a column of {args.dataset} (its columns: "
+                              f"{', '.join(dataset.column_names)}); name the image column with --image_column{hint}")
+        return dataset
+    if args.text_column not in dataset.column_names:
+        raise ConfigError(f"--text_column {args.text_column!r} is not a column of {args.dataset} (its columns: "
+                          f"{', '.join(dataset.column_names)}); name the column that holds the texts")
+    try:
+        return tokenize_text_dataset(dataset, tokenizer, args.text_column, args.label_column, args.max_length)
+    except DataError as e:
+        raise ConfigError(f"{e} (on the command line: --text_column / --label_column)") from None
+
+
 def cmd_select(args) -> int:
+    import math
     import time
 
     from .data import ImageTransformConfig, default_normalisation, load_dataset_split
     from .selection.selector import select_teachers
     from .snapshots import SnapshotIndex
 
+    if not (math.isfinite(args.beta) and args.beta >= 0):
+        raise ConfigError(f"--beta {args.beta}: β weighs the input information in J and must be a finite number >= 0 "
+                          "(1 is the default; 0 scores the label information alone)")
+    if args.tokenizer is not None and args.text_column is None:
+        raise ConfigError("--tokenizer is for text teachers: add --text_column NAME (the dataset's text column), or "
+                          "drop --tokenizer for image teachers")
     started = time.perf_counter()
     index = SnapshotIndex.load(args.snapshot_dir)
-    probe = load_dataset_split(args.dataset, args.split)
-    held_out = load_dataset_split(args.dataset, args.held_out_split) if args.held_out_split else None
+    tokenizer = _select_tokenizer(args, index) if args.text_column else None
+    probe = _select_probe(args, load_dataset_split(args.dataset, args.split), tokenizer)
+    held_out = _select_probe(args, load_dataset_split(args.dataset, args.held_out_split), tokenizer) \
+        if args.held_out_split else None
     # What a model does not record of its input normalisation follows the training command's convention.
     mean, std = default_normalisation(args.dataset, 1)
     default_transform = ImageTransformConfig(mean=mean, std=std)
     report = select_teachers(
         index, probe, k=args.k, temperature=args.temperature, objective=args.objective, estimator=args.estimator,
         max_probe_samples=args.max_probe_samples, seed=args.seed, batch_size=args.batch_size,
-        accuracy_margin=args.accuracy_margin,
-        label_column=args.label_column, image_column=args.image_column, held_out_probe=held_out,
-        default_transform=default_transform, progress=not args.disable_tqdm)
-    report.extra["dataset"] = {"name": args.dataset, "split": args.split, "held_out_split": args.held_out_split}
+        accuracy_margin=args.accuracy_margin, beta=args.beta,
+        label_column="labels" if args.text_column else args.label_column, image_column=args.image_column,
+        held_out_probe=held_out, default_transform=default_transform, progress=not args.disable_tqdm)
+    report.extra["dataset"] = {"name": args.dataset, "split": args.split, "held_out_split": args.held_out_split,
+                               **({"text_column": args.text_column} if args.text_column else {})}
     output = Path(args.output) if args.output else index.snapshot_dir.parent / "selection"
     report.save(output)
     print(report.to_markdown())

@@ -164,7 +164,9 @@ def default_normalisation(dataset: str, in_chans: int) -> tuple[tuple[float, ...
 
 
 def load_tokenizer(name_or_path: str):
-    """`fortunes` (built in: WordPiece trained on the fortunes training split) or a folder / Hub id."""
+    """`fortunes` (built in: WordPiece trained on the fortunes training split), a folder (e.g. a text
+    teacher's snapshot, which holds its tokenizer), a Hub id, or `owner/name@revision` (a pushed
+    teacher's tag, so the tokenizer is exactly the one saved with that teacher)."""
     from transformers import AutoTokenizer
 
     if name_or_path == "fortunes":
@@ -174,6 +176,9 @@ def load_tokenizer(name_or_path: str):
             return fortunes_tokenizer()
         except FortunesMissingError as e:
             raise DataError(str(e)) from None
+    repo_id, at, revision = name_or_path.partition("@")
+    if at and revision and not Path(name_or_path).exists():
+        return AutoTokenizer.from_pretrained(repo_id, revision=revision)
     return AutoTokenizer.from_pretrained(name_or_path)
 
 

@@ -41,16 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from huggingface_hub import (
-    CommitOperationAdd,
-    CommitOperationDelete,
-    EvalResult,
-    HfApi,
-    ModelCard,
-    ModelCardData,
-    constants,
-    hf_hub_download,
-)
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -63,21 +54,14 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
+from .model_card import CITATION, TAGS, _fmt_epoch, build_model_card
 from .selection.report import PLANE_PNG, SELECTION_JSON, SelectionReport, SnapshotScore
 from .snapshots import INDEX_NAME, METADATA_NAME, Snapshot, SnapshotIndex, resolve_snapshot_reference, sha256_of
 from .teachers import TeacherReferenceError, parse_hub_reference
 
 logger = logging.getLogger(__name__)
 
-TAGS = ["knowledge-distillation", "checkpoint-kd", "teacher"]
 CARD_NAME = "README.md"
-KNOWN_DATASETS = {"fashion_mnist": ("zalando-datasets/fashion_mnist", "Fashion-MNIST")}
-CITATION = """@inproceedings{wang2022efficient,
-  title     = {Efficient Knowledge Distillation from Model Checkpoints},
-  author    = {Wang, Chaofei and Yang, Qisen and Huang, Rui and Song, Shiji and Huang, Gao},
-  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
-  year      = {2022}
-}"""
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _CHUNK = 1 << 20
 
@@ -317,182 +301,6 @@ def _matches(info, files: dict[str, bytes | Path], hashes: dict[str, tuple[str, 
     return True
 
 
-# --- model cards ---------------------------------------------------------------------------
-
-def _run_name(snapshot: Snapshot, report: SelectionReport | None) -> str:
-    if report is not None and report.extra.get("run"):
-        return str(report.extra["run"])
-    snapshot_dir = snapshot.path.resolve().parent
-    return snapshot_dir.parent.name if snapshot_dir.name == "snapshots" else snapshot_dir.name
-
-
-def _dataset(dataset: str | None, report: SelectionReport | None) -> tuple[str | None, str | None]:
-    """(Hub dataset id, display name) of the run's dataset, when known."""
-    name = dataset or (report.extra.get("dataset") if report is not None else None)
-    if not name:
-        return None, None
-    return KNOWN_DATASETS.get(name, (name, name))
-
-
-def _model_facts(snapshot: Snapshot) -> dict[str, Any]:
-    config = json.loads((snapshot.path / "config.json").read_text())
-    if "architecture" in config:  # timm's Hub format
-        labels = (config.get("pretrained_cfg") or {}).get("label_names") or config.get("label_names")
-        return {"family": "timm", "architecture": config["architecture"], "num_labels": config.get("num_classes"),
-                "label_names": list(labels) if labels else None, "auto": None, "pipeline_tag": "image-classification"}
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
-
-    image = config.get("model_type") in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
-    id2label = config.get("id2label") or {}
-    labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
-    if labels and labels == [f"LABEL_{i}" for i in range(len(labels))]:
-        labels = None
-    return {"family": "transformers", "architecture": (config.get("architectures") or [config.get("model_type")])[0],
-            "num_labels": len(id2label) or config.get("num_labels"), "label_names": labels,
-            "auto": "AutoModelForImageClassification" if image else "AutoModelForSequenceClassification",
-            "pipeline_tag": "image-classification" if image else "text-classification"}
-
-
-def _fmt_epoch(epoch: float) -> str:
-    return f"{int(epoch)}" if float(epoch).is_integer() else f"{epoch:.2f}"
-
-
-def _round(value: Any) -> Any:
-    return round(float(value), 6) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-
-
-def build_model_card(snapshot: Snapshot, repo_id: str, revision: str, *, report: SelectionReport | None = None,
-                     score: SnapshotScore | None = None, ensemble: Sequence[str] = (), run: str | None = None,
-                     dataset: str | None = None, plot: bool = False) -> ModelCard:
-    """The model card of one pushed teacher (deterministic: the same inputs give the same text).
-
-    `revision` is the tag naming this member; `ensemble` the references of all members pushed
-    together (this one included); `plot` whether `information_plane.png` is uploaded beside it.
-    """
-    facts = _model_facts(snapshot)
-    run = run or _run_name(snapshot, report)
-    dataset_id, dataset_name = _dataset(dataset, report)
-    reference = f"{repo_id}@{revision}"
-    ensemble = list(ensemble) or [reference]
-    task = facts["pipeline_tag"]
-    results_dataset = dict(dataset_type=dataset_id or "local", dataset_name=dataset_name or f"{run} evaluation set")
-
-    eval_results = [EvalResult(task_type=task, metric_type="accuracy" if key == "eval_accuracy" else key.removeprefix("eval_"),
-                               metric_name=key.removeprefix("eval_").replace("_", " "), metric_value=_round(value),
-                               **results_dataset)
-                    for key, value in sorted(snapshot.eval_metrics.items()) if "accuracy" in key]
-    selection: dict[str, Any] = {}
-    if score is not None and report is not None:
-        selection = {"rank": score.rank, "k": report.k, "objective": report.objective, "temperature": report.temperature,
-                     "beta": report.beta, "estimator": report.estimator, "probe_size": report.probe_size,
-                     **{key: _round(getattr(score, key)) for key in ("accuracy", "i_xf", "i_yf", "i_xp", "i_yp", "j")}}
-        probe = dict(results_dataset, dataset_split="train (probe set)")
-        eval_results += [EvalResult(task_type=task, metric_type="accuracy", metric_name="probe accuracy",
-                                    metric_value=_round(score.accuracy), **probe)]
-        eval_results += [EvalResult(task_type=task, metric_type="mutual_information", metric_name=label,
-                                    metric_value=_round(getattr(score, key)), metric_config=report.estimator,
-                                    **probe)
-                         for key, label in (("i_xf", "I(X;F)"), ("i_yf", "I(Y;F)"), ("i_xp", "I(X;P)"),
-                                            ("i_yp", "I(Y;P)"))]
-        eval_results.append(EvalResult(task_type=task, metric_type="checkpoint_kd_objective", metric_name="J",
-                                       metric_value=_round(score.j), metric_config=report.objective, **probe))
-    checkpoint_kd = {
-        "run": run, "snapshot": snapshot.name, "epoch": snapshot.epoch, "global_step": snapshot.global_step,
-        "final": snapshot.final, "family": facts["family"], "architecture": facts["architecture"],
-        "eval_metrics": {k: _round(v) for k, v in sorted(snapshot.eval_metrics.items())},
-        "sha256": dict(sorted(snapshot.sha256.items())), "reference": reference, "ensemble": ensemble,
-        **({"selection": selection} if selection else {}),
-    }
-    data = ModelCardData(
-        library_name=facts["family"], tags=[*TAGS, task], pipeline_tag=task,
-        datasets=[dataset_id] if dataset_id else None, metrics=["accuracy"],
-        model_name=reference, eval_results=eval_results or None, checkpoint_kd=checkpoint_kd,
-    )
-    text = _card_text(snapshot, facts, repo_id, revision, report, score, ensemble, run, dataset_id, dataset_name, plot)
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{text}")
-
-
-def _card_text(snapshot, facts, repo_id, revision, report, score, ensemble, run, dataset_id, dataset_name, plot) -> str:
-    reference = f"{repo_id}@{revision}"
-    epoch = _fmt_epoch(snapshot.epoch)
-    on_data = f" on [{dataset_name}](https://huggingface.co/datasets/{dataset_id})" if dataset_id else ""
-    lines = [
-        f"# {repo_id.split('/')[1]}: teacher `{snapshot.name}` of run `{run}`",
-        "",
-        f"A **knowledge-distillation teacher**: the `{facts['architecture']}` ({facts['family']}) snapshot "
-        f"`{snapshot.name}`, taken at epoch {epoch} (global step {snapshot.global_step}) of the teacher run `{run}`"
-        f"{on_data}{' (the final model)' if snapshot.final else ''}. It was published with "
-        "hf-ckptkd (knowledge distillation from intermediate model checkpoints, "
-        "Wang et al., NeurIPS 2022): an intermediate checkpoint, not necessarily the final model, is often the "
-        "better teacher, because it still carries more information about the input that the student can learn from.",
-        "",
-        f"The tag `{revision}` pins exactly these weights: load `{reference}`.",
-    ]
-    if len(ensemble) > 1:
-        others = ", ".join(f"`{r}`" for r in ensemble)
-        lines += ["", f"It is one of {len(ensemble)} teachers published together as a snapshot ensemble: {others}."]
-    if report is not None and score is not None:
-        what = {"outputs": "the softened outputs P", "features": "the penultimate features F"}.get(report.objective,
-                                                                                                   report.objective)
-        lines += [
-            "", "## Why this snapshot", "",
-            report.explain(snapshot.name), "",
-            f"The selector scored every snapshot of the run on a probe set of {report.probe_size} training examples "
-            f"with the `{report.estimator}` estimator (information normalised to [0, 1]; objective "
-            f"`{report.objective}` on {what}, T = {report.temperature:g}, β = {report.beta:g}).", "",
-            "| rank | probe accuracy | Î(X;F) | Ĩ(Y;F) | Î(X;P) | Ĩ(Y;P) | J |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {score.rank} of {report.k} | {score.accuracy:.2%} | {score.i_xf:.4f} | {score.i_yf:.4f} | "
-            f"{score.i_xp:.4f} | {score.i_yp:.4f} | {score.j:.4f} |",
-        ]
-    if plot:
-        lines += ["", f"![The information plane of the run: Î(X;F) against Ĩ(Y;F) per snapshot, chosen teachers "
-                      f"ringed; J and accuracy against epoch]({PLANE_PNG})"]
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(snapshot.eval_metrics.items())) or "none recorded"
-    lr = f"{snapshot.learning_rate:.3g}" if snapshot.learning_rate is not None else "-"
-    loss = f"{snapshot.train_loss:.4f}" if snapshot.train_loss is not None else "-"
-    weights = "; ".join(f"`{f}` `{h}`" for f, h in sorted(snapshot.sha256.items()))
-    lines += [
-        "", "## Snapshot", "",
-        "| run | snapshot | epoch | global step | learning rate | training loss | evaluation |",
-        "|---|---|---:|---:|---:|---:|---|",
-        f"| `{run}` | `{snapshot.name}` | {epoch} | {snapshot.global_step} | {lr} | {loss} | {metrics} |",
-        "",
-        f"SHA-256 of the weights (also in `{METADATA_NAME}`, checked by hf-ckptkd when it loads the teacher): {weights}.",
-        "", "## Load it", "", "```python",
-    ]
-    if facts["family"] == "timm":
-        lines += ["import timm", "",
-                  f'model = timm.create_model("hf-hub:{reference}", pretrained=True).eval()']
-    else:
-        lines += [f"from transformers import {facts['auto']}", "",
-                  f'model = {facts["auto"]}.from_pretrained("{repo_id}", revision="{revision}").eval()']
-    refs = " ".join(ensemble)
-    student = "timm:resnet18" if facts["family"] == "timm" or facts["pipeline_tag"] == "image-classification" \
-        else "transformers:BertConfig"
-    data_flag = "fashion_mnist" if dataset_id in (None, KNOWN_DATASETS["fashion_mnist"][0]) else dataset_id
-    labels = f", label_names={facts['label_names']!r}" if facts["label_names"] else ""
-    temperature = report.temperature if report is not None else 4.0
-    lines += [
-        "```", "", "## Distil from it", "",
-        f"With hf-ckptkd (the student is any model spec with the same {facts['num_labels']} "
-        "labels):", "", "```bash",
-        f"hf-ckptkd distill --model {student} --teachers {refs} --dataset {data_flag} --output_dir runs/student",
-        "```", "", "```python",
-        "from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer",
-        "from hf_ckptkd.data import image_collator",
-        "from hf_ckptkd.models import build_model", "",
-        f'student = build_model("{student}", {facts["num_labels"]}{labels})',
-        f'config = CheckpointKDConfig(output_dir="runs/student", teachers={list(ensemble)!r},',
-        f"                            temperature={temperature:g}, alpha=0.5, remove_unused_columns=False)",
-        "trainer = CheckpointKDTrainer(model=student, args=config, train_dataset=train_dataset,  # your dataset",
-        "                              data_collator=image_collator)",
-        "trainer.train()",
-        "```", "", "## Citation", "", "```bibtex", CITATION, "```", "",
-    ]
-    return "\n".join(lines)
-
-
 # --- push ----------------------------------------------------------------------------------
 
 def push_teachers_to_hub(source: Any, repo_id: str, *, private: bool = False, as_revisions: bool = False,
@@ -510,8 +318,8 @@ def push_teachers_to_hub(source: Any, repo_id: str, *, private: bool = False, as
         token: a write token; None lets `huggingface_hub` find one (`HF_TOKEN`, `hf auth login`).
         revision_prefix: prefix of the tags (`<prefix><snapshot name>`).
         names: push only these snapshots of `source`.
-        dataset: the run's dataset (`fashion_mnist` or a Hub dataset id) for the card, when the
-            selection does not record it (`report.extra["dataset"]`).
+        dataset: the run's dataset (`fashion_mnist` or a Hub dataset id) for the card, when neither
+            the snapshots (`snapshot.json`'s `dataset`) nor the selection record it.
         run_name: the run's name for the card (default: the selection's `extra["run"]`, else the
             run folder's name).
 

@@ -172,8 +172,22 @@ def _trainer(run: RunData, model, config, train, **kwargs):
     from .trainer import CheckpointKDTrainer
 
     tokenizers = {"teacher_tokenizer": run.tokenizer, "student_tokenizer": run.tokenizer} if config.teachers else {}
+    if run.tokenizer is not None:  # snapshots then carry the tokenizer beside the weights
+        tokenizers["processing_class"] = run.tokenizer
     return CheckpointKDTrainer(model=model, args=config, train_dataset=train, data_collator=run.collator,
                                compute_metrics=compute_metrics, label_names=run.label_names, **tokenizers, **kwargs)
+
+
+def teacher_dataset_record(recipe: Recipe, run: RunData) -> dict[str, Any]:
+    """What the teachers train on (the training split less the validation carve) and are evaluated on."""
+    from .dataset_record import dataset_record
+
+    return dataset_record(
+        recipe.dataset, config=recipe.dataset_config, train_split=recipe.train_split, train_examples=len(run.train),
+        eval_split=recipe.train_split, eval_examples=len(run.validation), eval_held_out=True,
+        test_split=recipe.test_split,
+        image_column=recipe.image_column, label_column=recipe.label_column, text_column=recipe.text_column,
+        tokenizer=recipe.tokenizer, max_length=recipe.max_length, label_noise=recipe.label_noise)
 
 
 # --- stage 1: teachers ------------------------------------------------------------------------
@@ -191,7 +205,8 @@ def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: Partia
             training.setdefault("save_strategy", "epoch")
             training.setdefault("save_total_limit", 1)
             config = _config(training, teacher_dir, seed=i)
-            trainer = _trainer(run, _build(recipe.teacher, run, seed=i), config, train, eval_dataset=validation)
+            trainer = _trainer(run, _build(recipe.teacher, run, seed=i), config, train, eval_dataset=validation,
+                               dataset_record=teacher_dataset_record(recipe, run))
             resume = any(teacher_dir.glob("checkpoint-*"))
             trainer.train(resume_from_checkpoint=True if resume else None)
             state.wait_for_everyone()
@@ -226,6 +241,7 @@ def select(recipe: Recipe, run: RunData, output_dir: Path, index: SnapshotIndex,
             report = select_teachers(index, run.validation, k=k, image_column=recipe.image_column,
                                      label_column="labels" if text else run.columns.label, progress=False,
                                      transform=run.transform, **options)
+            report.extra["run"] = f"{recipe.name}/teacher-0"  # how a pushed teacher's card names its run
             report.save(folder)
             _say(state, f"  k={k}: selected {', '.join(report.selected)} in {time.time() - start:.0f}s")
             for warning in report.warnings:

@@ -76,6 +76,8 @@ class Snapshot:
     eval_metrics: dict[str, float] = field(default_factory=dict)
     final: bool = False
     created: str = ""
+    # What the run trained and evaluated on, when it recorded it (see hf_ckptkd.dataset_record).
+    dataset: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def read(cls, folder: str | Path) -> "Snapshot":
@@ -92,6 +94,8 @@ class Snapshot:
     def metadata(self) -> dict[str, Any]:
         meta = asdict(self)
         meta.pop("path")
+        if not meta["dataset"]:  # a run that recorded nothing about its data writes nothing about it
+            meta.pop("dataset")
         return {"format_version": FORMAT_VERSION, **meta}
 
     @property
@@ -228,20 +232,27 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
 
 def write_snapshot(model, snapshot_dir: str | Path, name: str, *, epoch: float, global_step: int,
                    learning_rate: float | None = None, train_loss: float | None = None,
-                   eval_metrics: dict[str, float] | None = None, final: bool = False) -> Snapshot:
-    """Write one snapshot atomically and rebuild the index. On any error the folder is left as before."""
+                   eval_metrics: dict[str, float] | None = None, final: bool = False,
+                   processing_class=None, dataset: dict[str, Any] | None = None) -> Snapshot:
+    """Write one snapshot atomically and rebuild the index. On any error the folder is left as before.
+
+    `processing_class` (a tokenizer, image processor or processor) is saved beside the weights, so the
+    folder loads with `AutoTokenizer` / `AutoImageProcessor` too; `dataset` is the run's data record.
+    """
     snapshot_dir = Path(snapshot_dir)
     snapshot_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{name}-", dir=snapshot_dir))
     target = snapshot_dir / name
     try:
+        if processing_class is not None and hasattr(processing_class, "save_pretrained"):
+            processing_class.save_pretrained(tmp)  # before the model, whose config.json must win
         weight_files = save_model(model, tmp)
         snapshot = Snapshot(
             name=name, path=target, epoch=round(float(epoch), 4), global_step=int(global_step),
             family=model_family(model), sha256={f: sha256_of(tmp / f) for f in weight_files},
             learning_rate=learning_rate, train_loss=train_loss,
             eval_metrics={k: float(v) for k, v in (eval_metrics or {}).items() if isinstance(v, (int, float))},
-            final=final, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            final=final, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), dataset=dict(dataset or {}),
         )
         _write_json_atomic(tmp / METADATA_NAME, snapshot.metadata())
         if target.exists():  # a resumed run redoing this snapshot: swap, so a complete folder always exists
@@ -298,9 +309,15 @@ class SnapshotCallback(TrainerCallback):
     Writing happens in a background thread from a CPU copy of the weights, so training goes on
     meanwhile; every pending write is finished before any checkpoint is saved and at the end of
     training, which keeps the resume guarantee. A failed write raises `SnapshotError` there.
+
+    The Trainer's `processing_class` (a text model's tokenizer), when it has one, is saved in every
+    snapshot, so a snapshot is a complete artefact: `AutoTokenizer.from_pretrained(folder)` loads.
+    `dataset_record` (see `hf_ckptkd.dataset_record.dataset_record`) goes into every `snapshot.json`,
+    where model cards read the dataset's identity, split and size.
     """
 
-    def __init__(self, strategy: str = "epoch", every: int = 1, snapshot_dir: str | Path | None = None):
+    def __init__(self, strategy: str = "epoch", every: int = 1, snapshot_dir: str | Path | None = None,
+                 dataset_record: dict[str, Any] | None = None):
         if strategy not in ("epoch", "steps"):
             raise SnapshotError(f"snapshot strategy {strategy!r} is not 'epoch' or 'steps'")
         if not isinstance(every, int) or every <= 0:
@@ -309,6 +326,8 @@ class SnapshotCallback(TrainerCallback):
             raise SnapshotError(f"snapshot_dir {snapshot_dir} is a file, not a folder; choose another path")
         self.strategy, self.every = strategy, every
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
+        self.dataset_record = dict(dataset_record or {})
+        self._processing_class = None
         self._pending: dict[str, Any] | None = None
         self._model = None
         self._writer: ThreadPoolExecutor | None = None
@@ -317,8 +336,9 @@ class SnapshotCallback(TrainerCallback):
     def _dir(self, args: TrainingArguments) -> Path:
         return self.snapshot_dir or Path(args.output_dir) / "snapshots"
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         self._model = model
+        self._processing_class = processing_class
         if state.is_world_process_zero:
             removed = remove_partial_snapshots(self._dir(args))
             if removed:
@@ -381,7 +401,8 @@ class SnapshotCallback(TrainerCallback):
         loss_entry = next((e for e in reversed(state.log_history) if "loss" in e), {})
         name = snapshot_name(self.strategy, state.epoch or 0.0, state.global_step)
         kwargs = dict(epoch=state.epoch or 0.0, global_step=state.global_step, learning_rate=loss_entry.get("learning_rate"),
-                      train_loss=loss_entry.get("loss"), eval_metrics=eval_metrics, final=final)
+                      train_loss=loss_entry.get("loss"), eval_metrics=eval_metrics, final=final,
+                      processing_class=self._processing_class, dataset=self.dataset_record)
         model = unwrap(self._model)
         if background:
             if self._writer is None:

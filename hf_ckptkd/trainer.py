@@ -47,13 +47,16 @@ class CheckpointKDTrainer(Trainer):
 
     def __init__(self, model: nn.Module | None = None, args: CheckpointKDConfig | None = None, *,
                  teachers: TeacherEnsemble | Sequence[str | nn.Module] | None = None,
-                 label_names: list[str] | None = None, teacher_tokenizer=None, student_tokenizer=None, **kwargs):
+                 label_names: list[str] | None = None, teacher_tokenizer=None, student_tokenizer=None,
+                 dataset_record: dict | None = None, **kwargs):
         if args is not None and not isinstance(args, CheckpointKDConfig):
             raise TypeError(f"args must be a CheckpointKDConfig (got {type(args).__name__}); it is a TrainingArguments "
                             "with the snapshot and distillation fields")
         super().__init__(model=model, args=args, **kwargs)
         if self.args.snapshot_strategy != "no":
-            self.add_callback(SnapshotCallback(self.args.snapshot_strategy, self.args.snapshot_every, self.args.snapshot_dir))
+            # dataset_record: what the run trains on, kept in every snapshot for its model card.
+            self.add_callback(SnapshotCallback(self.args.snapshot_strategy, self.args.snapshot_every, self.args.snapshot_dir,
+                                               dataset_record=dataset_record))
         teachers = teachers if teachers is not None else self.args.teachers
         self.teachers: TeacherEnsemble | None = None
         if teachers:
