@@ -167,7 +167,8 @@ def test_a_run_that_recorded_no_data_gets_a_card_that_invents_none(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["timm built-in", "timm registered by hf-ckptkd", "transformers vision", "text"])
-def test_every_code_block_of_the_card_runs_as_written(hub, tmp_path, kind, fresh_hf_cache):
+def test_every_code_block_of_the_card_runs_as_written(hub, tmp_path, kind, fresh_hf_cache, monkeypatch):
+    monkeypatch.setenv("HF_CKPTKD_CACHE", str(tmp_path / "cache"))  # the built-in tokenizer is trained there
     folder = tmp_path / "run" / "snapshots"
     repo = hub.new_repo_id("card")
     if kind == "timm built-in":
