@@ -260,7 +260,7 @@ def _select_probe(args, dataset, tokenizer):
 
     if args.text_column is None:
         if args.image_column not in dataset.column_names:
-            texts = [c for c, f in dataset.features.items() if getattr(f, "dtype", None) == "string"]
+            texts = [c for c, f in dataset.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
             hint = (f"; for text teachers add --text_column {texts[0]} (and --tokenizer unless the snapshots hold "
                     "theirs)") if texts else ""
             raise ConfigError(f"--image_column {args.image_column!r} is not a column of {args.dataset} (its columns: "
