@@ -13,6 +13,7 @@ from hf_ckptkd.cli import main
 from hf_ckptkd.config import ConfigError
 from hf_ckptkd.pipeline import run
 from hf_ckptkd.recipe import load_recipe, recipe_from_dict
+from hf_ckptkd.snapshots import SnapshotIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "recipes" / "tiny.yaml"
@@ -30,6 +31,9 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     # Interrupted after the first stage: only the teachers exist.
     run(_tiny(), out, stages=["teachers"])
     assert (out / "teachers" / "teacher-0" / "snapshots" / "index.json").is_file()
+    record = SnapshotIndex.load(out / "teachers" / "teacher-0").final.dataset  # what the card will say
+    assert record["name"] == _tiny().dataset and record["train"]["num_examples"] == _tiny().train_samples
+    assert record["eval"] == {"split": "train", "num_examples": _tiny().validation_samples, "held_out": True}
     assert not (out / "selection").exists()
     capsys.readouterr()
     summary = run(_tiny(), out, oracle=True)
@@ -219,6 +223,15 @@ def test_text_recipe_end_to_end(tmp_path):
     assert set(cells) == {"no_kd", "final", "halfway", "selected", "selected_ensemble", "full_ensemble"}
     assert all(0 <= r["student_test_accuracy"] <= 1 for r in cells.values())
     assert (tmp_path / "run" / "selection" / "k1" / "information_plane.png").is_file()
+    # The teachers' snapshots carry the shared tokenizer and what they were trained on, for their cards.
+    from transformers import AutoTokenizer
+
+    for snapshot in SnapshotIndex.load(tmp_path / "run" / "teachers" / "teacher-0"):
+        assert AutoTokenizer.from_pretrained(snapshot.path).get_vocab() == \
+            AutoTokenizer.from_pretrained(tmp_path / "tokenizer").get_vocab()
+        assert snapshot.dataset["train"] == {"split": "train", "num_examples": 120}
+        assert snapshot.dataset["eval"] == {"split": "train", "num_examples": 40, "held_out": True}
+        assert snapshot.dataset["text_column"] == "sentence" and snapshot.dataset["test_split"] == "test"
 
 
 def test_shipped_studies_parse():
