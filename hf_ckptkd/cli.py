@@ -332,7 +332,8 @@ def _push_parser() -> argparse.ArgumentParser:
                                                       "those, since a flag is visible in the process list).")
     parser.add_argument("--revision_prefix", default="", help="Prefix of the tags (<prefix><snapshot name>).")
     parser.add_argument("--names", nargs="+", default=None, help="Push only these snapshots of the source.")
-    parser.add_argument("--dataset", default=None, help="The run's dataset for the card (fashion_mnist or a Hub id).")
+    parser.add_argument("--dataset", default=None, help="The run's dataset for the card (fashion_mnist or a Hub id), when "
+                                                          "neither the snapshots nor the selection record it.")
     parser.add_argument("--run_name", default=None, help="The run's name for the card (default: the run folder's).")
     return parser
 

@@ -156,6 +156,14 @@ def test_a_run_that_recorded_no_data_gets_a_card_that_invents_none(tmp_path):
     assert "its dataset was not recorded" in card.text
     assert "```bash" not in card.text  # no command that would need the unknown data
     assert [lang for lang, _ in _blocks(card.text)] == ["python"]  # loading it still works as written
+    # A selection made by `hf-ckptkd select` names the dataset (not its split or size): the card says that much.
+    report = SelectionReport(selected=["epoch-0001"], scores=[_score("epoch-0001", 1, 0.5, True, 1)],
+                             objective="accuracy", k=1, temperature=4.0, beta=1.0, kappa=0.25, estimator="renyi2",
+                             probe_size=64, seed=0, extra={"dataset": {"name": "fashion_mnist", "split": "train"}})
+    named = build_model_card(snapshot, "alice/t", "epoch-0001", report=report, score=report.scores[0])
+    assert "Trained on Fashion-MNIST (Debian dataset-fashion-mnist)." in named.text
+    assert named.data.to_dict()["datasets"] == ["zalando-datasets/fashion_mnist"]
+    assert "split" not in named.data.to_dict()["model-index"][0]["results"][0]["dataset"]
     local = dataset_record(str(tmp_path), train_split="train", train_examples=3)  # a folder on the training machine
     snapshot = write_snapshot(build_model("timm:test_resnet", 10, in_chans=1, image_size=28), tmp_path / "s",
                               "epoch-0001", epoch=1, global_step=1, dataset=local)
