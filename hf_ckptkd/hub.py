@@ -1,8 +1,8 @@
 """Publish teacher snapshots to the Hugging Face Hub, and load teachers back from it.
 
 `push_teachers_to_hub(source, repo_id, ...)` uploads snapshot folders (each already a Hub-ready
-model repo in its family's own format, plus `snapshot.json`) with a generated model card and the
-selection's information-plane plot. `load_hub_teacher("owner/name@revision")` loads one back
+model repo in its family's own format, plus `snapshot.json`, and a text teacher's tokenizer) with a
+model card (`hf_ckptkd.model_card`) and the selection's information-plane plot. `load_hub_teacher("owner/name@revision")` loads one back
 through the family's own loader (`timm.create_model("hf-hub:…")` or transformers'
 `AutoModelFor….from_pretrained`), after checking the weights against the repo's `snapshot.json`.
 `hub_scripts/list_teachers.py` lists an owner's teacher repos and revisions with their card metrics
