@@ -110,3 +110,35 @@ def test_select_bad_text_input_says_which_argument_fixes_it(text_run, tmp_path, 
         for text in expected:
             assert text in err, (argv, err)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_plain_trainer_snapshot_keeps_its_processing_class_and_dataset_record(text_run, tmp_path):
+    """SnapshotCallback on transformers' own Trainer: the tokenizer comes from `processing_class`."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from hf_ckptkd import SnapshotCallback
+    from hf_ckptkd.data import load_dataset_split, tokenize_text_dataset
+    from hf_ckptkd.dataset_record import dataset_record
+    from hf_ckptkd.models import build_model
+
+    tokenizer = AutoTokenizer.from_pretrained(text_run / "tokenizer")
+    train = tokenize_text_dataset(load_dataset_split(str(text_run / "data"), "train", 64), tokenizer, "sentence")
+    model = build_model("transformers:BertConfig", 2, model_kwargs={**json.loads(BERT), "vocab_size": len(tokenizer),
+                                                                    "pad_token_id": tokenizer.pad_token_id})
+    record = dataset_record("my-org/reviews", train_split="train", train_examples=len(train))
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=32,
+                             report_to="none", save_strategy="no", use_cpu=True)
+    Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
+            processing_class=tokenizer, callbacks=[SnapshotCallback("epoch", dataset_record=record)]).train()
+    [snapshot] = SnapshotIndex.load(tmp_path)
+    assert AutoTokenizer.from_pretrained(snapshot.path).get_vocab() == tokenizer.get_vocab()
+    assert snapshot.dataset == {"name": "my-org/reviews", "train": {"split": "train", "num_examples": 64}}
+    # Without a processing_class or a record, the snapshot holds neither (and snapshot.json no `dataset`).
+    Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "bare"), num_train_epochs=1,
+                                                per_device_train_batch_size=32, report_to="none", save_strategy="no",
+                                                use_cpu=True),
+            train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer),
+            callbacks=[SnapshotCallback("epoch")]).train()
+    [bare] = SnapshotIndex.load(tmp_path / "bare")
+    assert not (bare.path / "tokenizer.json").exists() and "dataset" not in json.loads((bare.path / "snapshot.json")
+                                                                                          .read_text())
