@@ -15,7 +15,9 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
 SNAPSHOT_STRATEGIES = ("no", "epoch", "steps")
-KD_LOSSES = ("kl", "mse", "reverse_kl")
+KD_LOSSES = ("kl", "reverse_kl", "mse")
+# The distillation temperature of the paper (T = 4), the default wherever a temperature is asked for.
+DEFAULT_TEMPERATURE = 4.0
 ENSEMBLE_MODES = ("mean_logits", "mean_probs")
 TEACHER_FUSIONS = ("auto", "fused", "loop")
 TEACHER_DTYPES = ("float32", "float16", "bfloat16")
@@ -82,7 +84,7 @@ class CheckpointKDConfig(TrainingArguments):
         metadata={"help": "Teacher references: a snapshot folder, '<snapshot_dir>:<name>' or a Hub repo "
                           "'owner/name[@revision]'. Several make a snapshot ensemble. Empty: train without a teacher."},
     )
-    temperature: float = field(default=4.0, metadata={"help": "Softmax temperature T of the distillation loss (> 0)."})
+    temperature: float = field(default=DEFAULT_TEMPERATURE, metadata={"help": "Softmax temperature T of the distillation loss (> 0)."})
     alpha: float = field(
         default=0.5,
         metadata={"help": "Weight of the hard-label loss in [0, 1]: loss = alpha*CE + (1-alpha)*T^2*KD."},

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-KD_LOSS_KINDS = ("kl", "reverse_kl", "mse")
+from .config import KD_LOSSES
 
 
 def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, kind: str = "kl") -> torch.Tensor:
@@ -28,7 +28,7 @@ def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     elif kind == "reverse_kl":
         kl = F.kl_div(t, s, reduction="batchmean", log_target=True)
     else:
-        raise ValueError(f"unknown kd_loss {kind!r}; use one of {', '.join(KD_LOSS_KINDS)}")
+        raise ValueError(f"unknown kd_loss {kind!r}; use one of {', '.join(KD_LOSSES)}")
     return kl * temperature**2
 
 

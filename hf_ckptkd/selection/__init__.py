@@ -1,5 +1,6 @@
 """Choosing teacher snapshots by their information: estimators, the objective, the report.
 
+- `errors`: the `SelectionError` family, one class per way a request can fail.
 - `estimators`: matrix-based Rényi alpha=2 mutual information (default) and a k-means plug-in
   estimator for cross-checks, behind one interface (`ESTIMATORS`, `build_estimator`).
 - `label_information`: the label terms Ĩ(Y;P), Ĩ(Y;F), variational lower bounds in bits.
@@ -11,19 +12,13 @@
   loads model code; not in `__all__`).
 """
 
-from .estimators import (
-    DEFAULT_ESTIMATOR,
-    DEFAULT_KAPPA,
-    ESTIMATORS,
-    BinningEstimator,
+from .errors import (
     ClassCountMismatchError,
     DegenerateProbeError,
     EmptyProbeError,
-    InformationEstimator,
-    MutualInformation,
+    LabelSpaceMismatchError,
     NonFiniteError,
     ProbeTooSmallError,
-    Renyi2Estimator,
     SelectionError,
     ShapeMismatchError,
     SingleClassProbeError,
@@ -32,6 +27,15 @@ from .estimators import (
     TooManyTeachersError,
     UnknownEstimatorError,
     UnknownObjectiveError,
+)
+from .estimators import (
+    DEFAULT_ESTIMATOR,
+    DEFAULT_KAPPA,
+    ESTIMATORS,
+    BinningEstimator,
+    InformationEstimator,
+    MutualInformation,
+    Renyi2Estimator,
     build_estimator,
     gaussian_gram,
     label_gram,
@@ -56,7 +60,7 @@ from .report import SelectionReport, SnapshotScore
 __all__ = [
     "BinningEstimator", "Candidate", "ClassCountMismatchError", "DEFAULT_ESTIMATOR", "DEFAULT_KAPPA",
     "DEFAULT_OBJECTIVE", "DegenerateProbeError", "ESTIMATORS", "EmptyProbeError", "INFORMATION_OBJECTIVES",
-    "InformationEstimator", "MutualInformation", "NonFiniteError", "OBJECTIVES", "ProbeTooSmallError",
+    "InformationEstimator", "LabelSpaceMismatchError", "MutualInformation", "NonFiniteError", "OBJECTIVES", "ProbeTooSmallError",
     "Renyi2Estimator", "SelectionError", "SelectionReport", "ShapeMismatchError", "SingleClassProbeError",
     "SnapshotScore", "SparseClassError", "TRIVIAL_OBJECTIVES", "TemperatureTooHighError", "TooManyTeachersError",
     "UnknownEstimatorError", "UnknownObjectiveError", "build_estimator", "choose_members", "features_label_bits",

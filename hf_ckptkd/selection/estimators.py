@@ -49,6 +49,17 @@ from typing import Protocol, Sequence, Union
 import torch
 from torch import Tensor
 
+from .errors import (
+    ClassCountMismatchError,
+    DegenerateProbeError,
+    EmptyProbeError,
+    NonFiniteError,
+    ProbeTooSmallError,
+    ShapeMismatchError,
+    SingleClassProbeError,
+    SparseClassError,
+    UnknownEstimatorError,
+)
 from .label_information import features_label_bits, normalised, outputs_label_bits, shannon_entropy_bits
 
 DEFAULT_KAPPA = 0.25
@@ -59,62 +70,6 @@ DENSE_MEDIAN_MAX_EXAMPLES = 8192
 BLOCK_ELEMENTS = 1 << 25  # entries of one row block of a Gram matrix on the chunked path (128 MiB in float32)
 
 FeatureInput = Union[Tensor, Sequence[Tensor]]
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors: each names what is wrong and how to fix it.
-
-
-class SelectionError(ValueError):
-    """Base class of the errors raised while scoring and selecting teacher snapshots."""
-
-
-class EmptyProbeError(SelectionError):
-    """The probe set has no examples (or too few to estimate anything)."""
-
-
-class SingleClassProbeError(SelectionError):
-    """The probe set holds one class only, so S2(Y) = 0 and Î(Y;·) is undefined."""
-
-
-class ShapeMismatchError(SelectionError):
-    """Inputs, labels, features or logits do not describe the same probe examples."""
-
-
-class DegenerateProbeError(SelectionError):
-    """Every probe input is identical, so S2(K_X) = 0 and Î(X;F) is undefined."""
-
-
-class UnknownEstimatorError(SelectionError):
-    """No estimator is registered under the requested name."""
-
-
-class ClassCountMismatchError(SelectionError):
-    """Candidate snapshots (or the probe labels) disagree on the number of classes."""
-
-
-class TooManyTeachersError(SelectionError):
-    """More teachers were requested than there are candidate snapshots."""
-
-
-class UnknownObjectiveError(SelectionError):
-    """The requested selection objective does not exist."""
-
-
-class NonFiniteError(SelectionError):
-    """Inputs, features or outputs hold NaN or infinite values (e.g. a diverged snapshot)."""
-
-
-class ProbeTooSmallError(SelectionError):
-    """The probe set has fewer examples than the snapshots have classes."""
-
-
-class SparseClassError(SelectionError):
-    """A class has a single example in the probe set, too few for the cross-fitted label term."""
-
-
-class TemperatureTooHighError(SelectionError):
-    """At this temperature every snapshot's softened outputs are uniform to float precision."""
 
 
 def check_probe_classes(labels: Tensor, num_classes: int) -> None:

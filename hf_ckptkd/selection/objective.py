@@ -49,13 +49,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from .estimators import (
-    DEFAULT_ESTIMATOR,
-    DEFAULT_KAPPA,
-    ESTIMATORS,
+from ..config import DEFAULT_TEMPERATURE
+from .errors import (
     ClassCountMismatchError,
-    MutualInformation,
     NonFiniteError,
     SelectionError,
     ShapeMismatchError,
@@ -63,6 +61,12 @@ from .estimators import (
     TooManyTeachersError,
     UnknownEstimatorError,
     UnknownObjectiveError,
+)
+from .estimators import (
+    DEFAULT_ESTIMATOR,
+    DEFAULT_KAPPA,
+    ESTIMATORS,
+    MutualInformation,
     build_estimator,
     check_probe,
     check_probe_classes,
@@ -76,7 +80,6 @@ OBJECTIVES = INFORMATION_OBJECTIVES + TRIVIAL_OBJECTIVES
 # The default is the selector with the lowest worst-case regret over the selector-evidence cells
 # (README, "Selector across tasks"; benchmarks/selection_studies.py), whichever it is.
 DEFAULT_OBJECTIVE = "accuracy"
-DEFAULT_TEMPERATURE = 4.0
 DEFAULT_BETA = 1.0
 DEFAULT_EXHAUSTIVE_LIMIT = 500
 DEFAULT_ACCURACY_MARGIN = 0.05
@@ -223,6 +226,68 @@ def check_request(objective: str, estimator: str, temperature: float) -> None:
         raise SelectionError(f"the temperature must be positive, got {temperature}")
 
 
+def _eligible(candidates: Sequence[Candidate], k: int) -> list[int]:
+    """Indices of the candidates that may be chosen (all but the initialisation); at least k of them."""
+    eligible = [i for i, c in enumerate(candidates) if not c.is_init]
+    if k > len(eligible):
+        n_init = len(candidates) - len(eligible)
+        note = f" ({n_init} initialisation snapshot excluded)" if n_init else ""
+        raise TooManyTeachersError(
+            f"k={k} teachers requested but there are only {len(eligible)} candidate snapshots{note}; lower k "
+            "or keep more snapshots (e.g. a smaller snapshot_every)")
+    return eligible
+
+
+def _softened_outputs(candidates: Sequence[Candidate], eligible: Sequence[int], temperature: float,
+                      device: torch.device) -> list[Tensor]:
+    """Each candidate's output embedding at temperature T; refuses a T at which every output is uniform."""
+    probs: list[Tensor] = []
+    for c in candidates:
+        try:
+            probs.append(output_embedding(c.logits.to(device), temperature))
+        except NonFiniteError as e:
+            raise NonFiniteError(f"snapshot {c.name!r}: {e}") from None
+    spread = [float((p.max(dim=1).values - p.min(dim=1).values).max()) for p in probs]
+    if max(spread[i] for i in eligible) < UNIFORM_SPREAD:
+        raise TemperatureTooHighError(
+            f"the temperature T={temperature:g} is too high for the estimator: softened at T, every snapshot's "
+            f"outputs are uniform to float precision (largest spread between classes {max(spread):.1e}), so they "
+            "carry no information to score; use the distillation temperature (e.g. 4)")
+    return probs
+
+
+def _information(candidates: Sequence[Candidate], probs: Sequence[Tensor], est, labels: Tensor,
+                 progress: bool) -> tuple[list[MutualInformation], list[MutualInformation], list[float]]:
+    """(features' information, outputs' information, probe accuracy) of every candidate."""
+    feats: list[MutualInformation] = []
+    outs: list[MutualInformation] = []
+    accuracy: list[float] = []
+    iterator: Any = candidates
+    if progress:
+        iterator = tqdm(candidates, desc="scoring snapshots", unit="snapshot")
+    for c, p in zip(iterator, probs):
+        try:
+            outs.append(est.outputs(p))
+            feats.append(est.features(c.features))
+        except NonFiniteError as e:
+            raise NonFiniteError(f"snapshot {c.name!r}: {e}") from None
+        except ShapeMismatchError as e:
+            raise ShapeMismatchError(f"snapshot {c.name!r}: {e}") from None
+        accuracy.append(float((c.logits.argmax(dim=1).cpu() == labels).float().mean()))
+    return feats, outs, accuracy
+
+
+def accuracy_warnings(candidates: Sequence[Candidate], accuracy: Sequence[float], eligible: Sequence[int],
+                      chosen: Sequence[int], margin: float) -> list[str]:
+    """One line per chosen snapshot whose probe accuracy is more than `margin` below the best candidate's."""
+    best = max(eligible, key=lambda i: (accuracy[i], -i))
+    return [
+        f"{candidates[i].name} has probe accuracy {accuracy[i]:.1%}, {100 * (accuracy[best] - accuracy[i]):.1f} "
+        f"points below the best candidate ({candidates[best].name}, {accuracy[best]:.1%}; margin "
+        f"{100 * margin:g} points): check this choice, or compare objective='accuracy'"
+        for i in chosen if accuracy[i] < accuracy[best] - margin]
+
+
 def select_from_candidates(
     candidates: Sequence[Candidate],
     inputs: Tensor,
@@ -289,48 +354,13 @@ def select_from_candidates(
     _, y = check_probe(inputs, labels)
     num_classes = _check_candidates(candidates)
     check_probe_classes(y, num_classes)
-    eligible = [i for i, c in enumerate(candidates) if not c.is_init]
-    if k > len(eligible):
-        n_init = len(candidates) - len(eligible)
-        note = f" ({n_init} initialisation snapshot excluded)" if n_init else ""
-        raise TooManyTeachersError(
-            f"k={k} teachers requested but there are only {len(eligible)} candidate snapshots{note}; lower k "
-            "or keep more snapshots (e.g. a smaller snapshot_every)")
+    eligible = _eligible(candidates, k)
 
     device = _pick_device(inputs, candidates, device)
     est = build_estimator(estimator, inputs, labels, kappa=kappa, seed=seed, chunk_size=chunk_size, dtype=dtype,
                           device=device, num_classes=num_classes, **(estimator_options or {}))
-    y_cpu = y.cpu()
-
-    probs: list[Tensor] = []
-    for c in candidates:
-        try:
-            probs.append(output_embedding(c.logits.to(device), temperature))
-        except NonFiniteError as e:
-            raise NonFiniteError(f"snapshot {c.name!r}: {e}") from None
-    spread = [float((p.max(dim=1).values - p.min(dim=1).values).max()) for p in probs]
-    if max(spread[i] for i in eligible) < UNIFORM_SPREAD:
-        raise TemperatureTooHighError(
-            f"the temperature T={temperature:g} is too high for the estimator: softened at T, every snapshot's "
-            f"outputs are uniform to float precision (largest spread between classes {max(spread):.1e}), so they "
-            "carry no information to score; use the distillation temperature (e.g. 4)")
-
-    feats: list[MutualInformation] = []
-    outs: list[MutualInformation] = []
-    accuracy: list[float] = []
-    iterator: Any = candidates
-    if progress:
-        from tqdm.auto import tqdm
-        iterator = tqdm(candidates, desc="scoring snapshots", unit="snapshot")
-    for c, p in zip(iterator, probs):
-        try:
-            outs.append(est.outputs(p))
-            feats.append(est.features(c.features))
-        except NonFiniteError as e:
-            raise NonFiniteError(f"snapshot {c.name!r}: {e}") from None
-        except ShapeMismatchError as e:
-            raise ShapeMismatchError(f"snapshot {c.name!r}: {e}") from None
-        accuracy.append(float((c.logits.argmax(dim=1).cpu() == y_cpu).float().mean()))
+    probs = _softened_outputs(candidates, eligible, temperature, device)
+    feats, outs, accuracy = _information(candidates, probs, est, y.cpu(), progress)
 
     infos = feats if objective == "features" else outs
     information = objective in INFORMATION_OBJECTIVES
@@ -339,6 +369,8 @@ def select_from_candidates(
     cache: dict[tuple[int, ...], tuple[MutualInformation, float]] = {}
 
     def score(members: tuple[int, ...]) -> tuple[MutualInformation, float]:
+        """(information, J) of a set of members; an ensemble's information is estimated on its fused
+        representation, a trivial selector's J is its members' mean."""
         if members not in cache:
             if len(members) == 1:
                 info = infos[members[0]]
@@ -365,12 +397,7 @@ def select_from_candidates(
             chosen=i in rank, rank=rank.get(i), init=c.is_init, path=c.path, metadata=dict(c.metadata))
         for i, c in enumerate(candidates)
     ]
-    best = max(eligible, key=lambda i: (accuracy[i], -i))
-    warnings = [
-        f"{candidates[i].name} has probe accuracy {accuracy[i]:.1%}, {100 * (accuracy[best] - accuracy[i]):.1f} "
-        f"points below the best candidate ({candidates[best].name}, {accuracy[best]:.1%}; margin "
-        f"{100 * accuracy_margin:g} points): check this choice, or compare objective='accuracy'"
-        for i in chosen if accuracy[i] < accuracy[best] - accuracy_margin]
+    warnings = accuracy_warnings(candidates, accuracy, eligible, chosen, accuracy_margin)
     return SelectionReport(
         selected=[candidates[i].name for i in chosen],
         scores=scores,

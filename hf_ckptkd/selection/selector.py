@@ -43,26 +43,23 @@ from ..data import (
 )
 from ..models import TimmForImageClassification, forward_with_features, label_names_of, num_labels_of, unwrap
 from ..snapshots import Snapshot, SnapshotIndex
-from .estimators import (
-    DEFAULT_ESTIMATOR,
+from .errors import (
     ClassCountMismatchError,
     EmptyProbeError,
+    LabelSpaceMismatchError,
     SelectionError,
     SingleClassProbeError,
     TooManyTeachersError,
-    check_probe_classes,
 )
-from .objective import DEFAULT_OBJECTIVE, DEFAULT_TEMPERATURE, Candidate, check_request, select_from_candidates
+from .estimators import DEFAULT_ESTIMATOR, check_probe_classes
+from ..config import DEFAULT_TEMPERATURE
+from .objective import DEFAULT_OBJECTIVE, Candidate, check_request, select_from_candidates
 from .report import SelectionReport
 
 DEFAULT_MAX_PROBE_SAMPLES = 2000
 DEFAULT_BATCH_SIZE = 256
 
 Transform = Callable[[Any], torch.Tensor]
-
-
-class LabelSpaceMismatchError(SelectionError):
-    """Snapshots (or the probe set) that do not share one label space: different label names."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,5 +537,5 @@ def select_teachers(
     return report
 
 
-__all__ = ["LabelSpaceMismatchError", "ProbeCandidates", "draw_probe", "extract_candidates", "probe_transform_config",
+__all__ = ["ProbeCandidates", "draw_probe", "extract_candidates", "probe_transform_config",
            "select_teachers", "stratified_probe_indices"]
