@@ -150,7 +150,7 @@ def _train(argv: list[str], prog: str, distill: bool) -> int:
         set_seed(config.seed)
         model = build_model(data_args.model, len(names), label_names=names, in_chans=transform.in_chans,
                             image_size=transform.image_size, mean=transform.mean, std=transform.std, model_kwargs=kwargs)
-        collator, shared = image_collator, {}
+        collator, shared = image_collator, ({"student_input": transform.input_spec()} if config.teachers else {})
     trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
                                   data_collator=collator, compute_metrics=compute_metrics, label_names=names, **shared)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
@@ -285,6 +285,9 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     from . import teachers
 
     errors += [teachers.TeacherReferenceError, teachers.LabelSpaceError]
+    from .inputs import InputMismatchError
+
+    errors.append(InputMismatchError)
     from .selection import SelectionError
 
     errors.append(SelectionError)

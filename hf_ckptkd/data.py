@@ -338,6 +338,12 @@ class ImageTransformConfig:
     crop_padding: int = field(default=4, metadata={"help": "Random crop with this padding at train time (0 = off)."})
     hflip: bool = field(default=True, metadata={"help": "Random horizontal flip at train time."})
 
+    def input_spec(self):
+        """The images this transform feeds a model, as the teacher/student input check compares them."""
+        from .inputs import InputSpec
+
+        return InputSpec(self.in_chans, (self.image_size, self.image_size), tuple(self.mean), tuple(self.std))
+
 
 def build_image_transform(config: ImageTransformConfig, train: bool) -> T.Compose:
     """A PIL image → float tensor (C, H, W). Train: random crop with padding and flip; eval: deterministic."""

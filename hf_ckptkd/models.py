@@ -222,7 +222,31 @@ def load_model(folder: str | Path, *, device: str | torch.device | None = None) 
         auto = AutoModelForImageClassification if config.get("model_type") in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES \
             else AutoModelForSequenceClassification
         model = auto.from_pretrained(folder, use_safetensors=True)
+        normalisation = read_processor_normalisation(folder)
+        if normalisation is not None:  # the config does not hold it: keep it for the teacher/student input check
+            setattr(model, RECORDED_NORMALISATION, normalisation)
     return model.to(device) if device is not None else model
+
+
+# A transformers model loaded from a folder with an image processor carries its (mean, std) here.
+RECORDED_NORMALISATION = "_hf_ckptkd_normalisation"
+PROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def read_processor_normalisation(folder: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(image_mean, image_std) of a saved image processor in `folder`, or None when it has none."""
+    path = Path(folder) / PROCESSOR_CONFIG
+    if not path.is_file():
+        return None
+    values = json.loads(path.read_text())
+    mean, std = values.get("image_mean"), values.get("image_std")
+    if mean is None or std is None:
+        return None
+
+    def as_tuple(v):
+        return (float(v),) if isinstance(v, (int, float)) else tuple(float(x) for x in v)
+
+    return as_tuple(mean), as_tuple(std)
 
 
 def _read_folder_config(folder: Path) -> dict:

@@ -176,6 +176,8 @@ def _trainer(run: RunData, model, config, train, *, run_log: Path, unit: str, **
     from .trainer import CheckpointKDTrainer
 
     tokenizers = {"teacher_tokenizer": run.tokenizer, "student_tokenizer": run.tokenizer} if config.teachers else {}
+    if config.teachers and run.transform is not None:
+        kwargs["student_input"] = run.transform.input_spec()  # what the student is really fed
     trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=train, data_collator=run.collator,
                                   compute_metrics=compute_metrics, label_names=run.label_names, **tokenizers, **kwargs)
     log_to_file(trainer, run_log, unit)  # the terminal keeps the stage lines; per-step logs go to the run's log
