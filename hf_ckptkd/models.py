@@ -217,7 +217,7 @@ def load_model(folder: str | Path, *, device: str | torch.device | None = None) 
     if not (folder / WEIGHTS_NAME).is_file() and not list(folder.glob("model-*.safetensors")):
         raise ModelSpecError(f"{folder} has a config.json but no {WEIGHTS_NAME}; save the model with safetensors")
     if "architecture" in config:  # timm's Hub format
-        model = TimmForImageClassification(timm.create_model(f"local-dir:{folder}", pretrained=True))
+        model = TimmForImageClassification(_load_timm_folder(folder))
     else:
         auto = AutoModelForImageClassification if config.get("model_type") in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES \
             else AutoModelForSequenceClassification
@@ -247,6 +247,20 @@ def read_processor_normalisation(folder: str | Path) -> tuple[tuple[float, ...],
         return (float(v),) if isinstance(v, (int, float)) else tuple(float(x) for x in v)
 
     return as_tuple(mean), as_tuple(std)
+
+
+def _load_timm_folder(folder: Path) -> nn.Module:
+    """A timm model from its Hub-format folder: architecture and config from config.json, weights read
+    with safetensors here. (timm's own `pretrained=True` reads a local folder with `torch.load`, which
+    reads safetensors only in recent torch releases and would unpickle anything else.)"""
+    from safetensors.torch import load_file
+
+    model = timm.create_model(f"local-dir:{folder}", pretrained=False)
+    state_dict = {}
+    for weights in sorted(folder.glob("model*.safetensors")):
+        state_dict.update(load_file(weights))
+    model.load_state_dict(state_dict)
+    return model
 
 
 def _read_folder_config(folder: Path) -> dict:
