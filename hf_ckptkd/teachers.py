@@ -421,7 +421,8 @@ class TeacherEnsemble(nn.Module):
         floating = [p.dtype for p in self.members.parameters() if p.is_floating_point()]
         if floating:
             self.dtype = floating[0]
-        if self.fusion == "auto" and self.fusable and len(self.members) > 1 and self.device != before:
+        one_input = len(set(getattr(self, "input_remaps", [None]))) == 1  # members fed differently always loop
+        if self.fusion == "auto" and self.fusable and one_input and len(self.members) > 1 and self.device != before:
             self.fusion_used, self.fusion_times = None, None  # the faster path depends on the device: measure again
         return result
 

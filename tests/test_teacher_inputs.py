@@ -124,3 +124,17 @@ def test_what_the_data_feeds_overrides_what_the_student_records(tmp_path):
     same = CheckpointKDTrainer(model=_student(), args=_args(tmp_path), teachers=[teacher], label_names=NAMES,
                                student_input=InputSpec(1, (28, 28), TEACHER_MEAN, TEACHER_STD))
     assert same.teachers.input_remaps == [None]
+
+
+def test_teachers_of_one_run_share_one_remap_and_keep_the_batched_forward(pixels):
+    torch.manual_seed(0)
+    members = [build_model("timm:test_resnet", 10, label_names=NAMES, mean=TEACHER_MEAN, std=TEACHER_STD).eval()
+               for _ in range(2)]
+    ensemble = load_teachers(members, fusion="fused")
+    ensemble.match_student_inputs(_student())
+    assert ensemble.input_remaps[0] == ensemble.input_remaps[1] is not None and ensemble.fusion_used == "fused"
+    with torch.no_grad():
+        own_way = _normalised(pixels, TEACHER_MEAN, TEACHER_STD)
+        expected = sum(m(pixel_values=own_way).logits for m in members) / 2
+    seen = ensemble(pixel_values=_normalised(pixels, FASHION_MNIST_MEAN, FASHION_MNIST_STD))
+    torch.testing.assert_close(seen, expected, rtol=1e-4, atol=1e-4)
