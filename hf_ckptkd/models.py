@@ -4,7 +4,8 @@ A model spec is `timm:<timm model name>` or `transformers:<config class name or 
 timm models are wrapped in `TimmForImageClassification` so that `transformers.Trainer` trains
 them unchanged (forward takes `pixel_values` and `labels`, returns `loss` and `logits`).
 Saved folders are each family's own format, so a folder is already a Hub-ready model repo:
-timm's Hub format (loadable with `timm.create_model("local-dir:<folder>", pretrained=True)`) or
+timm's Hub format (loadable with `timm.create_model("local-dir:<folder>", pretrained=True)` where
+torch.load reads safetensors; `load_model` reads the weights itself) or
 transformers' `save_pretrained` files. Weights are safetensors only; nothing is unpickled.
 """
 

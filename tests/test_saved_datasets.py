@@ -48,6 +48,10 @@ def test_cli_trains_on_a_saved_folder(saved, tmp_path, capsys, folder, eval_spli
     assert code == 0, capsys.readouterr().err
     assert f"{eval_split} accuracy:" in capsys.readouterr().out
     assert SnapshotIndex.load(tmp_path / "t").final is not None
+    # The selector takes the same folder (its probe comes from the training split).
+    assert main(["select", str(tmp_path / "t"), "--dataset", str(saved / folder), "--max_probe_samples", "60",
+                 "--objective", "accuracy", "--disable_tqdm", "--output", str(tmp_path / "sel")]) == 0
+    assert "chosen: " in capsys.readouterr().out and (tmp_path / "sel" / "selection.json").is_file()
 
 
 def test_cli_names_the_missing_split_of_a_single_dataset_folder(saved, tmp_path, capsys):
