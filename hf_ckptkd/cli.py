@@ -152,7 +152,7 @@ def _train(argv: list[str], prog: str, distill: bool) -> int:
         set_seed(config.seed)
         model = build_model(data_args.model, len(names), label_names=names, in_chans=transform.in_chans,
                             image_size=transform.image_size, mean=transform.mean, std=transform.std, model_kwargs=kwargs)
-        collator, shared = image_collator, {}
+        collator, shared = image_collator, ({"student_input": transform.input_spec()} if config.teachers else {})
     record = dataset_record(data_args.dataset, train_split="train", train_examples=len(train_ds),
                             eval_split=data_args.eval_split, eval_examples=len(eval_ds), test_split=data_args.eval_split,
                             image_column=data_args.image_column, label_column=data_args.label_column,
@@ -360,6 +360,9 @@ def _bad_input_errors() -> tuple[type[Exception], ...]:
     from . import teachers
 
     errors += [teachers.TeacherReferenceError, teachers.LabelSpaceError]
+    from .inputs import InputMismatchError
+
+    errors.append(InputMismatchError)
     from .selection import SelectionError
 
     errors.append(SelectionError)

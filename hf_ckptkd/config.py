@@ -34,6 +34,13 @@ def _launched_distributed_without_accelerator() -> bool:
     return distributed and not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
+def accelerator_available() -> bool:
+    """Whether torch sees a device that pinned host memory could feed (CUDA, XPU, MPS, ...)."""
+    import torch
+
+    return torch.accelerator.is_available()  # what the DataLoader's pin_memory warning asks too
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}")
@@ -123,6 +130,9 @@ class CheckpointKDConfig(TrainingArguments):
             # Trainer would otherwise see no distributed setup and run N independent copies racing over
             # output_dir; gloo over CPU processes is what `accelerate launch --multi_gpu` means here.
             self.use_cpu = True
+        if self.dataloader_pin_memory and (self.use_cpu or not accelerator_available()):
+            # Pinned memory only speeds copies to an accelerator; without one torch warns on every epoch.
+            self.dataloader_pin_memory = False
         super().__post_init__()
         _choice("snapshot_strategy", self.snapshot_strategy, SNAPSHOT_STRATEGIES)
         _choice("kd_loss", self.kd_loss, KD_LOSSES)

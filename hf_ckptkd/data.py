@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
 from PIL import Image as PILImage
 from torchvision.transforms import v2 as T
 
@@ -183,9 +183,13 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_dataset_split(name_or_path: str, split: str, limit: int | None = None, config_name: str | None = None) -> Dataset:
-    """A built-in dataset (`BUILTIN_DATASETS`, offline) or anything `datasets.load_dataset` accepts."""
+    """A built-in dataset (`BUILTIN_DATASETS`, offline), a folder written by `save_to_disk`, or anything
+    `datasets.load_dataset` accepts."""
     if name_or_path in BUILTIN_DATASETS:
         return BUILTIN_DATASETS[name_or_path](split, limit)
+    saved = _load_saved_split(name_or_path, split, config_name)
+    if saved is not None:
+        return saved.select(range(min(limit, len(saved)))) if limit is not None else saved
     try:
         ds = load_dataset(name_or_path, config_name, split=split)
     except Exception as e:
@@ -194,6 +198,47 @@ def load_dataset_split(name_or_path: str, split: str, limit: int | None = None, 
     if isinstance(ds, DatasetDict):  # pragma: no cover - load_dataset with split returns a Dataset
         ds = ds[split]
     return ds.select(range(min(limit, len(ds)))) if limit is not None else ds
+
+
+# What `save_to_disk` leaves in a folder: a DatasetDict writes dataset_dict.json beside one folder per
+# split, a single Dataset its state.json beside the arrow files. `load_dataset` refuses both.
+SAVED_DATASET_DICT_FILE, SAVED_DATASET_FILE = "dataset_dict.json", "state.json"
+# The split a single saved Dataset stands for: it holds the training examples.
+SAVED_DATASET_SPLIT = "train"
+
+
+def _load_saved_split(name_or_path: str, split: str, config_name: str | None) -> Dataset | None:
+    """The split `split` of a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`, or None
+    when `name_or_path` is no such folder.
+
+    A DatasetDict folder gives each of its splits; a single Dataset folder is the training split
+    (`SAVED_DATASET_SPLIT`), so asking it for another split is a `DataError` that says how to save one.
+    """
+    folder = Path(name_or_path).expanduser()
+    kind = "dict" if (folder / SAVED_DATASET_DICT_FILE).is_file() else \
+        "dataset" if (folder / SAVED_DATASET_FILE).is_file() else None
+    if kind is None:
+        return None
+    if config_name is not None:
+        raise DataError(f"{folder} is a dataset saved with save_to_disk, which has no configurations; drop "
+                        f"dataset_config={config_name!r}")
+    try:
+        saved = load_from_disk(str(folder))
+    except Exception as e:  # a half-written or damaged folder: the user needs to know which one
+        raise DataError(f"{folder} looks like a dataset saved with save_to_disk but could not be loaded "
+                        f"({type(e).__name__}: {e}); save it again") from e
+    if isinstance(saved, DatasetDict):
+        if split not in saved:
+            raise DataError(f"{folder} (a DatasetDict saved with save_to_disk) has no split {split!r}; its splits are "
+                            f"{sorted(saved)}. Name one of them (train_split / test_split in a recipe, --split or "
+                            "--eval_split on the command line)")
+        return saved[split]
+    if split != SAVED_DATASET_SPLIT:
+        raise DataError(f"{folder} holds a single Dataset saved with save_to_disk, which serves as the "
+                        f"{SAVED_DATASET_SPLIT!r} split only, so it has no split {split!r}. Save a DatasetDict with a "
+                        f"{split!r} split instead (DatasetDict({{'train': ..., {split!r}: ...}}).save_to_disk(...)), or "
+                        f"ask for the {SAVED_DATASET_SPLIT!r} split")
+    return saved
 
 
 def tokenize_text_dataset(dataset: Dataset, tokenizer, text_column: str, label_column: str = "label",
@@ -297,6 +342,12 @@ class ImageTransformConfig:
     std: tuple[float, ...] = FASHION_MNIST_STD
     crop_padding: int = field(default=4, metadata={"help": "Random crop with this padding at train time (0 = off)."})
     hflip: bool = field(default=True, metadata={"help": "Random horizontal flip at train time."})
+
+    def input_spec(self):
+        """The images this transform feeds a model, as the teacher/student input check compares them."""
+        from .inputs import InputSpec
+
+        return InputSpec(self.in_chans, (self.image_size, self.image_size), tuple(self.mean), tuple(self.std))
 
 
 def build_image_transform(config: ImageTransformConfig, train: bool) -> T.Compose:

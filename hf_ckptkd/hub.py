@@ -29,6 +29,7 @@ never logged, written to disk or put in a card.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -40,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx2
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -61,6 +61,24 @@ from .teachers import TeacherReferenceError, parse_hub_reference
 
 logger = logging.getLogger(__name__)
 
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The connection errors the Hub client lets through unwrapped (a refused or dropped connection).
+
+    The client raises its own classes for HTTP answers, but not for a connection that never got
+    one: those come from its transport, `httpx` in huggingface_hub 1.x and `httpx2` in 2.x. Both are
+    looked up, so the package imports whichever of the two the installed client brings.
+    """
+    errors = []
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).TransportError)
+        except ImportError:
+            continue
+    return tuple(errors)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
 CARD_NAME = "README.md"
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _CHUNK = 1 << 20
@@ -239,7 +257,7 @@ def _push_errors(repo_id: str):
         if status == 412:
             raise HubError(f"{repo_id} changed on the Hub while pushing (someone else pushed); push again") from None
         raise HubError(f"the Hub at {_endpoint()} failed while pushing to {repo_id}: {e}") from None
-    except (httpx2.TransportError, OfflineModeIsEnabled) as e:
+    except (*_TRANSPORT_ERRORS, OfflineModeIsEnabled) as e:
         raise HubUnavailableError(f"could not reach the Hub at {_endpoint()} to push {repo_id} ({type(e).__name__}: {e}); "
                        "check the connection and HF_ENDPOINT, and that HF_HUB_OFFLINE is not set") from None
 

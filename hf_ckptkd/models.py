@@ -4,7 +4,8 @@ A model spec is `timm:<timm model name>` or `transformers:<config class name or 
 timm models are wrapped in `TimmForImageClassification` so that `transformers.Trainer` trains
 them unchanged (forward takes `pixel_values` and `labels`, returns `loss` and `logits`).
 Saved folders are each family's own format, so a folder is already a Hub-ready model repo:
-timm's Hub format (loadable with `timm.create_model("local-dir:<folder>", pretrained=True)`) or
+timm's Hub format (loadable with `timm.create_model("local-dir:<folder>", pretrained=True)` where
+torch.load reads safetensors; `load_model` reads the weights itself) or
 transformers' `save_pretrained` files. Weights are safetensors only; nothing is unpickled.
 """
 
@@ -217,12 +218,50 @@ def load_model(folder: str | Path, *, device: str | torch.device | None = None) 
     if not (folder / WEIGHTS_NAME).is_file() and not list(folder.glob("model-*.safetensors")):
         raise ModelSpecError(f"{folder} has a config.json but no {WEIGHTS_NAME}; save the model with safetensors")
     if "architecture" in config:  # timm's Hub format
-        model = TimmForImageClassification(timm.create_model(f"local-dir:{folder}", pretrained=True))
+        model = TimmForImageClassification(_load_timm_folder(folder))
     else:
         auto = AutoModelForImageClassification if config.get("model_type") in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES \
             else AutoModelForSequenceClassification
         model = auto.from_pretrained(folder, use_safetensors=True)
+        normalisation = read_processor_normalisation(folder)
+        if normalisation is not None:  # the config does not hold it: keep it for the teacher/student input check
+            setattr(model, RECORDED_NORMALISATION, normalisation)
     return model.to(device) if device is not None else model
+
+
+# A transformers model loaded from a folder with an image processor carries its (mean, std) here.
+RECORDED_NORMALISATION = "_hf_ckptkd_normalisation"
+PROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def read_processor_normalisation(folder: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(image_mean, image_std) of a saved image processor in `folder`, or None when it has none."""
+    path = Path(folder) / PROCESSOR_CONFIG
+    if not path.is_file():
+        return None
+    values = json.loads(path.read_text())
+    mean, std = values.get("image_mean"), values.get("image_std")
+    if mean is None or std is None:
+        return None
+
+    def as_tuple(v):
+        return (float(v),) if isinstance(v, (int, float)) else tuple(float(x) for x in v)
+
+    return as_tuple(mean), as_tuple(std)
+
+
+def _load_timm_folder(folder: Path) -> nn.Module:
+    """A timm model from its Hub-format folder: architecture and config from config.json, weights read
+    with safetensors here. (timm's own `pretrained=True` reads a local folder with `torch.load`, which
+    reads safetensors only in recent torch releases and would unpickle anything else.)"""
+    from safetensors.torch import load_file
+
+    model = timm.create_model(f"local-dir:{folder}", pretrained=False)
+    state_dict = {}
+    for weights in sorted(folder.glob("model*.safetensors")):
+        state_dict.update(load_file(weights))
+    model.load_state_dict(state_dict)
+    return model
 
 
 def _read_folder_config(folder: Path) -> dict:

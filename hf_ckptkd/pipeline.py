@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 
 from .config import CheckpointKDConfig, ConfigError
 from .recipe import PIPELINE_STAGES, Recipe
+from .runlog import RUN_LOG, log_to_file, say, stage_bar
 from .snapshots import SnapshotIndex
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,11 @@ class StudentCell:
 
 
 def _say(state: PartialState, message: str) -> None:
-    if state.is_main_process:
-        print(message, flush=True)
+    say(message, state.is_main_process)
+
+
+def _bar(state: PartialState, total: int, desc: str, unit: str):
+    return stage_bar(total, desc, unit, state.is_main_process)
 
 
 def check_run_dir(recipe: Recipe, output_dir: Path) -> None:
@@ -167,15 +171,19 @@ def _build(section, run: RunData, seed: int):
                        model_kwargs=section.model_kwargs)
 
 
-def _trainer(run: RunData, model, config, train, **kwargs):
+def _trainer(run: RunData, model, config, train, *, run_log: Path, unit: str, **kwargs):
     from .metrics import compute_metrics
     from .trainer import CheckpointKDTrainer
 
     tokenizers = {"teacher_tokenizer": run.tokenizer, "student_tokenizer": run.tokenizer} if config.teachers else {}
     if run.tokenizer is not None:  # snapshots then carry the tokenizer beside the weights
         tokenizers["processing_class"] = run.tokenizer
-    return CheckpointKDTrainer(model=model, args=config, train_dataset=train, data_collator=run.collator,
-                               compute_metrics=compute_metrics, label_names=run.label_names, **tokenizers, **kwargs)
+    if config.teachers and run.transform is not None:
+        kwargs["student_input"] = run.transform.input_spec()  # what the student is really fed
+    trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=train, data_collator=run.collator,
+                                  compute_metrics=compute_metrics, label_names=run.label_names, **tokenizers, **kwargs)
+    log_to_file(trainer, run_log, unit)  # the terminal keeps the stage lines; per-step logs go to the run's log
+    return trainer
 
 
 def teacher_dataset_record(recipe: Recipe, run: RunData) -> dict[str, Any]:
@@ -194,6 +202,7 @@ def teacher_dataset_record(recipe: Recipe, run: RunData) -> dict[str, Any]:
 def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: PartialState) -> list[SnapshotIndex]:
     train, validation, _ = _datasets(run)
     indexes = []
+    bar = _bar(state, recipe.full_ensemble, "teachers", "teacher")
     for i in range(recipe.full_ensemble):
         teacher_dir = output_dir / "teachers" / f"teacher-{i}"
         if finished_teacher(teacher_dir):
@@ -206,7 +215,8 @@ def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: Partia
             training.setdefault("save_total_limit", 1)
             config = _config(training, teacher_dir, seed=i)
             trainer = _trainer(run, _build(recipe.teacher, run, seed=i), config, train, eval_dataset=validation,
-                               dataset_record=teacher_dataset_record(recipe, run))
+                               dataset_record=teacher_dataset_record(recipe, run),
+                               run_log=output_dir / RUN_LOG, unit=f"teachers/teacher-{i}")
             resume = any(teacher_dir.glob("checkpoint-*"))
             trainer.train(resume_from_checkpoint=True if resume else None)
             state.wait_for_everyone()
@@ -217,6 +227,8 @@ def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: Partia
                         f"{' (resumed)' if resume else ''}, final validation accuracy "
                         f"{SnapshotIndex.load(teacher_dir).final.accuracy}")
         indexes.append(SnapshotIndex.load(teacher_dir))
+        bar.update()
+    bar.close()
     return indexes
 
 
@@ -239,7 +251,7 @@ def select(recipe: Recipe, run: RunData, output_dir: Path, index: SnapshotIndex,
             options = dict(recipe.selection)
             text = run.tokenizer is not None  # tokenized text carries its labels as `labels`
             report = select_teachers(index, run.validation, k=k, image_column=recipe.image_column,
-                                     label_column="labels" if text else run.columns.label, progress=False,
+                                     label_column="labels" if text else run.columns.label, progress=True,
                                      transform=run.transform, **options)
             report.extra["run"] = f"{recipe.name}/teacher-0"  # how a pushed teacher's card names its run
             report.save(folder)
@@ -305,6 +317,7 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
     train, validation, test = _datasets(run)
     results: dict[str, list[dict]] = {}
     runs = sorted({(c.teachers, s) for c in cells for s in range(seeds)}, key=lambda r: (len(r[0]), r[0], r[1]))
+    bar = _bar(state, len(runs), "student runs", "run")
     for n, (teachers, seed) in enumerate(runs, 1):
         run_dir = output_dir / "students" / _run_slug(teachers) / f"seed-{seed}"
         if not (run_dir / RESULT_NAME).is_file():
@@ -312,7 +325,8 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
             config = _config(recipe.student.training, run_dir, seed=seed, teachers=list(teachers) or None)
             last = recipe.best_of_last_epochs
             extra = {"eval_dataset": test, "callbacks": [EvaluateLastEpochs(last)]} if last else {}
-            trainer = _trainer(run, _build(recipe.student, run, seed=seed), config, train, **extra)
+            trainer = _trainer(run, _build(recipe.student, run, seed=seed), config, train, **extra,
+                               run_log=output_dir / RUN_LOG, unit=f"students/{_run_slug(teachers)}/seed-{seed}")
             trainer.train()
             val = trainer.evaluate(validation, metric_key_prefix="validation")
             tst = trainer.evaluate(test, metric_key_prefix="test")
@@ -333,6 +347,8 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
         for cell in cells:
             if cell.teachers == teachers:
                 results.setdefault(cell.name, []).append(result)
+        bar.update()
+    bar.close()
     return results
 
 
@@ -345,10 +361,11 @@ def teacher_test_accuracy(run: RunData, snapshots, output_dir: Path) -> dict[str
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     _, _, test = _datasets(run)
     accuracy = load_metric("accuracy")
-    device = PartialState().device
-    for snapshot in snapshots:
-        if snapshot.reference in cache:
-            continue
+    state = PartialState()
+    device = state.device
+    todo = [s for s in snapshots if s.reference not in cache]
+    bar = _bar(state, len(todo), "teacher test accuracy", "snapshot")
+    for snapshot in todo:
         model = snapshot.load_model(device=device).eval()
         predictions, references = [], []
         with torch.inference_mode():
@@ -359,6 +376,8 @@ def teacher_test_accuracy(run: RunData, snapshots, output_dir: Path) -> dict[str
                 references += batch["labels"].tolist()
         cache[snapshot.reference] = accuracy.compute(predictions=predictions, references=references)["accuracy"]
         cache_path.write_text(json.dumps(cache, indent=2))
+        bar.update()
+    bar.close()
     return cache
 
 
@@ -385,7 +404,7 @@ def run(recipe: Recipe, output_dir: str | Path, *, stages: list[str] | None = No
     started = time.time()
     run_data = load_run_data(recipe)
     _say(state, f"[{recipe.name}] {len(run_data.train)} training, {len(run_data.validation)} validation, "
-                f"{len(run_data.test)} test examples; run directory {output_dir}")
+                f"{len(run_data.test)} test examples; run directory {output_dir} (training logs in {RUN_LOG})")
 
     def stage(name: str) -> bool:
         selected = name in stages

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .config import ENSEMBLE_MODES, TEACHER_DTYPES, TEACHER_FUSIONS
+from .inputs import describe_remap, match_inputs, recorded_input
 from .models import (
     TRANSFORMERS,
     ModelSpecError,
@@ -323,6 +324,8 @@ class TeacherEnsemble(nn.Module):
                                                             device=self.device), persistent=False)
         self.num_labels, self.label_names = self._agreed_label_space()
         self.vocab_size = self._agreed_vocab_size()
+        # Per member: how the student's pixel values are turned into the member's own normalisation.
+        self.input_remaps: list = [None] * len(self.members)
 
         self.fusable, self.fusion_reason = self._fusability()
         self.fusion_used: str | None = None  # "fused" | "loop"; None until "auto" has measured
@@ -385,6 +388,23 @@ class TeacherEnsemble(nn.Module):
                                f"teacher {self.references[0]!r} ({_describe_module(self.members[0])}) in its {what}")
         return True, f"all {len(self.members)} teachers share one architecture"
 
+    def match_student_inputs(self, student: nn.Module, student_input=None) -> None:
+        """Check that every member reads the images the student is fed, and remap what differs.
+
+        A channel or image size mismatch is an `InputMismatchError` naming both values; a member
+        trained with another mean/std gets the student's pixel values remapped to its own
+        normalisation (`inputs.match_inputs`). `student_input` (an `inputs.InputSpec`) overrides
+        what the student records.
+        """
+        self.input_remaps = match_inputs(list(zip(self.references, self.members)), student, student_input)
+        s_spec = student_input or recorded_input(student)
+        for reference, member, remap in zip(self.references, self.members, self.input_remaps):
+            if remap is not None:
+                logger.warning(describe_remap(reference, s_spec, recorded_input(member)))
+        if any(self.input_remaps) and len(set(self.input_remaps)) > 1:
+            # Members that need different inputs cannot share one batched forward.
+            self.fusion_used, self._fused = "loop", None
+
     # -- properties --
     @property
     def device(self) -> torch.device:
@@ -401,7 +421,8 @@ class TeacherEnsemble(nn.Module):
         floating = [p.dtype for p in self.members.parameters() if p.is_floating_point()]
         if floating:
             self.dtype = floating[0]
-        if self.fusion == "auto" and self.fusable and len(self.members) > 1 and self.device != before:
+        one_input = len(set(getattr(self, "input_remaps", [None]))) == 1  # members fed differently always loop
+        if self.fusion == "auto" and self.fusable and one_input and len(self.members) > 1 and self.device != before:
             self.fusion_used, self.fusion_times = None, None  # the faster path depends on the device: measure again
         return result
 
@@ -426,15 +447,25 @@ class TeacherEnsemble(nn.Module):
 
     def _prepare(self, inputs: dict[str, Any]) -> dict[str, Any]:
         device = self.device
-        return {k: (v.to(device=device, dtype=self.dtype if v.is_floating_point() else v.dtype)
-                    if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        inputs = {k: (v.to(device=device, dtype=self.dtype if v.is_floating_point() else v.dtype)
+                      if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        shared = self.input_remaps[0] if len(set(self.input_remaps)) == 1 else None
+        if shared is not None and "pixel_values" in inputs:  # every member wants the same remap: apply it once
+            inputs["pixel_values"] = shared(inputs["pixel_values"])
+        return inputs
+
+    def _member_inputs(self, i: int, inputs: dict[str, Any]) -> dict[str, Any]:
+        remap = self.input_remaps[i]
+        if remap is None or len(set(self.input_remaps)) == 1 or "pixel_values" not in inputs:
+            return inputs  # nothing to do, or already remapped once for all members by _prepare
+        return {**inputs, "pixel_values": remap(inputs["pixel_values"])}
 
     def _run(self, path: str, inputs: dict[str, Any]) -> torch.Tensor:
         if path == "fused":
             if self._fused is None:
                 self._fused = _Fused(list(self.members), self.compile_fused)
             return self._fused(inputs)
-        return torch.stack([_logits_of(m(**inputs)) for m in self.members])
+        return torch.stack([_logits_of(m(**self._member_inputs(i, inputs))) for i, m in enumerate(self.members)])
 
     def _combine(self, stacked: torch.Tensor) -> torch.Tensor:
         w = self._weight_tensor.to(stacked.device)[:, None, None]

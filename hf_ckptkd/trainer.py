@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from transformers import Trainer
 
 from .config import CheckpointKDConfig, lr_decay_milestone_steps
+from .inputs import InputSpec
 from .losses import distillation_loss
 from .models import model_inputs, unwrap
 from .snapshots import SnapshotCallback
@@ -48,7 +49,7 @@ class CheckpointKDTrainer(Trainer):
     def __init__(self, model: nn.Module | None = None, args: CheckpointKDConfig | None = None, *,
                  teachers: TeacherEnsemble | Sequence[str | nn.Module] | None = None,
                  label_names: list[str] | None = None, teacher_tokenizer=None, student_tokenizer=None,
-                 dataset_record: dict | None = None, **kwargs):
+                 dataset_record: dict | None = None, student_input: InputSpec | None = None, **kwargs):
         if args is not None and not isinstance(args, CheckpointKDConfig):
             raise TypeError(f"args must be a CheckpointKDConfig (got {type(args).__name__}); it is a TrainingArguments "
                             "with the snapshot and distillation fields")
@@ -67,6 +68,8 @@ class CheckpointKDTrainer(Trainer):
             self.teachers.to(self.accelerator.device)
             check_label_space(self.teachers, unwrap(self.model), student_label_names=label_names,
                               teacher_tokenizer=teacher_tokenizer, student_tokenizer=student_tokenizer)
+            # Before the first step: channels and image size must agree, normalisation is remapped per teacher.
+            self.teachers.match_student_inputs(unwrap(self.model), student_input)
             # The loss is computed here, not by the model: never hand it num_items_in_batch.
             self.model_accepts_loss_kwargs = False
             _warn_if_clipping_kd(self.args)
