@@ -8,38 +8,55 @@ input and 1 for failures; `--debug` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from transformers import HfArgumentParser, set_seed
 
-from .config import ConfigError
+from .config import CheckpointKDConfig, ConfigError
+from .data import (
+    DataError,
+    ImageTransformConfig,
+    default_normalisation,
+    load_dataset_split,
+    load_tokenizer,
+    tokenize_text_dataset,
+)
+from .data_config import DataConfig, cli_splits
+from .dataset_record import dataset_record
+from .hub import HubInputError, push_teachers_to_hub
+from .inputs import InputMismatchError
+from .launch import exit_launched_process
+from .metrics import compute_metrics
+from .model_card import TOKENIZER_FILES
+from .models import ModelSpecError
+from .pipeline import run
+from .recipe import PIPELINE_STAGES, load_recipe
+from .selection import DEFAULT_OBJECTIVE, ESTIMATORS, OBJECTIVES, SelectionError
+from .selection.objective import DEFAULT_BETA
+from .selection.selector import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PROBE_SAMPLES, select_teachers
+from .snapshots import SnapshotError, SnapshotIndex
+from .study import run_study
+from .tasks import prepare_run_data
+from .teachers import LabelSpaceError, TeacherReferenceError
+from .trainer import CheckpointKDTrainer
 
 EXIT_BAD_INPUT, EXIT_FAILURE = 2, 1
 
 
-@dataclass
-class DataArguments:
-    """What to train on and which model to build (the flags beside `CheckpointKDConfig`)."""
+@dataclass(kw_only=True)
+class DataArguments(DataConfig):
+    """What to train on (the `DataConfig` flags recipes share) and which model to build."""
 
     model: str = field(metadata={"help": "Model spec: timm:<name> or transformers:<config class or Hub id>."})
-    dataset: str = field(default="fashion_mnist", metadata={"help": "'fashion_mnist' (built in) or a datasets id/path."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation examples."})
-    eval_split: str = field(default="test", metadata={"help": "Split evaluated during training."})
-    image_column: str = field(default="image", metadata={"help": "The dataset's image column."})
-    label_column: str = field(default="label", metadata={"help": "The dataset's label column."})
-    image_size: int = field(default=28, metadata={"help": "Square input size the images are resized to."})
-    in_chans: int = field(default=1, metadata={"help": "Input channels (1 = grey, 3 = RGB)."})
-    crop_padding: int = field(default=4, metadata={"help": "Train-time random crop padding (0 = no crop)."})
-    hflip: bool = field(default=True, metadata={"help": "Train-time random horizontal flip."})
-    text_column: str | None = field(default=None, metadata={"help": "For text datasets: the text column (then "
-                                                                    "--tokenizer is required)."})
-    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder or Hub id that teachers and "
-                                                                  "student share (text only)."})
-    max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens."})
     model_kwargs: str | None = field(default=None, metadata={"help": "JSON dict of model/config overrides, e.g. "
                                                                      "'{\"hidden_size\": 64}'."})
     config: str | None = field(default=None, metadata={"help": "YAML/JSON file of defaults for any flag."})
@@ -69,8 +86,6 @@ def _config_file_args(argv: list[str]) -> list[str]:
 
 
 def _parse(dataclass_types, argv: list[str], prog: str):
-    from transformers import HfArgumentParser
-
     parser = HfArgumentParser(dataclass_types, prog=prog)
     try:
         *parsed, rest = parser.parse_args_into_dataclasses(_config_file_args(argv), return_remaining_strings=True)
@@ -78,103 +93,49 @@ def _parse(dataclass_types, argv: list[str], prog: str):
         raise SystemExit(EXIT_BAD_INPUT if e.code else 0) from None
     if rest:
         known = sorted(a.lstrip("-") for a in parser._option_string_actions if a.startswith("--"))
-        import difflib
-
         bad = rest[0].lstrip("-")
         close = difflib.get_close_matches(bad, known, n=1)
         raise ConfigError(f"unknown flag {rest[0]}" + (f"; did you mean --{close[0]}?" if close else ""))
     return parsed
 
 
-def _image_data(data_args: DataArguments):
-    from . import data
-
-    train = data.load_dataset_split(data_args.dataset, "train", data_args.max_train_samples)
-    columns = data.ImageColumns(data_args.image_column,
-                                data.resolve_label_column(train, data_args.label_column, "--label_column"))
-    evaluation = data.load_dataset_split(data_args.dataset, data_args.eval_split, data_args.max_eval_samples)
-    names = data.label_names(train, columns)
-    transform = data.ImageTransformConfig(image_size=data_args.image_size, in_chans=data_args.in_chans,
-                                          crop_padding=data_args.crop_padding, hflip=data_args.hflip)
-    transform.mean, transform.std = data.default_normalisation(data_args.dataset, data_args.in_chans)
-    train_ds = data.with_image_transform(train, data.build_image_transform(transform, train=True), columns)
-    eval_ds = data.with_image_transform(evaluation, data.build_image_transform(transform, train=False), columns)
-    return train_ds, eval_ds, names, transform
-
-
-def _text_data(data_args: DataArguments):
-    from . import data
-
-    if not data_args.tokenizer:
-        raise ConfigError("--text_column needs --tokenizer (a tokenizer folder or Hub id the teachers were trained with)")
-    try:
-        tokenizer = data.load_tokenizer(data_args.tokenizer)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--tokenizer {data_args.tokenizer}: could not be loaded ({e})") from e
-    train = data.load_dataset_split(data_args.dataset, "train", data_args.max_train_samples)
-    evaluation = data.load_dataset_split(data_args.dataset, data_args.eval_split, data_args.max_eval_samples)
-    names = data.label_names(train, data.ImageColumns(data_args.text_column, data_args.label_column))
-    tokenized = [data.tokenize_text_dataset(ds, tokenizer, data_args.text_column, data_args.label_column,
-                                            data_args.max_length) for ds in (train, evaluation)]
-    return (*tokenized, names, tokenizer)
-
-
 def _train(argv: list[str], prog: str, distill: bool) -> int:
-    from transformers import DataCollatorWithPadding, set_seed
-
-    from .config import CheckpointKDConfig
-    from .data import image_collator
-    from .dataset_record import dataset_record
-    from .models import build_model
-    from .metrics import compute_metrics
-    from .trainer import CheckpointKDTrainer
-
     data_args, config = _parse((DataArguments, CheckpointKDConfig), argv, prog)
     if distill and not config.teachers:
         raise ConfigError("distill needs --teachers REF [REF ...] (snapshot folders, <snapshot_dir>:<name> or owner/name@rev)")
     if not distill and config.teachers:
         raise ConfigError("train-teacher trains without teachers; use `hf-ckptkd distill` to distil from --teachers")
-    if config.cache_teacher_logits and (data_args.crop_padding > 0 or data_args.hflip):
-        raise ConfigError("--cache_teacher_logits needs a deterministic training transform: add --crop_padding 0 "
-                          "--hflip false, or drop --cache_teacher_logits")
     config.remove_unused_columns = False  # the image transform produces the model's inputs on the fly
     kwargs = json.loads(data_args.model_kwargs) if data_args.model_kwargs else {}
-    if data_args.text_column:
-        train_ds, eval_ds, names, tokenizer = _text_data(data_args)
-        set_seed(config.seed)  # reproducible initial weights, as in transformers' example scripts
-        model = build_model(data_args.model, len(names), label_names=names, model_kwargs={
-            "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **kwargs})
-        collator = DataCollatorWithPadding(tokenizer)
-        shared = {"teacher_tokenizer": tokenizer, "student_tokenizer": tokenizer} if config.teachers else {}
-        shared["processing_class"] = tokenizer  # snapshots then carry the tokenizer beside the weights
-    else:
-        train_ds, eval_ds, names, transform = _image_data(data_args)
-        set_seed(config.seed)
-        model = build_model(data_args.model, len(names), label_names=names, in_chans=transform.in_chans,
-                            image_size=transform.image_size, mean=transform.mean, std=transform.std, model_kwargs=kwargs)
-        collator, shared = image_collator, ({"student_input": transform.input_spec()} if config.teachers else {})
-    record = dataset_record(data_args.dataset, train_split="train", train_examples=len(train_ds),
-                            eval_split=data_args.eval_split, eval_examples=len(eval_ds), test_split=data_args.eval_split,
+    splits = cli_splits(data_args, data_args.max_train_samples, data_args.max_eval_samples)
+    run = prepare_run_data(data_args, splits, where="the command line")
+    if config.cache_teacher_logits and not run.task.cache_safe(run):
+        raise ConfigError("--cache_teacher_logits needs a deterministic training transform: add --crop_padding 0 "
+                          "--hflip false, or drop --cache_teacher_logits")
+    train_ds, eval_ds, _ = run.model_ready()
+    set_seed(config.seed)  # reproducible initial weights, as in transformers' example scripts
+    model = run.build_model(data_args.model, kwargs)
+    record = dataset_record(data_args.dataset, train_split=data_args.train_split, train_examples=len(train_ds),
+                            eval_split=data_args.test_split, eval_examples=len(eval_ds), test_split=data_args.test_split,
                             image_column=data_args.image_column, label_column=data_args.label_column,
                             text_column=data_args.text_column, tokenizer=data_args.tokenizer,
                             max_length=data_args.max_length)
     trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                                  data_collator=collator, compute_metrics=compute_metrics, label_names=names,
-                                  dataset_record=record, **shared)
+                                  data_collator=run.collator, compute_metrics=compute_metrics,
+                                  label_names=run.label_names, dataset_record=record,
+                                  **run.trainer_kwargs(distilling=bool(config.teachers)))
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     # Reuse the evaluation the run already made at its last step instead of evaluating twice.
     last = trainer.state.log_history[-2] if len(trainer.state.log_history) > 1 else {}
     metrics = last if last.get("step") == trainer.state.global_step and "eval_accuracy" in last else trainer.evaluate()
     if trainer.is_world_process_zero():
-        print(f"{data_args.eval_split} accuracy: {metrics['eval_accuracy']:.4f}")
+        print(f"{data_args.test_split} accuracy: {metrics['eval_accuracy']:.4f}")
         if config.snapshot_strategy != "no":
             print(f"snapshots: {config.snapshot_dir}")
     return 0
 
 
 def cmd_snapshots(args) -> int:
-    from .snapshots import SnapshotIndex
-
     index = SnapshotIndex.load(args.snapshot_dir)
     print(f"{'name':<14}{'epoch':>8}{'step':>9}{'lr':>11}{'train loss':>12}{'eval acc':>10}  final")
     for s in index:
@@ -186,10 +147,6 @@ def cmd_snapshots(args) -> int:
 
 
 def _select_parser() -> argparse.ArgumentParser:
-    from .selection import DEFAULT_OBJECTIVE, ESTIMATORS, OBJECTIVES
-    from .selection.objective import DEFAULT_BETA
-    from .selection.selector import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PROBE_SAMPLES
-
     parser = argparse.ArgumentParser(
         prog="hf-ckptkd select",
         description="Score every snapshot of a teacher run on a probe set drawn from the training data and "
@@ -231,9 +188,6 @@ def _select_parser() -> argparse.ArgumentParser:
 
 def _select_tokenizer(args, index):
     """The text teachers' tokenizer: --tokenizer, else the one saved in the first snapshot."""
-    from .data import DataError, load_tokenizer
-    from .model_card import TOKENIZER_FILES
-
     source = args.tokenizer
     if source is None:
         first = index.snapshots[0].path if len(index) else None
@@ -256,8 +210,6 @@ def _select_tokenizer(args, index):
 
 def _select_probe(args, dataset, tokenizer):
     """The probe dataset as the selector takes it: tokenised text (with --text_column), else raw images."""
-    from .data import DataError, tokenize_text_dataset
-
     if args.text_column is None:
         if args.image_column not in dataset.column_names:
             texts = [c for c, f in dataset.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
@@ -276,13 +228,6 @@ def _select_probe(args, dataset, tokenizer):
 
 
 def cmd_select(args) -> int:
-    import math
-    import time
-
-    from .data import ImageTransformConfig, default_normalisation, load_dataset_split
-    from .selection.selector import select_teachers
-    from .snapshots import SnapshotIndex
-
     if not (math.isfinite(args.beta) and args.beta >= 0):
         raise ConfigError(f"--beta {args.beta}: β weighs the input information in J and must be a finite number >= 0 "
                           "(1 is the default; 0 scores the label information alone)")
@@ -339,8 +284,6 @@ def _push_parser() -> argparse.ArgumentParser:
 
 
 def cmd_push(args) -> int:
-    from .hub import push_teachers_to_hub
-
     pushed = push_teachers_to_hub(args.source, args.repo_id, private=args.private, as_revisions=args.as_revisions,
                                   token=args.token, revision_prefix=args.revision_prefix, names=args.names,
                                   dataset=args.dataset, run_name=args.run_name)
@@ -351,25 +294,9 @@ def cmd_push(args) -> int:
     return 0
 
 
-def _bad_input_errors() -> tuple[type[Exception], ...]:
-    from .data import DataError
-    from .models import ModelSpecError
-    from .snapshots import SnapshotError
-
-    errors: list[type[Exception]] = [ConfigError, DataError, ModelSpecError, SnapshotError]
-    from . import teachers
-
-    errors += [teachers.TeacherReferenceError, teachers.LabelSpaceError]
-    from .inputs import InputMismatchError
-
-    errors.append(InputMismatchError)
-    from .selection import SelectionError
-
-    errors.append(SelectionError)
-    from .hub import HubInputError
-
-    errors.append(HubInputError)
-    return tuple(errors)
+# The errors that mean "the input is wrong" (exit status 2), as opposed to a failure while running (1).
+BAD_INPUT_ERRORS = (ConfigError, DataError, ModelSpecError, SnapshotError, TeacherReferenceError, LabelSpaceError,
+                    InputMismatchError, SelectionError, HubInputError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,14 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
-        bad_input = isinstance(e, _bad_input_errors())
+        bad_input = isinstance(e, BAD_INPUT_ERRORS)
         print(f"hf-ckptkd {argv[0]}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT if bad_input else EXIT_FAILURE
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    from .recipe import PIPELINE_STAGES
-
     parser = argparse.ArgumentParser(prog="hf-ckptkd run", description="Run a recipe end to end (resumable).")
     parser.add_argument("recipe", help="A recipe YAML file (see recipes/).")
     parser.add_argument("--output_dir", "--output", default=None, help="Run directory (default runs/<recipe name>).")
@@ -418,9 +343,6 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from .pipeline import run
-    from .recipe import load_recipe
-
     recipe = load_recipe(args.recipe)
     output_dir = args.output_dir or f"runs/{recipe.name}"
     run(recipe, output_dir, stages=args.stages, seeds=args.seeds, oracle=args.oracle, push_to_hub=args.push_to_hub)
@@ -437,8 +359,6 @@ def _study_parser() -> argparse.ArgumentParser:
 
 
 def cmd_study(args) -> int:
-    from .study import run_study
-
     run_study(args.study, args.output_dir, args.seeds)
     return 0
 
@@ -452,8 +372,6 @@ def _simple_parser(command: str) -> argparse.ArgumentParser:
 
 def console_main() -> None:
     """The `hf-ckptkd` command; under `accelerate launch` a gloo process must not exit normally."""
-    from .launch import exit_launched_process
-
     exit_launched_process(main())
 
 

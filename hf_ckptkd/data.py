@@ -19,6 +19,9 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
 from PIL import Image as PILImage
 from torchvision.transforms import v2 as T
+from transformers import AutoTokenizer
+
+from .fortunes import FortunesMissingError, fortunes_tokenizer, load_fortunes_topics
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +141,6 @@ def _load_fashion_mnist_from_hub(split: str, limit: int | None, missing: Path) -
 
 
 def _fortunes_topics(split: str, limit: int | None = None) -> Dataset:
-    from .fortunes import FortunesMissingError, load_fortunes_topics
-
     try:
         return load_fortunes_topics(split, limit)
     except (FortunesMissingError, ValueError) as e:
@@ -167,11 +168,7 @@ def load_tokenizer(name_or_path: str):
     """`fortunes` (built in: WordPiece trained on the fortunes training split), a folder (e.g. a text
     teacher's snapshot, which holds its tokenizer), a Hub id, or `owner/name@revision` (a pushed
     teacher's tag, so the tokenizer is exactly the one saved with that teacher)."""
-    from transformers import AutoTokenizer
-
     if name_or_path == "fortunes":
-        from .fortunes import FortunesMissingError, fortunes_tokenizer
-
         try:
             return fortunes_tokenizer()
         except FortunesMissingError as e:
@@ -342,12 +339,6 @@ class ImageTransformConfig:
     std: tuple[float, ...] = FASHION_MNIST_STD
     crop_padding: int = field(default=4, metadata={"help": "Random crop with this padding at train time (0 = off)."})
     hflip: bool = field(default=True, metadata={"help": "Random horizontal flip at train time."})
-
-    def input_spec(self):
-        """The images this transform feeds a model, as the teacher/student input check compares them."""
-        from .inputs import InputSpec
-
-        return InputSpec(self.in_chans, (self.image_size, self.image_size), tuple(self.mean), tuple(self.std))
 
 
 def build_image_transform(config: ImageTransformConfig, train: bool) -> T.Compose:

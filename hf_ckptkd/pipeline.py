@@ -19,51 +19,25 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers import TrainerCallback
+from transformers import TrainerCallback, set_seed
 
 from .config import CheckpointKDConfig, ConfigError
+from .data_config import carved_splits
+from .dataset_record import dataset_record
+from .hub import push_teachers_to_hub
+from .metrics import compute_metrics, load_metric
+from .models import model_inputs
 from .recipe import PIPELINE_STAGES, Recipe
+from .results import NO_TEACHER, RESULT_NAME, StudentCell, write_report
 from .runlog import RUN_LOG, log_to_file, say, stage_bar
+from .selection import SelectionReport, select_teachers
 from .snapshots import SnapshotIndex
+from .tasks import RunData, prepare_run_data
+from .trainer import CheckpointKDTrainer
 
 logger = logging.getLogger(__name__)
 
 RECIPE_RECORD = "recipe.json"
-RESULT_NAME = "result.json"
-NO_TEACHER = "no_kd"  # the cell and the students/ folder of the students trained without a teacher
-
-
-@dataclass
-class RunData:
-    """The run's splits: training (minus validation), validation (carved from training), test.
-
-    Images get the recipe's transforms on the fly; text is tokenized once with the shared tokenizer.
-    """
-
-    train: Any
-    validation: Any
-    test: Any
-    label_names: list[str]
-    transform: Any = None       # ImageTransformConfig for images
-    columns: Any = None         # ImageColumns for images
-    tokenizer: Any = None       # the tokenizer teacher and student share, for text
-
-    @property
-    def collator(self):
-        from transformers import DataCollatorWithPadding
-
-        from .data import image_collator
-
-        return DataCollatorWithPadding(self.tokenizer) if self.tokenizer is not None else image_collator
-
-
-@dataclass(frozen=True)
-class StudentCell:
-    """One row of the results table: how the student is taught."""
-
-    name: str
-    teachers: tuple[str, ...]  # teacher references; empty = no KD
-    description: str
 
 
 def _say(state: PartialState, message: str) -> None:
@@ -93,60 +67,10 @@ def _write_recipe_record(recipe: Recipe, output_dir: Path) -> None:
 
 
 def load_run_data(recipe: Recipe) -> RunData:
-    from . import data
-
-    full = data.load_dataset_split(recipe.dataset, recipe.train_split, config_name=recipe.dataset_config)
-    try:
-        label = data.resolve_label_column(full, recipe.label_column, "label_column in the recipe")
-    except data.DataError as e:
-        raise ConfigError(f"dataset {recipe.dataset!r}: {e}") from None
-    names = data.label_names(full, data.ImageColumns(recipe.text_column or recipe.image_column, label))
-    # The validation split is carved from the whole training split with a fixed seed, so it is the
-    # same whatever train_samples says; the training subset is then taken from the rest.
-    rest, validation = data.stratified_split(full, recipe.validation_samples, seed=0, label_column=label)
-    if recipe.train_samples is not None:
-        if recipe.train_samples > len(rest):
-            raise ConfigError(f"train_samples={recipe.train_samples} but only {len(rest)} training examples remain after "
-                              f"carving {recipe.validation_samples} for validation")
-        rest = rest.select(range(recipe.train_samples))
-    if recipe.label_noise:
-        rest = data.with_label_noise(rest, label, recipe.label_noise, len(names))
-    test = data.load_dataset_split(recipe.dataset, recipe.test_split, recipe.test_samples, config_name=recipe.dataset_config)
-    if recipe.text_column:
-        return _text_run_data(recipe, rest, validation, test, names, label)
-    default_mean, default_std = data.default_normalisation(recipe.dataset, recipe.in_chans)
-    mean = tuple(recipe.mean) if recipe.mean else default_mean
-    std = tuple(recipe.std) if recipe.std else default_std
-    transform = data.ImageTransformConfig(image_size=recipe.image_size, in_chans=recipe.in_chans, mean=mean, std=std,
-                                          crop_padding=recipe.crop_padding, hflip=recipe.hflip)
-    return RunData(rest, validation, test, names, transform=transform,
-                   columns=data.ImageColumns(recipe.image_column, label))
-
-
-def _text_run_data(recipe: Recipe, train, validation, test, names, label: str) -> RunData:
-    from .data import DataError, load_tokenizer, tokenize_text_dataset
-
-    if not recipe.tokenizer:
-        raise ConfigError("a text recipe (text_column set) needs `tokenizer`: a tokenizer folder or Hub id that "
-                          "teacher and student share")
-    try:
-        tokenizer = load_tokenizer(recipe.tokenizer)
-    except (OSError, ValueError, DataError) as e:
-        raise ConfigError(f"tokenizer {recipe.tokenizer!r} could not be loaded ({e})") from e
-    splits = [tokenize_text_dataset(ds, tokenizer, recipe.text_column, label, recipe.max_length)
-              for ds in (train, validation, test)]
-    return RunData(*splits, names, tokenizer=tokenizer)
-
-
-def _datasets(run: RunData):
-    if run.tokenizer is not None:
-        return run.train, run.validation, run.test
-    from . import data
-
-    train = data.with_image_transform(run.train, data.build_image_transform(run.transform, train=True), run.columns)
-    evaluation = data.build_image_transform(run.transform, train=False)
-    return (train, data.with_image_transform(run.validation, evaluation, run.columns),
-            data.with_image_transform(run.test, evaluation, run.columns))
+    """The recipe's splits (validation carved from training, see `carved_splits`), prepared by its task."""
+    splits = carved_splits(recipe, train_samples=recipe.train_samples, validation_samples=recipe.validation_samples,
+                           test_samples=recipe.test_samples, label_noise=recipe.label_noise)
+    return prepare_run_data(recipe, splits, where=f"recipe {recipe.source or recipe.name}")
 
 
 def _config(section_training: dict[str, Any], output_dir: Path, seed: int, **fixed) -> CheckpointKDConfig:
@@ -157,39 +81,20 @@ def _config(section_training: dict[str, Any], output_dir: Path, seed: int, **fix
 
 
 def _build(section, run: RunData, seed: int):
-    from transformers import set_seed
-
-    from .models import build_model
-
     set_seed(seed)  # the initial weights too: students of one seed start alike whatever teaches them
-
-    if run.tokenizer is not None:
-        kwargs = {"vocab_size": len(run.tokenizer), "pad_token_id": run.tokenizer.pad_token_id, **section.model_kwargs}
-        return build_model(section.model, len(run.label_names), label_names=run.label_names, model_kwargs=kwargs)
-    return build_model(section.model, len(run.label_names), label_names=run.label_names, in_chans=run.transform.in_chans,
-                       image_size=run.transform.image_size, mean=run.transform.mean, std=run.transform.std,
-                       model_kwargs=section.model_kwargs)
+    return run.build_model(section.model, section.model_kwargs)
 
 
 def _trainer(run: RunData, model, config, train, *, run_log: Path, unit: str, **kwargs):
-    from .metrics import compute_metrics
-    from .trainer import CheckpointKDTrainer
-
-    tokenizers = {"teacher_tokenizer": run.tokenizer, "student_tokenizer": run.tokenizer} if config.teachers else {}
-    if run.tokenizer is not None:  # snapshots then carry the tokenizer beside the weights
-        tokenizers["processing_class"] = run.tokenizer
-    if config.teachers and run.transform is not None:
-        kwargs["student_input"] = run.transform.input_spec()  # what the student is really fed
     trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=train, data_collator=run.collator,
-                                  compute_metrics=compute_metrics, label_names=run.label_names, **tokenizers, **kwargs)
+                                  compute_metrics=compute_metrics, label_names=run.label_names,
+                                  **run.trainer_kwargs(distilling=bool(config.teachers)), **kwargs)
     log_to_file(trainer, run_log, unit)  # the terminal keeps the stage lines; per-step logs go to the run's log
     return trainer
 
 
 def teacher_dataset_record(recipe: Recipe, run: RunData) -> dict[str, Any]:
     """What the teachers train on (the training split less the validation carve) and are evaluated on."""
-    from .dataset_record import dataset_record
-
     return dataset_record(
         recipe.dataset, config=recipe.dataset_config, train_split=recipe.train_split, train_examples=len(run.train),
         eval_split=recipe.train_split, eval_examples=len(run.validation), eval_held_out=True,
@@ -200,7 +105,7 @@ def teacher_dataset_record(recipe: Recipe, run: RunData) -> dict[str, Any]:
 
 # --- stage 1: teachers ------------------------------------------------------------------------
 def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: PartialState) -> list[SnapshotIndex]:
-    train, validation, _ = _datasets(run)
+    train, validation, _ = run.model_ready()
     indexes = []
     bar = _bar(state, recipe.full_ensemble, "teachers", "teacher")
     for i in range(recipe.full_ensemble):
@@ -241,18 +146,15 @@ def finished_teacher(teacher_dir: Path) -> bool:
 
 # --- stage 2: selection -----------------------------------------------------------------------
 def select(recipe: Recipe, run: RunData, output_dir: Path, index: SnapshotIndex, state: PartialState) -> dict[int, Any]:
-    from .selection import SelectionReport, select_teachers
-
     reports = {}
     for k in sorted({1, recipe.ensemble_k}):
         folder = output_dir / "selection" / f"k{k}"
         if not (folder / "selection.json").is_file() and state.is_main_process:
             start = time.time()
             options = dict(recipe.selection)
-            text = run.tokenizer is not None  # tokenized text carries its labels as `labels`
             report = select_teachers(index, run.validation, k=k, image_column=recipe.image_column,
-                                     label_column="labels" if text else run.columns.label, progress=True,
-                                     transform=run.transform, **options)
+                                     label_column=run.label_column, progress=True, transform=run.transform,
+                                     **options)
             report.extra["run"] = f"{recipe.name}/teacher-0"  # how a pushed teacher's card names its run
             report.save(folder)
             _say(state, f"  k={k}: selected {', '.join(report.selected)} in {time.time() - start:.0f}s")
@@ -314,7 +216,7 @@ def _run_slug(teachers: tuple[str, ...]) -> str:
 def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[StudentCell], seeds: int,
                    state: PartialState) -> dict[str, list[dict]]:
     """Train each distinct (teachers, seed) once; cells that share teachers share the run."""
-    train, validation, test = _datasets(run)
+    train, validation, test = run.model_ready()
     results: dict[str, list[dict]] = {}
     runs = sorted({(c.teachers, s) for c in cells for s in range(seeds)}, key=lambda r: (len(r[0]), r[0], r[1]))
     bar = _bar(state, len(runs), "student runs", "run")
@@ -354,12 +256,9 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
 
 def teacher_test_accuracy(run: RunData, snapshots, output_dir: Path) -> dict[str, float]:
     """Test accuracy of each snapshot used as a teacher (cached in teachers/test_accuracy.json)."""
-    from .metrics import load_metric
-    from .models import model_inputs
-
     cache_path = output_dir / "teachers" / "test_accuracy.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    _, _, test = _datasets(run)
+    _, _, test = run.model_ready()
     accuracy = load_metric("accuracy")
     state = PartialState()
     device = state.device
@@ -385,8 +284,6 @@ def teacher_test_accuracy(run: RunData, snapshots, output_dir: Path) -> dict[str
 def run(recipe: Recipe, output_dir: str | Path, *, stages: list[str] | None = None, seeds: int | None = None,
         oracle: bool | None = None, push_to_hub: str | None = None) -> dict[str, Any] | None:
     """Run the recipe's stages under `output_dir`; returns the results (None if the report stage did not run)."""
-    from .results import write_report
-
     stages = list(stages or PIPELINE_STAGES)
     unknown = [s for s in stages if s not in PIPELINE_STAGES]
     if unknown:
@@ -433,8 +330,6 @@ def run(recipe: Recipe, output_dir: str | Path, *, stages: list[str] | None = No
         summary = write_report(recipe, output_dir, cells, results, indexes, reports, teacher_acc)
         print(summary["table"], flush=True)
         if push_to_hub:
-            from .hub import push_teachers_to_hub
-
             for k, report in reports.items():
                 pushed = push_teachers_to_hub(report, f"{push_to_hub}-k{k}")
                 _say(state, f"  pushed k={k}: {pushed}")
@@ -443,8 +338,6 @@ def run(recipe: Recipe, output_dir: str | Path, *, stages: list[str] | None = No
 
 
 def _load_reports(recipe: Recipe, output_dir: Path) -> dict[int, Any]:
-    from .selection import SelectionReport
-
     reports = {}
     for k in sorted({1, recipe.ensemble_k}):
         folder = output_dir / "selection" / f"k{k}"
@@ -462,11 +355,3 @@ def _load_student_results(output_dir: Path, cells: list[StudentCell], seeds: int
             if path.is_file():
                 results.setdefault(cell.name, []).append(json.loads(path.read_text()))
     return results
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-    return mean, std

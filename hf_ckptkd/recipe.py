@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from .config import DISTILLATION_FIELDS, CheckpointKDConfig, ConfigError
+from .data_config import DataConfig
 
 PIPELINE_STAGES = ("teachers", "select", "students", "report")
 
@@ -33,31 +34,17 @@ class ModelSection:
     training: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class Recipe:
-    """The pipeline's own keys. See recipes/fashion_mnist.yaml for a commented example."""
+@dataclass(kw_only=True)
+class Recipe(DataConfig):
+    """The pipeline's own keys beside the data's (`DataConfig`: dataset, columns, image size,
+    normalisation, text column, tokenizer …). See recipes/fashion_mnist.yaml for a commented example."""
 
     teacher: ModelSection
     student: ModelSection
     name: str = "experiment"
-    dataset: str = "fashion_mnist"
-    dataset_config: str | None = None     # a `datasets` config name (e.g. sst2 of nyu-mll/glue)
-    image_column: str = "image"
-    label_column: str = "label"
-    train_split: str = "train"
-    test_split: str = "test"
     train_samples: int | None = None      # a subset of the training split (None = all)
     validation_samples: int = 2000        # carved from the training data, stratified: selection probe, choices
     test_samples: int | None = None       # None = the whole test split; accuracy is reported on it
-    image_size: int = 28
-    in_chans: int = 1
-    mean: list[float] | None = None       # None: Fashion-MNIST statistics for fashion_mnist, else 0.5
-    std: list[float] | None = None
-    crop_padding: int = 4
-    hflip: bool = True
-    text_column: str | None = None        # set for text datasets (a tokenizer is then required)
-    tokenizer: str | None = None          # tokenizer folder or Hub id shared by teacher and student
-    max_length: int = 128
     seeds: int = 1                        # student seeds per cell
     full_ensemble: int = 2                # independently trained teachers in the "full ensemble"
     ensemble_k: int = 2                   # members of the selected snapshot ensemble

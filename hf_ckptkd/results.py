@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,25 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .pipeline import StudentCell, mean_std  # noqa: E402
+RESULT_NAME = "result.json"
+NO_TEACHER = "no_kd"  # the cell and the students/ folder of the students trained without a teacher
+
+
+@dataclass(frozen=True)
+class StudentCell:
+    """One row of the results table: how the student is taught."""
+
+    name: str
+    teachers: tuple[str, ...]  # teacher references; empty = no KD
+    description: str
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, std
 
 
 def _pp(value: float) -> str:

@@ -35,7 +35,8 @@ from typing import Any
 import yaml
 
 from .config import ConfigError
-from .pipeline import NO_TEACHER, RECIPE_RECORD, RESULT_NAME, finished_teacher, run
+from .pipeline import RECIPE_RECORD, finished_teacher, run
+from .results import NO_TEACHER, RESULT_NAME
 from .recipe import recipe_from_dict
 from .selection.objective import OBJECTIVES, j_from_scores
 

@@ -1,0 +1,79 @@
+"""What every task provides, and `RunData`, a run's data as its task prepared it.
+
+A task turns raw splits into what its models read, builds a model for them, collates batches and
+says what the trainer must be told so that teachers and student agree (tokenizers for text, the
+student's input normalisation for images). The pipeline and the CLI ask the task; they do not
+branch on the kind of data.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..data_config import DataConfig, Splits
+
+
+@dataclass
+class RunData:
+    """A run's splits, ready for its task: raw images (transformed on the fly) or tokenized text."""
+
+    task: "Task"
+    train: Any
+    validation: Any
+    test: Any
+    label_names: list[str]
+    label_column: str            # the label column of train/validation/test as they are held here
+    data: DataConfig
+    transform: Any = None        # ImageTransformConfig, for images
+    tokenizer: Any = None        # the tokenizer teachers and student share, for text
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def collator(self):
+        return self.task.collator(self)
+
+    def model_ready(self) -> tuple[Any, Any, Any]:
+        """(train, validation, test) as the models read them (train augmented where the task augments)."""
+        return self.task.model_ready(self)
+
+    def build_model(self, spec: str, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
+        """A fresh model for this data: its label names, and its inputs' shape and normalisation or vocabulary."""
+        return self.task.build_model(spec, self, dict(model_kwargs or {}))
+
+    def trainer_kwargs(self, distilling: bool) -> dict[str, Any]:
+        """What `CheckpointKDTrainer` needs beyond model, args and data, for this task."""
+        return self.task.trainer_kwargs(self, distilling)
+
+
+class Task(ABC):
+    """One kind of model and data: image classification, text classification, …"""
+
+    name: str
+
+    @abstractmethod
+    def prepare(self, data: DataConfig, splits: Splits, *, where: str) -> RunData:
+        """The run's data for this task; `where` names the source of `data` in errors (a flag, a recipe)."""
+
+    @abstractmethod
+    def model_ready(self, run: RunData) -> tuple[Any, Any, Any]:
+        ...
+
+    @abstractmethod
+    def collator(self, run: RunData):
+        ...
+
+    @abstractmethod
+    def build_model(self, spec: str, run: RunData, model_kwargs: dict[str, Any]) -> nn.Module:
+        ...
+
+    @abstractmethod
+    def trainer_kwargs(self, run: RunData, distilling: bool) -> dict[str, Any]:
+        ...
+
+    def cache_safe(self, run: RunData) -> bool:
+        """Whether the training inputs are the same every epoch (so teacher logits can be cached)."""
+        return True
