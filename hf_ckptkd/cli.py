@@ -38,9 +38,8 @@ from .model_card import TOKENIZER_FILES
 from .models import ModelSpecError
 from .pipeline import run
 from .recipe import PIPELINE_STAGES, load_recipe
-from .selection import DEFAULT_OBJECTIVE, ESTIMATORS, OBJECTIVES, SelectionError
-from .selection.objective import DEFAULT_BETA
-from .selection.selector import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PROBE_SAMPLES, select_teachers
+from .selection import ESTIMATORS, OBJECTIVES, SelectionError, select_teachers
+from .selection.settings import DEFAULT_BATCH_SIZE, DEFAULT_BETA, DEFAULT_MAX_PROBE_SAMPLES, DEFAULT_OBJECTIVE
 from .snapshots import SnapshotError, SnapshotIndex
 from .study import run_study
 from .tasks import prepare_run_data

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

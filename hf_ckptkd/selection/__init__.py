@@ -4,12 +4,12 @@
 - `estimators`: matrix-based Rényi alpha=2 mutual information (default) and a k-means plug-in
   estimator for cross-checks, behind one interface (`ESTIMATORS`, `build_estimator`).
 - `label_information`: the label terms Ĩ(Y;P), Ĩ(Y;F), variational lower bounds in bits.
+- `settings`: `SelectionSettings`, the probe's and the objective's settings in one dataclass.
 - `objective`: `Candidate`, the objective J, the trivial baselines, the choice of k teachers
   (`select_from_candidates`).
 - `report`: `SelectionReport` (`selection.json`, `table.md`, `information_plane.png`).
 - `selector`: `select_teachers`, which loads the snapshots, extracts their features and logits
-  on the probe set and calls `select_from_candidates` (imported lazily on first access, since it
-  loads model code; not in `__all__`).
+  on the probe set (`extract_candidates`) and calls `select_from_candidates`.
 """
 
 from .errors import (
@@ -45,7 +45,6 @@ from .estimators import (
 )
 from .label_information import features_label_bits, outputs_label_bits, shannon_entropy_bits
 from .objective import (
-    DEFAULT_OBJECTIVE,
     INFORMATION_OBJECTIVES,
     OBJECTIVES,
     TRIVIAL_OBJECTIVES,
@@ -56,23 +55,18 @@ from .objective import (
     select_from_candidates,
 )
 from .report import SelectionReport, SnapshotScore
+from .selector import extract_candidates, select_teachers
+from .settings import DEFAULT_OBJECTIVE, SelectionSettings
 
 __all__ = [
     "BinningEstimator", "Candidate", "ClassCountMismatchError", "DEFAULT_ESTIMATOR", "DEFAULT_KAPPA",
     "DEFAULT_OBJECTIVE", "DegenerateProbeError", "ESTIMATORS", "EmptyProbeError", "INFORMATION_OBJECTIVES",
     "InformationEstimator", "LabelSpaceMismatchError", "MutualInformation", "NonFiniteError", "OBJECTIVES", "ProbeTooSmallError",
-    "Renyi2Estimator", "SelectionError", "SelectionReport", "ShapeMismatchError", "SingleClassProbeError",
+    "Renyi2Estimator", "SelectionError", "SelectionReport", "SelectionSettings", "ShapeMismatchError", "SingleClassProbeError",
     "SnapshotScore", "SparseClassError", "TRIVIAL_OBJECTIVES", "TemperatureTooHighError", "TooManyTeachersError",
     "UnknownEstimatorError", "UnknownObjectiveError", "build_estimator", "choose_members", "features_label_bits",
     "gaussian_gram", "j_from_scores", "label_gram", "median_pairwise_distance", "objective_value",
-    "outputs_label_bits", "renyi2_entropy", "renyi2_mutual_information", "select_from_candidates",
+    "outputs_label_bits", "renyi2_entropy", "renyi2_mutual_information", "extract_candidates", "select_from_candidates", "select_teachers",
     "shannon_entropy_bits",
 ]
 
-
-def __getattr__(name: str):
-    if name == "select_teachers":
-        from .selector import select_teachers
-
-        return select_teachers
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -51,7 +51,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..config import DEFAULT_TEMPERATURE
 from .errors import (
     ClassCountMismatchError,
     NonFiniteError,
@@ -63,8 +62,6 @@ from .errors import (
     UnknownObjectiveError,
 )
 from .estimators import (
-    DEFAULT_ESTIMATOR,
-    DEFAULT_KAPPA,
     ESTIMATORS,
     MutualInformation,
     build_estimator,
@@ -73,16 +70,15 @@ from .estimators import (
     output_embedding,
 )
 from .report import SelectionReport, SnapshotScore
+from .settings import (
+    DEFAULT_BETA,
+    DEFAULT_EXHAUSTIVE_LIMIT,
+    SelectionSettings,
+)
 
 INFORMATION_OBJECTIVES = ("outputs", "features")
 TRIVIAL_OBJECTIVES = ("final", "accuracy")
 OBJECTIVES = INFORMATION_OBJECTIVES + TRIVIAL_OBJECTIVES
-# The default is the selector with the lowest worst-case regret over the selector-evidence cells
-# (README, "Selector across tasks"; benchmarks/selection_studies.py), whichever it is.
-DEFAULT_OBJECTIVE = "accuracy"
-DEFAULT_BETA = 1.0
-DEFAULT_EXHAUSTIVE_LIMIT = 500
-DEFAULT_ACCURACY_MARGIN = 0.05
 # Softened outputs whose largest and smallest probability differ by less than this are uniform to
 # float precision: the temperature has washed out everything the snapshot says.
 UNIFORM_SPREAD = 1e-6
@@ -288,53 +284,113 @@ def accuracy_warnings(candidates: Sequence[Candidate], accuracy: Sequence[float]
         for i in chosen if accuracy[i] < accuracy[best] - margin]
 
 
-def select_from_candidates(
-    candidates: Sequence[Candidate],
-    inputs: Tensor,
-    labels: Tensor,
-    *,
-    k: int = 1,
-    objective: str = DEFAULT_OBJECTIVE,
-    temperature: float = DEFAULT_TEMPERATURE,
-    beta: float = DEFAULT_BETA,
-    kappa: float = DEFAULT_KAPPA,
-    estimator: str = DEFAULT_ESTIMATOR,
-    seed: int = 0,
-    chunk_size: int | None = None,
-    exhaustive_limit: int = DEFAULT_EXHAUSTIVE_LIMIT,
-    accuracy_margin: float = DEFAULT_ACCURACY_MARGIN,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-    estimator_options: dict[str, Any] | None = None,
-    progress: bool = False,
-) -> SelectionReport:
-    """Score every candidate snapshot on the probe set and choose `k` teachers.
+@dataclass
+class ScoredCandidates:
+    """Every candidate's information and probe accuracy, and what scoring an ensemble needs."""
+
+    candidates: Sequence[Candidate]
+    eligible: list[int]          # the candidates that may be chosen (not the initialisation)
+    features: list[MutualInformation]
+    outputs: list[MutualInformation]
+    accuracy: list[float]
+    probs: list[Tensor]          # output embeddings at the temperature, for an ensemble's mean
+    estimator: Any
+
+
+def score_candidates(candidates: Sequence[Candidate], inputs: Tensor, labels: Tensor, settings: SelectionSettings, *,
+                     device=None, progress: bool = False) -> ScoredCandidates:
+    """Check the request and the probe, then estimate every candidate's information terms."""
+    s = settings
+    check_request(s.objective, s.estimator, s.temperature)
+    if isinstance(s.k, bool) or not isinstance(s.k, int) or s.k < 1:
+        raise TooManyTeachersError(f"k must be a positive integer number of teachers, got {s.k!r}")
+    if not 0 <= s.accuracy_margin <= 1:
+        raise SelectionError(f"accuracy_margin must lie in [0, 1] (a fraction of accuracy), got {s.accuracy_margin}")
+    _, y = check_probe(inputs, labels)
+    num_classes = _check_candidates(candidates)
+    check_probe_classes(y, num_classes)
+    eligible = _eligible(candidates, s.k)
+    device = _pick_device(inputs, candidates, device)
+    est = build_estimator(s.estimator, inputs, labels, kappa=s.kappa, seed=s.seed, chunk_size=s.chunk_size,
+                          dtype=s.dtype, device=device, num_classes=num_classes, **(s.estimator_options or {}))
+    probs = _softened_outputs(candidates, eligible, s.temperature, device)
+    feats, outs, accuracy = _information(candidates, probs, est, y.cpu(), progress)
+    return ScoredCandidates(candidates, eligible, feats, outs, accuracy, probs, est)
+
+
+def choose(scored: ScoredCandidates, settings: SelectionSettings) -> tuple[list[int], str, MutualInformation, float,
+                                                                           list[float]]:
+    """(chosen indices in rank order, search, the chosen set's information and J, every candidate's own J)."""
+    s, c = settings, scored
+    infos = c.features if s.objective == "features" else c.outputs
+    information = s.objective in INFORMATION_OBJECTIVES
+    single_j = ([objective_value(info, s.beta) for info in infos] if information
+                else trivial_values(c.candidates, s.objective, c.accuracy))
+    cache: dict[tuple[int, ...], tuple[MutualInformation, float]] = {}
+
+    def score(members: tuple[int, ...]) -> tuple[MutualInformation, float]:
+        """(information, J) of a set of members; an ensemble's information is estimated on its fused
+        representation, a trivial selector's J is its members' mean."""
+        if members not in cache:
+            if len(members) == 1:
+                info = infos[members[0]]
+            elif s.objective == "features":
+                info = c.estimator.features([c.candidates[i].features for i in members])
+            else:
+                info = c.estimator.outputs(torch.stack([c.probs[i] for i in members]).mean(dim=0))
+            cache[members] = (info, objective_value(info, s.beta) if information else
+                              sum(single_j[i] for i in members) / len(members))
+        return cache[members]
+
+    if information:
+        chosen, search, ensemble_j = choose_members(single_j, c.eligible, s.k, lambda m: score(m)[1],
+                                                    exhaustive_limit=s.exhaustive_limit)
+    else:
+        chosen = sorted(c.eligible, key=lambda i: (-single_j[i], i))[:s.k]
+        search, ensemble_j = "top-k", score(tuple(sorted(chosen)))[1]
+    return chosen, search, score(tuple(sorted(chosen)))[0], ensemble_j, single_j
+
+
+def report_choice(scored: ScoredCandidates, settings: SelectionSettings, chosen: list[int], search: str,
+                  ensemble_info: MutualInformation, ensemble_j: float, single_j: list[float]) -> SelectionReport:
+    """The `SelectionReport` of a choice: every candidate's scores, the chosen set, the warnings."""
+    s, c = settings, scored
+    rank = {i: r + 1 for r, i in enumerate(chosen)}
+    scores = [
+        SnapshotScore(
+            name=cand.name, epoch=cand.epoch, step=cand.step, accuracy=c.accuracy[i],
+            i_xf=c.features[i].x, i_yf=c.features[i].y, i_xp=c.outputs[i].x, i_yp=c.outputs[i].y, j=single_j[i],
+            chosen=i in rank, rank=rank.get(i), init=cand.is_init, path=cand.path, metadata=dict(cand.metadata))
+        for i, cand in enumerate(c.candidates)
+    ]
+    names = [c.candidates[i].name for i in chosen]
+    return SelectionReport(
+        selected=names, scores=scores, objective=s.objective, k=s.k, temperature=float(s.temperature),
+        beta=float(s.beta), kappa=float(s.kappa), estimator=s.estimator, probe_size=c.estimator.n, seed=int(s.seed),
+        search=search, ensemble={"members": names, "i_x": ensemble_info.x, "i_y": ensemble_info.y, "j": ensemble_j},
+        label_entropy_bits=float(c.estimator.entropy_y), accuracy_margin=float(s.accuracy_margin),
+        warnings=accuracy_warnings(c.candidates, c.accuracy, c.eligible, chosen, s.accuracy_margin),
+        estimator_options=c.estimator.options())
+
+
+def select_from_candidates(candidates: Sequence[Candidate], inputs: Tensor, labels: Tensor,
+                           settings: SelectionSettings | None = None, *, device: torch.device | str | None = None,
+                           progress: bool = False, **overrides: Any) -> SelectionReport:
+    """Score every candidate snapshot on the probe set and choose `settings.k` teachers.
 
     Args:
         candidates: the snapshots in training order (see `Candidate`); the initialisation among
             them is scored but never chosen.
         inputs: the probe inputs, N × ... (flattened for the input kernel K_X).
         labels: the probe labels, N integer class indices.
-        k: how many teachers; 1 <= k <= number of non-initial candidates.
-        objective: "outputs" (J on Î(X;P), Ĩ(Y;P)), "features" (J on Î(X;F), Ĩ(Y;F)), or a trivial
-            selector: "final" (the last snapshots) or "accuracy" (the best validation accuracy).
-            Every snapshot is scored whatever the objective. An ensemble (k > 1) is scored on the
-            mean of its members' probabilities ("outputs") or on the concatenation of its members'
-            features, each scaled to unit median pairwise distance ("features").
-        temperature: the distillation temperature T at which outputs are softened.
-        beta: weight of the input term in J.
-        kappa: feature/input kernel width as a fraction of the median pairwise distance.
-        estimator: a name in `ESTIMATORS` ("renyi2", default, or "binning").
-        seed: seeds the random pairs of the median distance, the halves of the cross-fitted
-            feature probe (and the k-means of "binning").
-        chunk_size: rows per Gram block (None: dense up to 20k examples, chunked beyond).
-        exhaustive_limit: search all C(n, k) ensembles when there are at most this many.
-        accuracy_margin: flag a chosen snapshot whose probe accuracy is more than this (a fraction,
-            0.05 = 5 points) below the best candidate's.
-        dtype: compute dtype (float32 by default).
+        settings: a `SelectionSettings` (k, objective, temperature, beta, kappa, estimator, seed,
+            chunk_size, exhaustive_limit, accuracy_margin, dtype, estimator_options); any of them
+            may also be given as a keyword argument, which wins. Every snapshot is scored whatever
+            the objective. An ensemble (k > 1) is scored on the mean of its members' probabilities
+            ("outputs") or on the concatenation of its members' features, each scaled to unit
+            median pairwise distance ("features"); the trivial objectives take their k best.
         device: where to compute; default the first accelerator among the inputs and the first
             candidate's tensors, else the inputs' device.
-        estimator_options: further keyword arguments for the estimator's constructor.
         progress: show a progress bar over the candidates.
 
     Returns:
@@ -344,76 +400,9 @@ def select_from_candidates(
     Raises (all subclasses of `SelectionError`, a `ValueError`): `EmptyProbeError`,
     `SingleClassProbeError`, `ProbeTooSmallError`, `SparseClassError`, `ClassCountMismatchError`,
     `TooManyTeachersError`, `ShapeMismatchError`, `NonFiniteError`, `TemperatureTooHighError`,
-    `DegenerateProbeError`, `UnknownEstimatorError`, `UnknownObjectiveError`.
+    `DegenerateProbeError`, `UnknownEstimatorError`, `UnknownObjectiveError`, and a plain
+    `SelectionError` for an unknown setting.
     """
-    check_request(objective, estimator, temperature)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise TooManyTeachersError(f"k must be a positive integer number of teachers, got {k!r}")
-    if not 0 <= accuracy_margin <= 1:
-        raise SelectionError(f"accuracy_margin must lie in [0, 1] (a fraction of accuracy), got {accuracy_margin}")
-    _, y = check_probe(inputs, labels)
-    num_classes = _check_candidates(candidates)
-    check_probe_classes(y, num_classes)
-    eligible = _eligible(candidates, k)
-
-    device = _pick_device(inputs, candidates, device)
-    est = build_estimator(estimator, inputs, labels, kappa=kappa, seed=seed, chunk_size=chunk_size, dtype=dtype,
-                          device=device, num_classes=num_classes, **(estimator_options or {}))
-    probs = _softened_outputs(candidates, eligible, temperature, device)
-    feats, outs, accuracy = _information(candidates, probs, est, y.cpu(), progress)
-
-    infos = feats if objective == "features" else outs
-    information = objective in INFORMATION_OBJECTIVES
-    single_j = ([objective_value(info, beta) for info in infos] if information
-                else trivial_values(candidates, objective, accuracy))
-    cache: dict[tuple[int, ...], tuple[MutualInformation, float]] = {}
-
-    def score(members: tuple[int, ...]) -> tuple[MutualInformation, float]:
-        """(information, J) of a set of members; an ensemble's information is estimated on its fused
-        representation, a trivial selector's J is its members' mean."""
-        if members not in cache:
-            if len(members) == 1:
-                info = infos[members[0]]
-            elif objective == "features":
-                info = est.features([candidates[i].features for i in members])
-            else:
-                info = est.outputs(torch.stack([probs[i] for i in members]).mean(dim=0))
-            cache[members] = (info, objective_value(info, beta) if information else
-                              sum(single_j[i] for i in members) / len(members))
-        return cache[members]
-
-    if information:
-        chosen, search, ensemble_j = choose_members(single_j, eligible, k, lambda m: score(m)[1],
-                                                    exhaustive_limit=exhaustive_limit)
-    else:
-        chosen = sorted(eligible, key=lambda i: (-single_j[i], i))[:k]
-        search, ensemble_j = "top-k", score(tuple(sorted(chosen)))[1]
-    ensemble_info, _ = score(tuple(sorted(chosen)))
-    rank = {i: r + 1 for r, i in enumerate(chosen)}
-    scores = [
-        SnapshotScore(
-            name=c.name, epoch=c.epoch, step=c.step, accuracy=accuracy[i],
-            i_xf=feats[i].x, i_yf=feats[i].y, i_xp=outs[i].x, i_yp=outs[i].y, j=single_j[i],
-            chosen=i in rank, rank=rank.get(i), init=c.is_init, path=c.path, metadata=dict(c.metadata))
-        for i, c in enumerate(candidates)
-    ]
-    warnings = accuracy_warnings(candidates, accuracy, eligible, chosen, accuracy_margin)
-    return SelectionReport(
-        selected=[candidates[i].name for i in chosen],
-        scores=scores,
-        objective=objective,
-        k=k,
-        temperature=float(temperature),
-        beta=float(beta),
-        kappa=float(kappa),
-        estimator=estimator,
-        probe_size=est.n,
-        seed=int(seed),
-        search=search,
-        ensemble={"members": [candidates[i].name for i in chosen], "i_x": ensemble_info.x,
-                  "i_y": ensemble_info.y, "j": ensemble_j},
-        label_entropy_bits=float(est.entropy_y),
-        accuracy_margin=float(accuracy_margin),
-        warnings=warnings,
-        estimator_options=est.options(),
-    )
+    settings = SelectionSettings.of(settings, **overrides)
+    scored = score_candidates(candidates, inputs, labels, settings, device=device, progress=progress)
+    return report_choice(scored, settings, *choose(scored, settings))

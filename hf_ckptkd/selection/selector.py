@@ -51,13 +51,11 @@ from .errors import (
     SingleClassProbeError,
     TooManyTeachersError,
 )
-from .estimators import DEFAULT_ESTIMATOR, check_probe_classes
-from ..config import DEFAULT_TEMPERATURE
-from .objective import DEFAULT_OBJECTIVE, Candidate, check_request, select_from_candidates
+from .estimators import check_probe_classes
+from .objective import Candidate, check_request, select_from_candidates
+from .settings import SelectionSettings
 from .report import SelectionReport
 
-DEFAULT_MAX_PROBE_SAMPLES = 2000
-DEFAULT_BATCH_SIZE = 256
 
 Transform = Callable[[Any], torch.Tensor]
 
@@ -333,17 +331,14 @@ class ProbeCandidates:
 def extract_candidates(
     snapshots: SnapshotIndex | str | os.PathLike | Sequence[Snapshot],
     probe_dataset,
+    settings: SelectionSettings | None = None,
     *,
-    max_probe_samples: int | None = DEFAULT_MAX_PROBE_SAMPLES,
-    seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device | None = None,
-    label_column: str = "label",
-    image_column: str = "image",
     transform: ImageTransformConfig | Transform | None = None,
     held_out_probe=None,
     progress: bool = True,
     default_transform: ImageTransformConfig | None = None,
+    **overrides: Any,
 ) -> ProbeCandidates:
     """Draw the probe set and run every snapshot over it (the first half of `select_teachers`).
 
@@ -351,6 +346,9 @@ def extract_candidates(
     under several objectives or settings without running the models again:
     `select_from_candidates(pc.candidates, pc.inputs, pc.labels, objective=...)`.
     """
+    settings = SelectionSettings.of(settings, **overrides)
+    max_probe_samples, seed, batch_size = settings.max_probe_samples, settings.seed, settings.batch_size
+    label_column, image_column = settings.label_column, settings.image_column
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise SelectionError(f"batch_size must be a positive integer, got {batch_size!r}")
     snapshot_list, snapshot_dir = _as_snapshots(snapshots)
@@ -451,21 +449,15 @@ def extract_candidates(
 def select_teachers(
     snapshots: SnapshotIndex | str | os.PathLike | Sequence[Snapshot],
     probe_dataset,
-    k: int = 1,
-    temperature: float = DEFAULT_TEMPERATURE,
-    objective: str = DEFAULT_OBJECTIVE,
-    estimator: str = DEFAULT_ESTIMATOR,
-    max_probe_samples: int | None = DEFAULT_MAX_PROBE_SAMPLES,
-    seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    k: int | None = None,
+    *,
+    settings: SelectionSettings | None = None,
     device: str | torch.device | None = None,
-    label_column: str = "label",
-    image_column: str = "image",
     transform: ImageTransformConfig | Transform | None = None,
     held_out_probe=None,
     progress: bool = True,
     default_transform: ImageTransformConfig | None = None,
-    **options: Any,
+    **overrides: Any,
 ) -> SelectionReport:
     """Score every snapshot of a teacher run on a probe set and choose `k` teachers.
     Args:
@@ -474,14 +466,13 @@ def select_teachers(
             initialisation: scored, never chosen.
         probe_dataset: a `datasets.Dataset` with raw images and integer labels (e.g.
             `load_fashion_mnist("train")`), normally the teachers' training data.
-        k: how many teachers (1 <= k <= number of non-initial snapshots).
-        temperature: the distillation temperature T at which the outputs are softened.
-        objective: "outputs" (J on Î(X;P), Ĩ(Y;P)), "features" (J on Î(X;F), Ĩ(Y;F)), or a
-            trivial baseline: "final" (the last snapshot) or "accuracy" (best validation accuracy).
-        estimator: "renyi2" (default) or "binning".
-        max_probe_samples: probe size: a label-stratified sample seeded by `seed` (None: all).
-        seed: seeds the probe draw and the estimator.
-        batch_size: probe examples per forward pass.
+        k: how many teachers (1 <= k <= number of non-initial snapshots); default `settings.k` (1).
+        settings: a `SelectionSettings`: the probe (max_probe_samples, seed, batch_size,
+            label_column, image_column; `label` and `labels` stand for each other when the dataset
+            has only the other, as after `tokenize_text_dataset`) and the choice (objective,
+            temperature, beta, kappa, estimator, accuracy_margin, …). Any of its fields may also
+            be given as a keyword argument, which wins: `select_teachers(run, data, k=2,
+            objective="outputs", max_probe_samples=1000)`.
         device: where models run and the estimator computes; default the accelerator, if any.
         label_column, image_column: the dataset's columns (`label` and `labels` stand for each other
             when the dataset has only the other, as after `tokenize_text_dataset`).
@@ -494,8 +485,6 @@ def select_teachers(
             same way; each snapshot's accuracy on it goes into `metadata["held_out_accuracy"]`.
             It does not enter J: the estimator computes every term on one probe set.
         progress: tqdm bars over the snapshots and their batches.
-        **options: passed to `select_from_candidates` (beta, kappa, chunk_size, exhaustive_limit,
-            accuracy_margin, dtype, estimator_options).
 
     Returns:
         the `SelectionReport`, with `snapshot_dir` set (when the snapshots share one folder) and
@@ -510,7 +499,9 @@ def select_teachers(
         named columns.
     """
     started = time.perf_counter()
-    check_request(objective, estimator, temperature)
+    settings = SelectionSettings.of(settings, **overrides, **({} if k is None else {"k": k}))
+    k = settings.k
+    check_request(settings.objective, settings.estimator, settings.temperature)
     snapshot_list, _ = _as_snapshots(snapshots)
     # Requests that cannot succeed fail here, before any model runs.
     n_init = sum(s.global_step == 0 for s in snapshot_list)
@@ -521,15 +512,12 @@ def select_teachers(
             f"k={k!r} teachers requested but there are {n_candidates} candidate snapshots{note}; use "
             f"1 <= k <= {n_candidates}, or keep more snapshots (e.g. a smaller snapshot_every)")
     probe = extract_candidates(
-        snapshots if isinstance(snapshots, SnapshotIndex) else snapshot_list, probe_dataset,
-        max_probe_samples=max_probe_samples, seed=seed, batch_size=batch_size, device=device,
-        label_column=label_column, image_column=image_column, transform=transform, held_out_probe=held_out_probe,
-        progress=progress, default_transform=default_transform)
+        snapshots if isinstance(snapshots, SnapshotIndex) else snapshot_list, probe_dataset, settings, device=device,
+        transform=transform, held_out_probe=held_out_probe, progress=progress, default_transform=default_transform)
 
     t0 = time.perf_counter()
-    report = select_from_candidates(
-        probe.candidates, probe.inputs, probe.labels, k=k, objective=objective, temperature=temperature,
-        estimator=estimator, seed=seed, device=probe.device, progress=progress, **options)
+    report = select_from_candidates(probe.candidates, probe.inputs, probe.labels, settings, device=probe.device,
+                                    progress=progress)
     report.snapshot_dir = probe.snapshot_dir
     report.extra.update(probe.info)
     report.extra["timing_s"].update({"scoring": round(time.perf_counter() - t0, 3),

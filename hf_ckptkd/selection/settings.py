@@ -1,0 +1,76 @@
+"""`SelectionSettings`: everything that decides a selection besides the snapshots and the probe data.
+
+One dataclass is passed from `select_teachers` through `extract_candidates` to
+`select_from_candidates`, so the probe's and the objective's settings are written once. Every
+function also takes them as keyword arguments (`select_teachers(..., k=2, objective="outputs")`),
+which override the given settings; an unknown name is a `SelectionError` naming the nearest one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import DEFAULT_TEMPERATURE
+from .errors import SelectionError
+from .estimators import DEFAULT_ESTIMATOR, DEFAULT_KAPPA
+
+# The default is the selector with the lowest worst-case regret over the selector-evidence cells
+# (README, "Selector across tasks"; benchmarks/selection_studies.py), whichever it is.
+DEFAULT_OBJECTIVE = "accuracy"
+DEFAULT_BETA = 1.0
+DEFAULT_EXHAUSTIVE_LIMIT = 500
+DEFAULT_ACCURACY_MARGIN = 0.05
+DEFAULT_MAX_PROBE_SAMPLES = 2000
+DEFAULT_BATCH_SIZE = 256
+
+
+@dataclass
+class SelectionSettings:
+    """How the probe is drawn and the teachers are chosen.
+
+    Probe: `max_probe_samples` (a label-stratified sample seeded by `seed`; None: all), `batch_size`
+    (examples per forward pass), `label_column`, `image_column`.
+    Choice: `k` teachers by `objective` ("outputs", "features", or the trivial "final", "accuracy")
+    at `temperature`, with `beta` weighing the input term, `kappa` the kernel width, `estimator`
+    ("renyi2" or "binning"); `chunk_size` rows per Gram block (None: dense up to 20k examples);
+    ensembles searched exhaustively up to `exhaustive_limit` combinations; a chosen snapshot more
+    than `accuracy_margin` below the best probe accuracy is flagged; `dtype` of the estimator;
+    `estimator_options` for its constructor.
+    """
+
+    k: int = 1
+    objective: str = DEFAULT_OBJECTIVE
+    temperature: float = DEFAULT_TEMPERATURE
+    beta: float = DEFAULT_BETA
+    kappa: float = DEFAULT_KAPPA
+    estimator: str = DEFAULT_ESTIMATOR
+    seed: int = 0
+    max_probe_samples: int | None = DEFAULT_MAX_PROBE_SAMPLES
+    batch_size: int = DEFAULT_BATCH_SIZE
+    label_column: str = "label"
+    image_column: str = "image"
+    chunk_size: int | None = None
+    exhaustive_limit: int = DEFAULT_EXHAUSTIVE_LIMIT
+    accuracy_margin: float = DEFAULT_ACCURACY_MARGIN
+    dtype: torch.dtype = torch.float32
+    estimator_options: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, settings: "SelectionSettings | None" = None, **overrides: Any) -> "SelectionSettings":
+        """`settings` (default: the defaults) with `overrides` applied; unknown names are an error."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for name in overrides:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                raise SelectionError(f"unknown selection setting {name!r}" + (f"; did you mean {close[0]!r}?" if close
+                                     else f"; the settings are {', '.join(names)}"))
+        return dataclasses.replace(settings or cls(), **overrides)
+
+
+__all__ = ["DEFAULT_ACCURACY_MARGIN", "DEFAULT_BATCH_SIZE", "DEFAULT_BETA", "DEFAULT_EXHAUSTIVE_LIMIT",
+           "DEFAULT_MAX_PROBE_SAMPLES", "DEFAULT_OBJECTIVE", "SelectionSettings"]
