@@ -232,7 +232,7 @@ def _select_parser() -> argparse.ArgumentParser:
 def _select_tokenizer(args, index):
     """The text teachers' tokenizer: --tokenizer, else the one saved in the first snapshot."""
     from .data import DataError, load_tokenizer
-    from .model_card import TOKENIZER_FILES
+    from .hub.card import TOKENIZER_FILES
 
     source = args.tokenizer
     if source is None:

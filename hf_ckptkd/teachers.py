@@ -28,7 +28,6 @@ import copy
 import itertools
 import json
 import logging
-import re
 import statistics
 import time
 import warnings
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from .config import ENSEMBLE_MODES, TEACHER_DTYPES, TEACHER_FUSIONS
+from .hub.load import load_hub_teacher
 from .inputs import describe_remap, match_inputs, recorded_input
 from .models import (
     TRANSFORMERS,
@@ -53,6 +53,7 @@ from .models import (
     num_labels_of,
     unwrap,
 )
+from .references import REFERENCE_FORMS, TeacherReferenceError, is_hub_reference, parse_hub_reference
 from .snapshots import SnapshotError, resolve_snapshot_reference
 
 logger = logging.getLogger(__name__)
@@ -60,19 +61,11 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 assert set(DTYPES) == set(TEACHER_DTYPES)
 
-REFERENCE_FORMS = ("an nn.Module, a snapshot folder (holding snapshot.json), '<snapshot_dir>:<name>' (e.g. "
-                   "runs/t/snapshots:epoch-0012), a saved model folder (config.json + model.safetensors), or a "
-                   "Hub repo 'owner/name' with an optional '@revision'")
-
 # Relative difference (to the largest logit) above which the fused path is taken to disagree with the loop.
 # It only catches gross errors (members that are not really one architecture): TF32/half kernels differ far less.
 _FUSION_CHECK_TOL = 5e-2
 # "auto" keeps the fused path only when it takes less than this fraction of the loop's time.
 _FUSED_MARGIN = 0.95
-
-
-class TeacherReferenceError(ValueError):
-    """A teacher reference that names no loadable teacher."""
 
 
 class TeacherFusionError(ValueError):
@@ -87,41 +80,7 @@ class TeacherOutputError(RuntimeError):
     """Teacher logits that contain NaN or inf."""
 
 
-# --- references ---------------------------------------------------------------------------
-
-_HUB_NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
-_HUB_REPO_RE = re.compile(rf"^(?P<owner>{_HUB_NAME})/(?P<name>{_HUB_NAME})$")
-_BAD_REVISION_RE = re.compile(r"\s|\.\.|[:~^?*\[\\]|@\{")
-
-
-def parse_hub_reference(reference: str) -> tuple[str, str | None]:
-    """`owner/name[@revision]` -> `(repo_id, revision or None)`; `TeacherReferenceError` for another shape.
-
-    Owner and name follow the Hub's rules (letters, digits, `-`, `_`, `.`; no `--` or `..`; at most
-    96 characters); a revision is a branch, tag or commit (`main`, `v1.0`, `refs/pr/1`, a SHA).
-    """
-    if not isinstance(reference, str):
-        raise TeacherReferenceError(f"Hub reference {reference!r} is not a string 'owner/name[@revision]'")
-    repo_id, sep, revision = reference.partition("@")
-    match = _HUB_REPO_RE.match(repo_id)
-    if match is None or "--" in repo_id or ".." in repo_id or repo_id.endswith(".git"):
-        raise TeacherReferenceError(
-            f"{reference!r} is not a Hub reference: write 'owner/name' or 'owner/name@revision' (letters, digits, "
-            "'-', '_' and '.' in owner and name, no '--' or '..', at most 96 characters each)")
-    if sep and (not revision or _BAD_REVISION_RE.search(revision) or revision.endswith(("/", "."))):
-        raise TeacherReferenceError(
-            f"{reference!r} has an invalid revision {revision!r}: after '@' give a branch, tag or commit "
-            "(e.g. main, v1.0, refs/pr/1 or a commit SHA)")
-    return repo_id, (revision if sep else None)
-
-
-def is_hub_reference(reference: str) -> bool:
-    try:
-        parse_hub_reference(reference)
-    except TeacherReferenceError:
-        return False
-    return True
-
+# --- loading ---------------------------------------------------------------------------
 
 def _as_member(model: nn.Module, reference: str) -> nn.Module:
     """A teacher model in a form the project understands (a bare timm model gets the project's wrapper)."""
@@ -166,16 +125,10 @@ def load_teacher(reference: str | Path | nn.Module) -> nn.Module:
         except ModelSpecError as e:
             raise TeacherReferenceError(f"teacher reference {ref!r}: {e}") from e
     if is_hub_reference(ref):
-        return _as_member(_load_from_hub(ref), ref)
+        return _as_member(load_hub_teacher(ref), ref)
     raise TeacherReferenceError(f"teacher reference {ref!r} is not a local path that exists, nor a snapshot "
                                 f"'<snapshot_dir>:<name>' whose snapshot_dir exists, nor a Hub repo; a teacher "
                                 f"reference is {REFERENCE_FORMS}")
-
-
-def _load_from_hub(reference: str) -> nn.Module:
-    from .hub import load_hub_teacher  # imported here: hub builds on this module
-
-    return load_hub_teacher(reference)
 
 
 def _describe_module(model: nn.Module) -> str:

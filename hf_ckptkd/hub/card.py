@@ -20,11 +20,16 @@ from dataclasses import asdict
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-from .dataset_record import DatasetIdentity, identity, split_phrase
-from .selection.report import OBJECTIVE_DESCRIPTIONS, PLANE_PNG, SelectionReport, SnapshotScore
-from .snapshots import METADATA_NAME, Snapshot
+from .. import architectures
+from ..data import default_normalisation
+from ..dataset_record import DatasetIdentity, identity, split_phrase
+from ..selection.objective import INFORMATION_OBJECTIVES, OBJECTIVES, j_from_scores
+from ..selection.report import OBJECTIVE_DESCRIPTIONS, PLANE_PNG, SelectionReport, SnapshotScore, format_epoch
+from ..snapshots import METADATA_NAME, Snapshot
 
+CARD_NAME = "README.md"  # the file the Hub shows as a repo's card
 TAGS = ["knowledge-distillation", "checkpoint-kd", "teacher"]
 CITATION = """@inproceedings{wang2022efficient,
   title     = {Efficient Knowledge Distillation from Model Checkpoints},
@@ -65,8 +70,6 @@ def _metric_label(key: str) -> tuple[str, str]:
 
 
 def _registered_by_hf_ckptkd(architecture: str) -> bool:
-    from . import architectures
-
     return architecture in architectures._VARIANTS
 
 
@@ -83,8 +86,6 @@ def model_facts(snapshot: Snapshot) -> dict[str, Any]:
                 "pipeline_tag": "image-classification", "registered": _registered_by_hf_ckptkd(config["architecture"]),
                 "in_chans": int(input_size[0]), "image_size": int(input_size[-1]),
                 "mean": cfg.get("mean"), "std": cfg.get("std"), "has_tokenizer": has_tokenizer}
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
-
     image = config.get("model_type") in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
     id2label = config.get("id2label") or {}
     labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
@@ -125,17 +126,11 @@ def dataset_facts(snapshot: Snapshot, report: SelectionReport | None, dataset: s
 
 def _inputs(facts: dict[str, Any], dataset: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean and std the teacher's inputs are normalised with (what it records, else the training default)."""
-    from .data import default_normalisation
-
     mean, std = facts.get("mean"), facts.get("std")
     if mean is not None and std is not None and len(mean) == len(std) == facts["in_chans"]:
         return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
     mean, std = default_normalisation(dataset or "", facts["in_chans"])
     return tuple(round(v, 4) for v in mean), tuple(round(v, 4) for v in std)
-
-
-def _fmt_epoch(epoch: float) -> str:
-    return f"{int(epoch)}" if float(epoch).is_integer() else f"{epoch:.2f}"
 
 
 def _round(value: Any) -> Any:
@@ -156,8 +151,6 @@ def other_selectors(report: SelectionReport) -> list[tuple[str, str, list[str]]]
     the information objectives score the ensemble as a whole, which the report does not hold for
     other objectives, so only the trivial baselines (the last k, the k most accurate) are given.
     """
-    from .selection.objective import INFORMATION_OBJECTIVES, OBJECTIVES, j_from_scores
-
     scores = [asdict(s) for s in report.scores]
     picks = []
     for objective in OBJECTIVES:
@@ -239,7 +232,7 @@ def _split_label(part: dict[str, Any]) -> str | None:
 
 
 def _intro(snapshot, facts, repo_id, revision, ensemble, run, name, record, ident) -> list[str]:
-    epoch = _fmt_epoch(snapshot.epoch)
+    epoch = format_epoch(snapshot.epoch)
     lines = [
         f"# {repo_id.split('/')[1]}: teacher `{snapshot.name}` of run `{run}`", "",
         f"A **knowledge-distillation teacher** published with hf-ckptkd: the `{facts['architecture']}` "
@@ -312,7 +305,7 @@ def _claim() -> list[str]:
 
 
 def _snapshot_table(snapshot, run, metrics, record) -> list[str]:
-    epoch = _fmt_epoch(snapshot.epoch)
+    epoch = format_epoch(snapshot.epoch)
     shown = ", ".join(f"{_metric_label(k)[1]} {v:.4f}" for k, v in metrics.items()) or "none recorded"
     evaluated = split_phrase(record.get("eval"))
     lr = f"{snapshot.learning_rate:.3g}" if snapshot.learning_rate is not None else "-"
@@ -472,5 +465,5 @@ def _distil_section(facts, repo_id, revision, ensemble, report, name, record, id
     return lines
 
 
-__all__ = ["CITATION", "TAGS", "build_model_card", "dataset_facts", "is_task_metric", "model_facts", "other_selectors",
+__all__ = ["CARD_NAME", "CITATION", "TAGS", "build_model_card", "dataset_facts", "is_task_metric", "model_facts", "other_selectors",
            "task_metrics"]
