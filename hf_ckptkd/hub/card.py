@@ -10,6 +10,10 @@ Every fenced code block of a card runs as written against the Hub the teacher wa
 tests push each kind of teacher and run them): loading it with its family's own library (timm, or
 transformers with the teacher's own tokenizer for text), and distilling from it with hf-ckptkd on a
 small slice of its dataset when that dataset can be loaded by name.
+
+The text is `card_template.md`, rendered by `huggingface_hub.ModelCard.from_template` (Jinja2):
+the prose lives in the template, and this module works out what it states (the model's facts
+from its own files, the data from the snapshot's record, the selection's scores), formatted.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -29,6 +34,7 @@ from ..selection.objective import INFORMATION_OBJECTIVES, OBJECTIVES, j_from_sco
 from ..selection.report import OBJECTIVE_DESCRIPTIONS, PLANE_PNG, SelectionReport, SnapshotScore, format_epoch
 from ..snapshots import METADATA_NAME, Snapshot
 
+TEMPLATE = Path(__file__).with_name("card_template.md")  # the card's Markdown, with Jinja2 fields
 CARD_NAME = "README.md"  # the file the Hub shows as a repo's card
 TAGS = ["knowledge-distillation", "checkpoint-kd", "teacher"]
 CITATION = """@inproceedings{wang2022efficient,
@@ -171,16 +177,44 @@ def build_model_card(snapshot: Snapshot, repo_id: str, revision: str, *, report:
 
     `revision` is the tag naming this member; `ensemble` the references of all members pushed
     together (this one included); `plot` whether `information_plane.png` is uploaded beside it;
-    `dataset` names the run's data when neither the snapshot nor the selection records it.
+    `dataset` names the run's data when neither the snapshot nor the selection records it. The
+    text is `card_template.md` filled in with what the snapshot and the selection record.
     """
     facts = model_facts(snapshot)
     run = run or _run_name(snapshot, report)
     name, record, ident = dataset_facts(snapshot, report, dataset)
     reference = f"{repo_id}@{revision}"
     ensemble = list(ensemble) or [reference]
-    task = facts["pipeline_tag"]
     metrics = task_metrics(snapshot.eval_metrics)
+    data = _card_data(snapshot, facts, run, record, ident, metrics, reference, ensemble,
+                      _selection_block(report, score))
+    return ModelCard.from_template(
+        data, template_path=str(TEMPLATE), repo_id=repo_id, repo_name=repo_id.split("/")[1], revision=revision,
+        reference=reference, ensemble=ensemble, run=run, snapshot=snapshot, model=facts, epoch=format_epoch(snapshot.epoch),
+        data=_data_context(name, record, ident), selection=_selection_context(snapshot, report, score), plot=plot,
+        plane_png=PLANE_PNG, metadata_name=METADATA_NAME, pointer=POINTER, citation=CITATION,
+        sha256=sorted(snapshot.sha256.items()), has_metrics=bool(metrics),
+        metrics_shown=", ".join(f"{_metric_label(k)[1]} {v:.4f}" for k, v in metrics.items()) or "none recorded",
+        learning_rate=f"{snapshot.learning_rate:.3g}" if snapshot.learning_rate is not None else "-",
+        train_loss=f"{snapshot.train_loss:.4f}" if snapshot.train_loss is not None else "-",
+        inputs=_inputs_context(facts, name), sample_texts=SAMPLE_TEXTS,
+        distil=_distil_context(facts, report, record, ident))
 
+
+def _selection_block(report: SelectionReport | None, score: SnapshotScore | None) -> dict[str, Any]:
+    """The selection's settings and this snapshot's scores, for the card's metadata."""
+    if score is None or report is None:
+        return {}
+    return {"rank": score.rank, "k": report.k, "objective": report.objective, "temperature": report.temperature,
+            "beta": report.beta, "estimator": report.estimator, "probe_size": report.probe_size,
+            **{key: _round(getattr(score, key)) for key in ("accuracy", "i_xf", "i_yf", "i_xp", "i_yp", "j")}}
+
+
+def _card_data(snapshot: Snapshot, facts: dict[str, Any], run: str, record: dict[str, Any],
+               ident: DatasetIdentity | None, metrics: dict[str, float], reference: str, ensemble: list[str],
+               selection: dict[str, Any]) -> ModelCardData:
+    """The card's metadata: the Hub's fields, model-index results when the data is known, and `checkpoint_kd`."""
+    task = facts["pipeline_tag"]
     eval_results = None
     if ident is not None and metrics:  # model-index needs the dataset: without a record, the text only
         evaluated = record.get("eval") or {}
@@ -188,11 +222,6 @@ def build_model_card(snapshot: Snapshot, repo_id: str, revision: str, *, report:
                      dataset_config=record.get("config"), dataset_split=_split_label(evaluated))
         eval_results = [EvalResult(task_type=task, metric_type=_metric_label(key)[0], metric_name=_metric_label(key)[1],
                                    metric_value=_round(value), **where) for key, value in metrics.items()]
-    selection: dict[str, Any] = {}
-    if score is not None and report is not None:
-        selection = {"rank": score.rank, "k": report.k, "objective": report.objective, "temperature": report.temperature,
-                     "beta": report.beta, "estimator": report.estimator, "probe_size": report.probe_size,
-                     **{key: _round(getattr(score, key)) for key in ("accuracy", "i_xf", "i_yf", "i_xp", "i_yp", "j")}}
     checkpoint_kd = {
         "run": run, "snapshot": snapshot.name, "epoch": snapshot.epoch, "global_step": snapshot.global_step,
         "final": snapshot.final, "family": facts["family"], "architecture": facts["architecture"],
@@ -200,22 +229,12 @@ def build_model_card(snapshot: Snapshot, repo_id: str, revision: str, *, report:
         "sha256": dict(sorted(snapshot.sha256.items())), "reference": reference, "ensemble": ensemble,
         **({"dataset": record} if record else {}), **({"selection": selection} if selection else {}),
     }
-    data = ModelCardData(
+    return ModelCardData(
         library_name=facts["family"], tags=[*TAGS, task], pipeline_tag=task,
         datasets=list(ident.hub_ids) if ident is not None and ident.hub_ids else None,
         metrics=sorted({_metric_label(k)[0] for k in metrics}) or None,
         model_name=reference, eval_results=eval_results, checkpoint_kd=checkpoint_kd,
     )
-    text = "\n".join([
-        *_intro(snapshot, facts, repo_id, revision, ensemble, run, name, record, ident),
-        *_why(snapshot, report, score, plot),
-        *_claim(),
-        *_snapshot_table(snapshot, run, metrics, record),
-        *_load_section(facts, repo_id, revision, reference, name),
-        *_distil_section(facts, repo_id, revision, ensemble, report, name, record, ident),
-        "## Citation", "", "```bibtex", CITATION, "```", "",
-    ])
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{text}")
 
 
 def _plain(display: str) -> str:
@@ -231,239 +250,59 @@ def _split_label(part: dict[str, Any]) -> str | None:
     return str(part["split"])
 
 
-def _intro(snapshot, facts, repo_id, revision, ensemble, run, name, record, ident) -> list[str]:
-    epoch = format_epoch(snapshot.epoch)
-    lines = [
-        f"# {repo_id.split('/')[1]}: teacher `{snapshot.name}` of run `{run}`", "",
-        f"A **knowledge-distillation teacher** published with hf-ckptkd: the `{facts['architecture']}` "
-        f"({facts['family']}) snapshot `{snapshot.name}`, taken at epoch {epoch} (global step "
-        f"{snapshot.global_step}) of the teacher run `{run}`"
-        + (", the run's final model." if snapshot.final else ", before the end of that run (not its final model)."),
-    ]
-    if ident is not None:
-        trained = split_phrase(record.get("train"))
-        evaluated = split_phrase(record.get("eval"))
-        sentence = f"Trained on {trained + ' of ' if trained else ''}{ident.display}"
-        if record.get("label_noise"):
-            sentence += f", with {record['label_noise']:.0%} of the training labels replaced by another class"
-        sentence += f"; evaluated on {evaluated}." if evaluated else "."
-        lines += ["", sentence]
-    if facts["text"]:
-        lines += ["", "Its tokenizer is saved with it (load it with `AutoTokenizer`, below)." if facts["has_tokenizer"]
-                  else "This snapshot holds no tokenizer: use the one it was trained with"
-                  + (f" (`{record['tokenizer']}`)." if record.get("tokenizer") else ".")]
-    lines += ["", f"The tag `{revision}` pins exactly these weights: load `{repo_id}@{revision}`."]
-    if len(ensemble) > 1:
-        lines += ["", f"It is one of {len(ensemble)} teachers published together as a snapshot ensemble: "
-                      + ", ".join(f"`{r}`" for r in ensemble) + "."]
-    return lines + [""]
-
-
-def _why(snapshot, report, score, plot) -> list[str]:
-    lines = ["## Why this snapshot", ""]
-    if report is None or score is None:
-        return lines + ["It was published without a selection report: nothing here says it teaches better than "
-                        "the run's other snapshots.", ""]
-    n = sum(not s.init for s in report.scores)
-    how = OBJECTIVE_DESCRIPTIONS.get(report.objective, report.objective)
-    lines += [
-        f"Chosen by hf-ckptkd's `{report.objective}` selector ({how}; T = {report.temperature:g}, "
-        f"β = {report.beta:g}) as teacher {score.rank} of {report.k}, among the {n} snapshots of the run. Every "
-        f"snapshot was scored on the same probe set of {report.probe_size} examples with the `{report.estimator}` "
-        "estimator (information on a fixed [0, 1] scale).", "",
-        report.explain(snapshot.name), "",
-        "| rank | probe accuracy | Î(X;F) | Ĩ(Y;F) | Î(X;P) | Ĩ(Y;P) | J |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {score.rank} of {report.k} | {score.accuracy:.2%} | {score.i_xf:.4f} | {score.i_yf:.4f} | "
-        f"{score.i_xp:.4f} | {score.i_yp:.4f} | {score.j:.4f} |", "",
-    ]
-    picks = other_selectors(report)
-    if picks:
-        lines += ["On the same scores, hf-ckptkd's other selectors pick:", "",
-                  "| selector | what it maximises | picks |", "|---|---|---|"]
-        lines += [f"| `{objective}` | {what} | {', '.join(f'`{p}`' for p in pick)} |" for objective, what, pick in picks]
-        lines.append("")
-    if report.warnings:
-        lines += [f"> **Warning:** {w}" for w in report.warnings] + [""]
-    if plot:
-        lines += [f"![The information plane of the run: Î(X;F) against Ĩ(Y;F) per snapshot, chosen teachers "
-                  f"ringed; J and accuracy against epoch]({PLANE_PNG})", ""]
-    return lines
-
-
-def _claim() -> list[str]:
-    return [
-        "## The method, and what it was measured to do", "",
-        "Wang et al., NeurIPS 2022 (*Efficient Knowledge Distillation from Model Checkpoints*) report that an "
-        "intermediate checkpoint of a teacher's training run can teach a student better than the fully converged "
-        "teacher, and that such checkpoints can be chosen by maximising the task-related mutual information of their "
-        "representations. That is the paper's finding, not a measurement of this teacher: no student distilled from "
-        "it is evaluated on this card. How far the effect held in hf-ckptkd's own runs (every snapshot teaching "
-        f"students over several seeds, beside the final teacher and the trivial selectors) is measured in {POINTER}.",
-        "",
-    ]
-
-
-def _snapshot_table(snapshot, run, metrics, record) -> list[str]:
-    epoch = format_epoch(snapshot.epoch)
-    shown = ", ".join(f"{_metric_label(k)[1]} {v:.4f}" for k, v in metrics.items()) or "none recorded"
-    evaluated = split_phrase(record.get("eval"))
-    lr = f"{snapshot.learning_rate:.3g}" if snapshot.learning_rate is not None else "-"
-    loss = f"{snapshot.train_loss:.4f}" if snapshot.train_loss is not None else "-"
-    weights = "; ".join(f"`{f}` `{h}`" for f, h in sorted(snapshot.sha256.items()))
-    return [
-        "## Snapshot", "",
-        "| run | snapshot | epoch | global step | learning rate | training loss | evaluation |",
-        "|---|---|---:|---:|---:|---:|---|",
-        f"| `{run}` | `{snapshot.name}` | {epoch} | {snapshot.global_step} | {lr} | {loss} | {shown} |", "",
-        *([f"The evaluation is on {evaluated}.", ""] if evaluated and metrics else []),
-        f"SHA-256 of the weights (also in `{METADATA_NAME}`, checked by hf-ckptkd when it loads the teacher): {weights}.",
-        "",
-    ]
-
-
-def _labels_literal(facts) -> str:
-    return repr(facts["label_names"]) if facts["label_names"] else "None"
-
-
-def _load_section(facts, repo_id, revision, reference, dataset) -> list[str]:
-    lines = ["## Load it", ""]
-    if facts["family"] == "timm":
-        mean, std = _inputs(facts, dataset)
-        c, s = facts["in_chans"], facts["image_size"]
-        if facts["registered"]:
-            lines += [f"`{facts['architecture']}` is one of hf-ckptkd's CIFAR-style networks, which timm knows only "
-                      "once `hf_ckptkd` is imported, so this needs the hf-ckptkd package installed (`pip install .` "
-                      "in a clone of its source); timm alone raises `RuntimeError: Unknown model`.", ""]
-        lines += ["```python"]
-        if facts["registered"]:
-            lines += [f"import hf_ckptkd  # registers {facts['architecture']} with timm (without it: Unknown model)"]
-        lines += [
-            "import timm", "import torch", "",
-            f'model = timm.create_model("hf-hub:{reference}", pretrained=True).eval()',
-            f"images = torch.randn(2, {c}, {s}, {s})  # stand-in for {c}×{s}×{s} images normalised with "
-            f"mean {mean} and std {std}",
-            "with torch.no_grad():", "    predicted = model(images).argmax(-1)",
-            'print([model.pretrained_cfg["label_names"][i] for i in predicted])' if facts["label_names"]
-            else "print(predicted.tolist())",
-            "```", "",
-        ]
-        return lines
-    auto = facts["auto"]
-    if facts["text"] and facts["has_tokenizer"]:
-        lines += ["```python", "import torch", f"from transformers import {auto}, AutoTokenizer", "",
-                  f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}", revision="{revision}")  # saved with the teacher',
-                  f'model = {auto}.from_pretrained("{repo_id}", revision="{revision}").eval()',
-                  f"inputs = tokenizer({SAMPLE_TEXTS!r}, padding=True, truncation=True, return_tensors=\"pt\")",
-                  "with torch.no_grad():", "    predicted = model(**inputs).logits.argmax(-1)"]
-    elif facts["text"]:
-        lines += ["```python", "import torch", f"from transformers import {auto}", "",
-                  f'model = {auto}.from_pretrained("{repo_id}", revision="{revision}").eval()',
-                  "input_ids = torch.tensor([[2, 5, 6, 3]])  # token ids from the tokenizer it was trained with",
-                  "with torch.no_grad():", "    predicted = model(input_ids=input_ids).logits.argmax(-1)"]
-    else:
-        mean, std = _inputs(facts, dataset)
-        c, s = facts["in_chans"], facts["image_size"]
-        lines += ["```python", "import torch", f"from transformers import {auto}", "",
-                  f'model = {auto}.from_pretrained("{repo_id}", revision="{revision}").eval()',
-                  f"pixel_values = torch.randn(2, {c}, {s}, {s})  # stand-in for {c}×{s}×{s} images normalised with "
-                  f"mean {mean} and std {std}",
-                  "with torch.no_grad():", "    predicted = model(pixel_values=pixel_values).logits.argmax(-1)"]
-    lines += ["print([model.config.id2label[int(i)] for i in predicted])", "```", ""]
-    return lines
-
-
-def _distil_section(facts, repo_id, revision, ensemble, report, name, record, ident) -> list[str]:
-    refs = " ".join(ensemble)
-    temperature = report.temperature if report is not None else 4.0
-    n = facts["num_labels"]
-    lines = ["## Distil from it", ""]
-    text_without_tokenizer = facts["text"] and not facts["has_tokenizer"]
-    if ident is None or not ident.loadable or text_without_tokenizer:
-        why = ("its dataset was not recorded" if ident is None else
-               "it was trained on a local dataset" if not ident.loadable else "it holds no tokenizer")
-        return lines + [
-            f"With hf-ckptkd, from a student with the same {n} labels and your copy of the teacher's data ({why}, so "
-            f"no command here can load it for you): `hf-ckptkd distill --model SPEC --teachers {refs} --dataset "
-            "YOUR_DATA --output_dir runs/student`.", ""]
-    student = TEXT_STUDENT if facts["text"] else IMAGE_STUDENT
-    lines += [
-        f"With hf-ckptkd (`pip install .` in a clone of its source), into a small student with the same {n} labels "
-        f"(`{student}`; any model spec works). Both versions train on the first {TRY_EXAMPLES} training examples for "
-        "one epoch, to see it work; drop `--max_train_samples` (`limit=`) and train longer for a real student.", "",
-    ]
-    label_column = record.get("label_column", "label")
-    config = record.get("config")
-    common = (f" --teachers {refs} \\\n    --dataset {name} --max_train_samples {TRY_EXAMPLES} --max_eval_samples "
-              f"{TRY_EXAMPLES} --num_train_epochs 1 \\\n    --temperature {temperature:g} --alpha 0.5 --max_grad_norm 0 "
-              "--output_dir runs/student")
-    if label_column != "label":
-        common = common.replace("--dataset", f"--label_column {label_column} --dataset")
+def _data_context(name: str | None, record: dict[str, Any], ident: DatasetIdentity | None) -> dict[str, Any]:
+    """What the card says about the data (a record that names nothing leaves every field empty)."""
     eval_split = record.get("test_split")
-    if eval_split and eval_split != "test":
-        common += f" --eval_split {eval_split}"
-    labels = _labels_literal(facts)
-    teachers = "[" + ", ".join(f'"{r}"' for r in ensemble) + "]"
-    kd = (f"config = CheckpointKDConfig(output_dir=\"runs/student\", teachers=teachers, num_train_epochs=1,\n"
-          f"                            temperature={temperature:g}, alpha=0.5, max_grad_norm=0.0, "
-          "remove_unused_columns=False)")
-    load = f'load_dataset_split("{name}", "train", limit={TRY_EXAMPLES}' + (f', config_name="{config}"' if config else "") + ")"
+    return {
+        "name": name, "display": ident.display if ident is not None else None, "config": record.get("config"),
+        "trained": split_phrase(record.get("train")), "evaluated": split_phrase(record.get("eval")),
+        "label_noise": f"{record['label_noise']:.0%}" if record.get("label_noise") else None,
+        "tokenizer": record.get("tokenizer"), "label_column": record.get("label_column", "label"),
+        "text_column": record.get("text_column", "text"), "image_column": record.get("image_column", "image"),
+        "eval_split": eval_split if eval_split and eval_split != "test" else None,  # the command's default: test
+    }
+
+
+def _selection_context(snapshot: Snapshot, report: SelectionReport | None,
+                       score: SnapshotScore | None) -> dict[str, Any] | None:
+    """Why this snapshot: the selector, its settings and this snapshot's scores, formatted; None without a selection."""
+    if report is None or score is None:
+        return None
+    return {
+        "objective": report.objective, "how": OBJECTIVE_DESCRIPTIONS.get(report.objective, report.objective),
+        "temperature": f"{report.temperature:g}", "beta": f"{report.beta:g}", "rank": score.rank, "k": report.k,
+        "snapshots": sum(not s.init for s in report.scores), "probe_size": report.probe_size,
+        "estimator": report.estimator, "explanation": report.explain(snapshot.name),
+        "accuracy": f"{score.accuracy:.2%}", **{key: f"{getattr(score, key):.4f}"
+                                                for key in ("i_xf", "i_yf", "i_xp", "i_yp", "j")},
+        "other_picks": other_selectors(report), "warnings": list(report.warnings),
+    }
+
+
+def _inputs_context(facts: dict[str, Any], dataset: str | None) -> dict[str, Any]:
     if facts["text"]:
-        text_column = record.get("text_column", "text")
-        kwargs = json.dumps(TEXT_STUDENT_KWARGS)
-        if not config:  # the command line takes no dataset config
-            lines += ["```bash",
-                      f"hf-ckptkd distill --model {student} --model_kwargs '{kwargs}'{common.replace('--dataset', f'--text_column {text_column} --tokenizer {repo_id}@{revision} --dataset', 1)}",
-                      "```", ""]
-        lines += [
-            "```python",
-            "from transformers import AutoTokenizer, DataCollatorWithPadding", "",
-            "from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer",
-            "from hf_ckptkd.data import load_dataset_split, tokenize_text_dataset",
-            "from hf_ckptkd.models import build_model", "",
-            f"teachers = {teachers}",
-            f"labels = {labels}",
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}", revision="{revision}")  # the teacher\'s own: '
-            "the student must share it",
-            f'train = tokenize_text_dataset({load}, tokenizer, "{text_column}", "{label_column}")  # limit=None: all',
-            f'student = build_model("{student}", {n}, label_names=labels, model_kwargs={{',
-            '    "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, '
-            + ", ".join(f'"{k}": {v}' for k, v in TEXT_STUDENT_KWARGS.items()) + "})",
-            kd,
-            "trainer = CheckpointKDTrainer(model=student, args=config, train_dataset=train, label_names=labels,",
-            "                              data_collator=DataCollatorWithPadding(tokenizer), teacher_tokenizer=tokenizer,",
-            "                              student_tokenizer=tokenizer)",
-            "trainer.train()",
-            "```", "",
-        ]
-        return lines
-    mean, std = _inputs(facts, name)
-    c, s = facts["in_chans"], facts["image_size"]
-    image_column = record.get("image_column", "image")
-    if not config:
-        flags = f" --image_size {s} --in_chans {c}" + (f" --image_column {image_column}" if image_column != "image" else "")
-        lines += ["```bash", f"hf-ckptkd distill --model {student}{flags}{common}", "```", ""]
-    lines += [
-        "```python",
-        "from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer",
-        "from hf_ckptkd.data import (ImageColumns, ImageTransformConfig, build_image_transform, image_collator,",
-        "                            load_dataset_split, with_image_transform)",
-        "from hf_ckptkd.models import build_model", "",
-        f"teachers = {teachers}",
-        f"labels = {labels}",
-        f"inputs = ImageTransformConfig(image_size={s}, in_chans={c}, mean={mean}, std={std})  # as the teacher's",
-        f"train = with_image_transform({load},  # limit=None: all",
-        f'                             build_image_transform(inputs, train=True), ImageColumns("{image_column}", "{label_column}"))',
-        f'student = build_model("{student}", {n}, label_names=labels, in_chans={c}, image_size={s},',
-        "                      mean=inputs.mean, std=inputs.std)",
-        kd,
-        "trainer = CheckpointKDTrainer(model=student, args=config, train_dataset=train, data_collator=image_collator,",
-        "                              label_names=labels)",
-        "trainer.train()",
-        "```", "",
-    ]
-    return lines
+        return {}
+    mean, std = _inputs(facts, dataset)
+    return {"mean": mean, "std": std}
 
 
-__all__ = ["CARD_NAME", "CITATION", "TAGS", "build_model_card", "dataset_facts", "is_task_metric", "model_facts", "other_selectors",
-           "task_metrics"]
+def _distil_context(facts: dict[str, Any], report: SelectionReport | None, record: dict[str, Any],
+                    ident: DatasetIdentity | None) -> dict[str, Any]:
+    """The distillation commands' settings; `unavailable` says why no command can load the data, if so."""
+    unavailable = None
+    if ident is None:
+        unavailable = "its dataset was not recorded"
+    elif not ident.loadable:
+        unavailable = "it was trained on a local dataset"
+    elif facts["text"] and not facts["has_tokenizer"]:
+        unavailable = "it holds no tokenizer"
+    return {
+        "unavailable": unavailable, "student": TEXT_STUDENT if facts["text"] else IMAGE_STUDENT,
+        "student_kwargs": TEXT_STUDENT_KWARGS, "student_kwargs_json": json.dumps(TEXT_STUDENT_KWARGS),
+        "examples": TRY_EXAMPLES, "temperature": f"{report.temperature if report is not None else 4.0:g}",
+        "labels": repr(facts["label_names"]) if facts["label_names"] else "None",
+    }
+
+
+__all__ = ["CARD_NAME", "CITATION", "TAGS", "TEMPLATE", "build_model_card", "dataset_facts", "is_task_metric",
+           "model_facts", "other_selectors", "task_metrics"]
