@@ -257,10 +257,8 @@ class TeacherEnsemble(nn.Module):
         self.references: list[str] = [str(r) for r in references]
         if len(self.references) != len(members):
             raise ValueError(f"{len(self.references)} references for {len(members)} teachers")
-        if mode not in ENSEMBLE_MODES:
-            raise ValueError(f"ensemble mode {mode!r} is not one of {', '.join(map(repr, ENSEMBLE_MODES))}")
-        if fusion not in TEACHER_FUSIONS:
-            raise ValueError(f"teacher fusion {fusion!r} is not one of {', '.join(map(repr, TEACHER_FUSIONS))}")
+        _require_one_of("ensemble mode", mode, ENSEMBLE_MODES)
+        _require_one_of("teacher fusion", fusion, TEACHER_FUSIONS)
         if not temperature > 0:
             raise ValueError(f"temperature={temperature} must be > 0")
         self.mode, self.temperature, self.fusion = mode, float(temperature), fusion
@@ -485,9 +483,13 @@ def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         if dtype not in DTYPES.values():
             raise ValueError(f"teacher dtype {dtype} is not one of {', '.join(DTYPES)}")
         return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"teacher dtype {dtype!r} is not one of {', '.join(map(repr, DTYPES))}")
+    _require_one_of("teacher dtype", dtype, DTYPES)
     return DTYPES[dtype]
+
+
+def _require_one_of(what: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{what} {value!r} is not one of {', '.join(map(repr, choices))}")
 
 
 def _normalise_weights(weights: Sequence[float] | None, k: int) -> list[float]:
