@@ -27,7 +27,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-from .. import architectures
+from ..architectures import REGISTERED_ARCHITECTURES
 from ..data import default_normalisation
 from ..dataset_record import DatasetIdentity, identity, split_phrase
 from ..selection.objective import INFORMATION_OBJECTIVES, OBJECTIVES, j_from_scores
@@ -76,7 +76,7 @@ def _metric_label(key: str) -> tuple[str, str]:
 
 
 def _registered_by_hf_ckptkd(architecture: str) -> bool:
-    return architecture in architectures._VARIANTS
+    return architecture in REGISTERED_ARCHITECTURES
 
 
 def model_facts(snapshot: Snapshot) -> dict[str, Any]:
