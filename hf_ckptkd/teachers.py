@@ -1,8 +1,9 @@
-"""Frozen teachers: `TeacherEnsemble`, `load_teachers`, teacher references and label-space checks.
+"""Frozen teachers: `TeacherEnsemble`, `load_teachers` and label-space checks.
 
 A teacher reference is an `nn.Module` (used as is), a snapshot folder, `<snapshot_dir>:<name>`
 (e.g. `runs/t/snapshots:epoch-0012`), a saved model folder, or a Hub repo `owner/name` with an
-optional `@revision`. `load_teachers(refs)` turns references into one `TeacherEnsemble`, whose
+optional `@revision` (the forms: `hf_ckptkd.references`; Hub ones load through
+`hf_ckptkd.hub.load`). `load_teachers(refs)` turns references into one `TeacherEnsemble`, whose
 forward returns ONE float32 logits tensor (batch, labels): the weighted mean of the members'
 logits (`mean_logits`, the paper's) or `T * log(sum_i w_i softmax(z_i / T))` (`mean_probs`, so
 that `softmax(out / T)` is exactly the weighted mean of the members' tempered probabilities).
@@ -53,6 +54,8 @@ from .models import (
     num_labels_of,
     unwrap,
 )
+# The reference forms and their error are defined in references.py and re-exported here, where
+# callers of load_teachers look for them.
 from .references import REFERENCE_FORMS, TeacherReferenceError, is_hub_reference, parse_hub_reference
 from .snapshots import SnapshotError, resolve_snapshot_reference
 
