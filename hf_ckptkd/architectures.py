@@ -103,6 +103,8 @@ _VARIANTS = {
     **{f"wrn_{d}_{w}": dict(depth=d, width=w, preact=True) for d, w in ((16, 1), (16, 2), (16, 4), (40, 1), (40, 2), (28, 10))},
 }
 default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in _VARIANTS})
+# The timm names this module registers (timm knows them only once hf_ckptkd is imported).
+REGISTERED_ARCHITECTURES = frozenset(_VARIANTS)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> CifarResNet:

@@ -31,10 +31,10 @@ from .data import (
 from .data_config import DataConfig, cli_splits
 from .dataset_record import dataset_record
 from .hub import HubInputError, push_teachers_to_hub
+from .hub.card import TOKENIZER_FILES
 from .inputs import InputMismatchError
 from .launch import exit_launched_process
 from .metrics import compute_metrics
-from .model_card import TOKENIZER_FILES
 from .models import ModelSpecError
 from .pipeline import run
 from .recipe import PIPELINE_STAGES, load_recipe
@@ -43,7 +43,8 @@ from .selection.settings import DEFAULT_BATCH_SIZE, DEFAULT_BETA, DEFAULT_MAX_PR
 from .snapshots import SnapshotError, SnapshotIndex
 from .study import run_study
 from .tasks import prepare_run_data
-from .teachers import LabelSpaceError, TeacherReferenceError
+from .references import TeacherReferenceError
+from .teachers import LabelSpaceError
 from .trainer import CheckpointKDTrainer
 
 EXIT_BAD_INPUT, EXIT_FAILURE = 2, 1

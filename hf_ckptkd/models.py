@@ -183,15 +183,17 @@ def num_labels_of(model: nn.Module) -> int:
 
 
 def label_names_of(model: nn.Module) -> list[str] | None:
-    """The class names a model was built with, or None when it carries none."""
+    """The class names a model was built with, or None when it carries none: transformers'
+    placeholders `LABEL_0`, `LABEL_1`, … and the indices "0", "1", … (what `build_model` gives a model
+    built without names) are no names."""
     model = unwrap(model)
     if isinstance(model, TimmForImageClassification):
-        names = model.model.pretrained_cfg.get("label_names")
-        return list(names) if names else None
-    id2label = getattr(model.config, "id2label", None) or {}
-    names = [id2label[i] for i in sorted(id2label)]
-    default = [f"LABEL_{i}" for i in range(len(names))]
-    return None if not names or names == default else names
+        names = list(model.model.pretrained_cfg.get("label_names") or [])
+    else:
+        id2label = getattr(model.config, "id2label", None) or {}
+        names = [id2label[i] for i in sorted(id2label)]
+    placeholders = ([f"LABEL_{i}" for i in range(len(names))], [str(i) for i in range(len(names))])
+    return None if not names or names in placeholders else names
 
 
 def save_model(model: nn.Module, folder: str | Path) -> list[str]:

@@ -14,7 +14,6 @@ pattern, so `save_total_limit` never deletes them.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -32,26 +31,18 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .files import TEMP_PREFIX, sha256_of, write_json_atomic
 from .models import load_model, model_family, save_model, unwrap
 
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
 METADATA_NAME = "snapshot.json"
-TEMP_PREFIX = ".tmp-"
 FORMAT_VERSION = 1
 
 
 class SnapshotError(RuntimeError):
     """A snapshot that cannot be written, found, verified or loaded."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def snapshot_name(strategy: str, epoch: float, global_step: int) -> str:
@@ -165,7 +156,7 @@ class SnapshotIndex:
         """Write `index.json` atomically."""
         entries = [{"name": s.name, "epoch": s.epoch, "global_step": s.global_step, "final": s.final,
                     "eval_metrics": s.eval_metrics} for s in self.snapshots]
-        _write_json_atomic(self.snapshot_dir / INDEX_NAME, {"format_version": FORMAT_VERSION, "snapshots": entries})
+        write_json_atomic(self.snapshot_dir / INDEX_NAME, {"format_version": FORMAT_VERSION, "snapshots": entries})
 
     def __iter__(self) -> Iterator[Snapshot]:
         return iter(self.snapshots)
@@ -217,19 +208,6 @@ def resolve_snapshot_reference(reference: str) -> Snapshot | None:
     return None
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_snapshot(model, snapshot_dir: str | Path, name: str, *, epoch: float, global_step: int,
                    learning_rate: float | None = None, train_loss: float | None = None,
                    eval_metrics: dict[str, float] | None = None, final: bool = False,
@@ -254,7 +232,7 @@ def write_snapshot(model, snapshot_dir: str | Path, name: str, *, epoch: float, 
             eval_metrics={k: float(v) for k, v in (eval_metrics or {}).items() if isinstance(v, (int, float))},
             final=final, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), dataset=dict(dataset or {}),
         )
-        _write_json_atomic(tmp / METADATA_NAME, snapshot.metadata())
+        write_json_atomic(tmp / METADATA_NAME, snapshot.metadata())
         if target.exists():  # a resumed run redoing this snapshot: swap, so a complete folder always exists
             old = snapshot_dir / f"{TEMP_PREFIX}old-{name}-{os.getpid()}"
             os.replace(target, old)
@@ -274,7 +252,7 @@ def write_snapshot(model, snapshot_dir: str | Path, name: str, *, epoch: float, 
 
 def mark_final(snapshot: Snapshot) -> Snapshot:
     snapshot.final = True
-    _write_json_atomic(snapshot.path / METADATA_NAME, snapshot.metadata())
+    write_json_atomic(snapshot.path / METADATA_NAME, snapshot.metadata())
     SnapshotIndex.scan(snapshot.path.parent).write()
     return snapshot
 

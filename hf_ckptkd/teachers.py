@@ -1,8 +1,9 @@
-"""Frozen teachers: `TeacherEnsemble`, `load_teachers`, teacher references and label-space checks.
+"""Frozen teachers: `TeacherEnsemble`, `load_teachers` and label-space checks.
 
 A teacher reference is an `nn.Module` (used as is), a snapshot folder, `<snapshot_dir>:<name>`
 (e.g. `runs/t/snapshots:epoch-0012`), a saved model folder, or a Hub repo `owner/name` with an
-optional `@revision`. `load_teachers(refs)` turns references into one `TeacherEnsemble`, whose
+optional `@revision` (the forms: `hf_ckptkd.references`; Hub ones load through
+`hf_ckptkd.hub.load`). `load_teachers(refs)` turns references into one `TeacherEnsemble`, whose
 forward returns ONE float32 logits tensor (batch, labels): the weighted mean of the members'
 logits (`mean_logits`, the paper's) or `T * log(sum_i w_i softmax(z_i / T))` (`mean_probs`, so
 that `softmax(out / T)` is exactly the weighted mean of the members' tempered probabilities).
@@ -28,7 +29,6 @@ import copy
 import itertools
 import json
 import logging
-import re
 import statistics
 import time
 import warnings
@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .config import ENSEMBLE_MODES, TEACHER_DTYPES, TEACHER_FUSIONS
+from .hub.load import load_hub_teacher
 from .inputs import describe_remap, match_inputs, recorded_input
 from .models import (
     TRANSFORMERS,
@@ -53,6 +54,9 @@ from .models import (
     num_labels_of,
     unwrap,
 )
+# The reference forms and their error are defined in references.py and re-exported here, where
+# callers of load_teachers look for them.
+from .references import REFERENCE_FORMS, TeacherReferenceError, is_hub_reference, parse_hub_reference
 from .snapshots import SnapshotError, resolve_snapshot_reference
 
 logger = logging.getLogger(__name__)
@@ -60,19 +64,11 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 assert set(DTYPES) == set(TEACHER_DTYPES)
 
-REFERENCE_FORMS = ("an nn.Module, a snapshot folder (holding snapshot.json), '<snapshot_dir>:<name>' (e.g. "
-                   "runs/t/snapshots:epoch-0012), a saved model folder (config.json + model.safetensors), or a "
-                   "Hub repo 'owner/name' with an optional '@revision'")
-
 # Relative difference (to the largest logit) above which the fused path is taken to disagree with the loop.
 # It only catches gross errors (members that are not really one architecture): TF32/half kernels differ far less.
 _FUSION_CHECK_TOL = 5e-2
 # "auto" keeps the fused path only when it takes less than this fraction of the loop's time.
 _FUSED_MARGIN = 0.95
-
-
-class TeacherReferenceError(ValueError):
-    """A teacher reference that names no loadable teacher."""
 
 
 class TeacherFusionError(ValueError):
@@ -87,41 +83,7 @@ class TeacherOutputError(RuntimeError):
     """Teacher logits that contain NaN or inf."""
 
 
-# --- references ---------------------------------------------------------------------------
-
-_HUB_NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
-_HUB_REPO_RE = re.compile(rf"^(?P<owner>{_HUB_NAME})/(?P<name>{_HUB_NAME})$")
-_BAD_REVISION_RE = re.compile(r"\s|\.\.|[:~^?*\[\\]|@\{")
-
-
-def parse_hub_reference(reference: str) -> tuple[str, str | None]:
-    """`owner/name[@revision]` -> `(repo_id, revision or None)`; `TeacherReferenceError` for another shape.
-
-    Owner and name follow the Hub's rules (letters, digits, `-`, `_`, `.`; no `--` or `..`; at most
-    96 characters); a revision is a branch, tag or commit (`main`, `v1.0`, `refs/pr/1`, a SHA).
-    """
-    if not isinstance(reference, str):
-        raise TeacherReferenceError(f"Hub reference {reference!r} is not a string 'owner/name[@revision]'")
-    repo_id, sep, revision = reference.partition("@")
-    match = _HUB_REPO_RE.match(repo_id)
-    if match is None or "--" in repo_id or ".." in repo_id or repo_id.endswith(".git"):
-        raise TeacherReferenceError(
-            f"{reference!r} is not a Hub reference: write 'owner/name' or 'owner/name@revision' (letters, digits, "
-            "'-', '_' and '.' in owner and name, no '--' or '..', at most 96 characters each)")
-    if sep and (not revision or _BAD_REVISION_RE.search(revision) or revision.endswith(("/", "."))):
-        raise TeacherReferenceError(
-            f"{reference!r} has an invalid revision {revision!r}: after '@' give a branch, tag or commit "
-            "(e.g. main, v1.0, refs/pr/1 or a commit SHA)")
-    return repo_id, (revision if sep else None)
-
-
-def is_hub_reference(reference: str) -> bool:
-    try:
-        parse_hub_reference(reference)
-    except TeacherReferenceError:
-        return False
-    return True
-
+# --- loading ---------------------------------------------------------------------------
 
 def _as_member(model: nn.Module, reference: str) -> nn.Module:
     """A teacher model in a form the project understands (a bare timm model gets the project's wrapper)."""
@@ -166,16 +128,10 @@ def load_teacher(reference: str | Path | nn.Module) -> nn.Module:
         except ModelSpecError as e:
             raise TeacherReferenceError(f"teacher reference {ref!r}: {e}") from e
     if is_hub_reference(ref):
-        return _as_member(_load_from_hub(ref), ref)
+        return _as_member(load_hub_teacher(ref), ref)
     raise TeacherReferenceError(f"teacher reference {ref!r} is not a local path that exists, nor a snapshot "
                                 f"'<snapshot_dir>:<name>' whose snapshot_dir exists, nor a Hub repo; a teacher "
                                 f"reference is {REFERENCE_FORMS}")
-
-
-def _load_from_hub(reference: str) -> nn.Module:
-    from .hub import load_hub_teacher  # imported here: hub builds on this module
-
-    return load_hub_teacher(reference)
 
 
 def _describe_module(model: nn.Module) -> str:
@@ -304,10 +260,8 @@ class TeacherEnsemble(nn.Module):
         self.references: list[str] = [str(r) for r in references]
         if len(self.references) != len(members):
             raise ValueError(f"{len(self.references)} references for {len(members)} teachers")
-        if mode not in ENSEMBLE_MODES:
-            raise ValueError(f"ensemble mode {mode!r} is not one of {', '.join(map(repr, ENSEMBLE_MODES))}")
-        if fusion not in TEACHER_FUSIONS:
-            raise ValueError(f"teacher fusion {fusion!r} is not one of {', '.join(map(repr, TEACHER_FUSIONS))}")
+        _require_one_of("ensemble mode", mode, ENSEMBLE_MODES)
+        _require_one_of("teacher fusion", fusion, TEACHER_FUSIONS)
         if not temperature > 0:
             raise ValueError(f"temperature={temperature} must be > 0")
         self.mode, self.temperature, self.fusion = mode, float(temperature), fusion
@@ -350,7 +304,7 @@ class TeacherEnsemble(nn.Module):
                     f"teacher {self.references[i]!r} predicts {n} labels but teacher {self.references[0]!r} predicts "
                     f"{counts[0]}; all members of an ensemble must share one label space (use teachers of one run or "
                     "dataset)")
-        names = [_label_names(m) for m in self.members]
+        names = [label_names_of(m) for m in self.members]
         named = [(i, n) for i, n in enumerate(names) if n is not None]
         for i, n in named[1:]:
             j, first = named[0]
@@ -532,9 +486,13 @@ def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         if dtype not in DTYPES.values():
             raise ValueError(f"teacher dtype {dtype} is not one of {', '.join(DTYPES)}")
         return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"teacher dtype {dtype!r} is not one of {', '.join(map(repr, DTYPES))}")
+    _require_one_of("teacher dtype", dtype, DTYPES)
     return DTYPES[dtype]
+
+
+def _require_one_of(what: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{what} {value!r} is not one of {', '.join(map(repr, choices))}")
 
 
 def _normalise_weights(weights: Sequence[float] | None, k: int) -> list[float]:
@@ -547,13 +505,6 @@ def _normalise_weights(weights: Sequence[float] | None, k: int) -> list[float]:
         raise ValueError(f"teacher weights {weights} must be finite, non-negative and have a positive sum")
     total = sum(weights)
     return [w / total for w in weights]
-
-
-def _label_names(model: nn.Module) -> list[str] | None:
-    """`models.label_names_of`, with the placeholder names "0", "1", ... (what `build_model` gives a
-    transformers model built without names) read as no names."""
-    names = label_names_of(model)
-    return None if names is None or names == [str(i) for i in range(len(names))] else names
 
 
 def _vocab_size(model: nn.Module) -> int | None:
@@ -614,7 +565,7 @@ def check_label_space(ensemble: TeacherEnsemble | nn.Module, student: nn.Module,
                                                   ensemble.vocab_size)
     else:  # one bare teacher model: read it without freezing or moving it
         references, n_t = [_describe_module(ensemble)], num_labels_of(ensemble)
-        t_names, t_vocab_size = _label_names(ensemble), _vocab_size(ensemble)
+        t_names, t_vocab_size = label_names_of(ensemble), _vocab_size(ensemble)
     teachers = f"the teachers ({', '.join(references)})"
     student_desc = f"the student ({_describe_module(student)})"
     n_s = num_labels_of(student)
@@ -623,7 +574,7 @@ def check_label_space(ensemble: TeacherEnsemble | nn.Module, student: nn.Module,
             f"{teachers} predict {n_t} labels but {student_desc} predicts {n_s}; build the student "
             f"with num_labels={n_t} (the teachers' label space) or distil from teachers trained on "
             "the student's dataset")
-    s_names = list(student_label_names) if student_label_names is not None else _label_names(student)
+    s_names = list(student_label_names) if student_label_names is not None else label_names_of(student)
     if s_names is not None and t_names is not None and list(s_names) != list(t_names):
         k = next((i for i, (a, b) in enumerate(zip(t_names, s_names)) if a != b), min(len(t_names), len(s_names)))
         t_k = t_names[k] if k < len(t_names) else None

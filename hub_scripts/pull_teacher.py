@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     from hf_ckptkd import data
     from hf_ckptkd.hub import HubError, load_hub_teacher
     from hf_ckptkd.models import TimmForImageClassification
-    from hf_ckptkd.teachers import TeacherReferenceError
+    from hf_ckptkd.references import TeacherReferenceError
 
     try:
         model = load_hub_teacher(args.reference).eval()

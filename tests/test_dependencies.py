@@ -54,8 +54,8 @@ def test_every_third_party_import_is_a_declared_dependency():
 def test_hub_errors_caught_are_the_installed_clients_transport_errors():
     from huggingface_hub.utils import get_session
 
-    from hf_ckptkd.hub import _TRANSPORT_ERRORS
+    from hf_ckptkd.hub.errors import TRANSPORT_ERRORS
 
     transport = sys.modules[type(get_session()).__module__.split(".")[0]]
-    assert transport.TransportError in _TRANSPORT_ERRORS, (
+    assert transport.TransportError in TRANSPORT_ERRORS, (
         f"huggingface_hub uses {transport.__name__}, whose connection errors hf_ckptkd.hub would not catch")

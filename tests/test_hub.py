@@ -23,6 +23,7 @@ from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from transformers import PreTrainedModel
 
 from hf_ckptkd.data import FASHION_MNIST_LABELS as LABELS
+from hf_ckptkd.files import sha256_of
 from hf_ckptkd.hub import (
     CITATION,
     HubError,
@@ -34,7 +35,7 @@ from hf_ckptkd.hub import (
 )
 from hf_ckptkd.models import TimmForImageClassification, build_model
 from hf_ckptkd.selection.report import SelectionReport, SnapshotScore
-from hf_ckptkd.snapshots import Snapshot, SnapshotError, sha256_of, write_snapshot
+from hf_ckptkd.snapshots import Snapshot, SnapshotError, write_snapshot
 from hf_ckptkd.teachers import TeacherReferenceError, load_teachers
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -260,7 +260,7 @@ def test_timm_model_round_trip(hub, alice, tmp_path, fresh_hf_cache):
 
 
 def test_server_down_fails_fast_and_warm_cache_still_loads(hub, tmp_path, fresh_hf_cache, monkeypatch):
-    from hf_ckptkd.hub import _TRANSPORT_ERRORS
+    from hf_ckptkd.hub.errors import TRANSPORT_ERRORS
 
     # A server of its own, so stopping it does not disturb the session's server.
     server = HubServer(tokens={hub.write_token: ("alice", "write")}).start()
@@ -272,7 +272,7 @@ def test_server_down_fails_fast_and_warm_cache_still_loads(hub, tmp_path, fresh_
     server.stop()
     try:
         start = time.monotonic()
-        with pytest.raises(_TRANSPORT_ERRORS):
+        with pytest.raises(TRANSPORT_ERRORS):
             api.model_info(repo_id)
         assert time.monotonic() - start < 2
         # A warm cache still loads (the failed HEAD falls back to the cache, quietly).

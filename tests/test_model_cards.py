@@ -21,7 +21,7 @@ from huggingface_hub import ModelCard, hf_hub_download
 from hf_ckptkd.data import FASHION_MNIST_LABELS as LABELS
 from hf_ckptkd.dataset_record import dataset_record
 from hf_ckptkd.hub import push_teachers_to_hub
-from hf_ckptkd.model_card import build_model_card, other_selectors
+from hf_ckptkd.hub.card import build_model_card, other_selectors
 from hf_ckptkd.models import build_model
 from hf_ckptkd.selection.report import SelectionReport, SnapshotScore
 from hf_ckptkd.snapshots import Snapshot, write_snapshot

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from hf_ckptkd.hub import _resolve_source
-from hf_ckptkd.model_card import build_model_card
+from hf_ckptkd.hub import build_model_card
+from hf_ckptkd.hub.sources import resolve_push_source
 from hf_ckptkd.pipeline import run
 from hf_ckptkd.recipe import recipe_from_dict
 from hf_ckptkd.selection.report import PLANE_PNG
@@ -30,7 +30,7 @@ if __name__ == "__main__":
                   selection={"objective": "outputs", "max_probe_samples": 500, "temperature": 4.0})
     values["teacher"].update(num_train_epochs=4, snapshot_every=1, warmup_steps=8)
     run(recipe_from_dict(values, source="recipes/fashion_mnist.yaml, shortened"), output, stages=["teachers", "select"])
-    [member], report, folder = _resolve_source(output / "selection" / "k1")
+    [member], report, folder = resolve_push_source(output / "selection" / "k1")
     card = build_model_card(member.snapshot, "you/fmnist-teacher", member.snapshot.name, report=report,
                             score=member.score, run="fashion_mnist_short/teacher-0", plot=True)
     (HERE / "README.md").write_text(str(card))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
@@ -21,15 +21,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-if TYPE_CHECKING:
-    from .report import SelectionReport
-
+# The report is passed in, never imported: report.py imports this module to draw its plot.
 CHOSEN_COLOR = "#d62728"
 J_COLOR = "#1f77b4"
 ACC_COLOR = "#ff7f0e"
 
 
-def _training_axis(report: "SelectionReport") -> tuple[list[float], str]:
+def _training_axis(report: Any) -> tuple[list[float], str]:
     """Epochs when every snapshot has one; else global steps; else the position in training order."""
     if all(s.epoch is not None for s in report.scores):
         return [float(s.epoch) for s in report.scores], "epoch"
@@ -46,7 +44,7 @@ def _padded(values: list[float], pad: float = 0.08, minimum: float = 0.05) -> tu
     return max(mid - span / 2 - pad * span, -0.02), min(mid + span / 2 + pad * span, 1.02)
 
 
-def plot_information_plane(report: "SelectionReport", path: str | os.PathLike, *, dpi: int = 150) -> Path:
+def plot_information_plane(report: Any, path: str | os.PathLike, *, dpi: int = 150) -> Path:
     """Render `report` to a PNG at `path`; returns the path."""
     scores = report.scores
     t, t_label = _training_axis(report)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from ..files import write_text_atomic
+from .plot import plot_information_plane
 
 SELECTION_JSON = "selection.json"
 TABLE_MD = "table.md"
@@ -182,7 +184,7 @@ class SelectionReport:
         for s in self.scores:
             chosen = f"✓ ({s.rank})" if s.chosen else ("init, excluded" if s.init else "")
             lines.append(
-                f"| {s.name} | {_fmt_epoch(s.epoch)} | {'' if s.step is None else s.step} | {s.accuracy:.2%} | "
+                f"| {s.name} | {format_epoch(s.epoch)} | {'' if s.step is None else s.step} | {s.accuracy:.2%} | "
                 f"{s.i_xf:.4f} | {s.i_yf:.4f} | {s.i_xp:.4f} | {s.i_yp:.4f} | {s.j:.4f} | {chosen} |")
         return "\n".join(lines) + "\n"
 
@@ -190,11 +192,9 @@ class SelectionReport:
         """Write selection.json, table.md and (with `plot`) information_plane.png; returns the folder."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / SELECTION_JSON, json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
-        _atomic_write(out / TABLE_MD, self.to_markdown())
+        write_text_atomic(out / SELECTION_JSON, json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+        write_text_atomic(out / TABLE_MD, self.to_markdown())
         if plot:
-            from .plot import plot_information_plane
-
             plot_information_plane(self, out / PLANE_PNG)
         return out
 
@@ -209,7 +209,8 @@ class SelectionReport:
         return cls.from_dict(json.loads(path.read_text()))
 
 
-def _fmt_epoch(epoch: float | None) -> str:
+def format_epoch(epoch: float | None) -> str:
+    """An epoch as tables and cards show it: `3` for a whole epoch, `2.50` otherwise, empty when unknown."""
     if epoch is None:
         return ""
     return f"{int(epoch)}" if float(epoch).is_integer() else f"{epoch:.2f}"
@@ -221,15 +222,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -196,12 +196,6 @@ def _as_snapshots(snapshots) -> tuple[list[Snapshot], str | None]:
     return snapshots, (parents.pop() if len(parents) == 1 else None)
 
 
-def _label_names(model: nn.Module) -> list[str] | None:
-    """The model's label names; the placeholders "0", "1", ... count as none."""
-    names = label_names_of(model)
-    return None if names is None or names == [str(i) for i in range(len(names))] else list(names)
-
-
 def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
     k = next((i for i, (u, v) in enumerate(zip(a, b)) if u != v), min(len(a), len(b)))
     return f"label {k} is {a[k] if k < len(a) else None!r} vs {b[k] if k < len(b) else None!r}"
@@ -215,7 +209,7 @@ class _LabelSpace:
         self.first: tuple[str, int, list[str] | None] | None = None
 
     def check(self, name: str, model: nn.Module) -> None:
-        n, names = num_labels_of(model), _label_names(model)
+        n, names = num_labels_of(model), label_names_of(model)
         if self.first is None:
             if self.probe_classes > n:
                 raise ClassCountMismatchError(
