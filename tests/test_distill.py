@@ -313,9 +313,9 @@ def test_two_process_distillation_matches_one_process(tmp_path, snapshots, accel
 
 
 def test_text_teacher_and_student_from_the_command_line(tmp_path, capsys):
-    from test_pipeline import _tiny_text_set
+    from text_data import write_tiny_text_set
 
-    _tiny_text_set(tmp_path)
+    write_tiny_text_set(tmp_path)
     common = ["--dataset", str(tmp_path / "data"), "--text_column", "sentence", "--tokenizer", str(tmp_path / "tokenizer"),
               "--per_device_train_batch_size", "32", "--report_to", "none", "--learning_rate", "0.001"]
     bert = '{"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}'

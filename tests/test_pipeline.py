@@ -12,6 +12,7 @@ import yaml
 from hf_ckptkd.cli import main
 from hf_ckptkd.config import ConfigError
 from hf_ckptkd.pipeline import run
+from text_data import write_tiny_text_set
 from hf_ckptkd.recipe import load_recipe, recipe_from_dict
 from hf_ckptkd.snapshots import SnapshotIndex
 
@@ -188,30 +189,9 @@ def test_tiny_recipe_under_two_processes(tmp_path, accelerate_launch):
     assert [s["name"] for s in snapshots["snapshots"]] == ["epoch-0001", "epoch-0002", "epoch-0003"]
 
 
-def _tiny_text_set(folder):
-    """A local SST-2-shaped dataset (sentence, label CSVs) and a word-level tokenizer saved beside it."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["good", "bad", "great", "awful", "fine", "poor", "movie", "plot", "acting", "the", "was", "very"]
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                            sep_token="[SEP]").save_pretrained(folder / "tokenizer")
-    positive, negative = ["good", "great", "fine"], ["bad", "awful", "poor"]
-    for split, n in (("train", 160), ("test", 40)):
-        lines = ["sentence,label"]
-        for i in range(n):
-            sentiment = (positive if i % 2 else negative)[i % 3]
-            lines.append(f"the {['movie', 'plot', 'acting'][i % 3]} was {'very ' * (i % 2)}{sentiment},{i % 2}")
-        (folder / "data").mkdir(exist_ok=True)
-        (folder / "data" / f"{split}.csv").write_text("\n".join(lines) + "\n")
-
-
 @pytest.mark.slow
 def test_text_recipe_end_to_end(tmp_path):
-    _tiny_text_set(tmp_path)
+    write_tiny_text_set(tmp_path)
     values = yaml.safe_load((ROOT / "recipes" / "sst2_text.yaml").read_text())
     bert = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
     values.update(dataset=str(tmp_path / "data"), dataset_config=None, test_split="test", tokenizer=str(tmp_path / "tokenizer"),

@@ -337,3 +337,14 @@ def test_the_packages_own_tokenised_text_is_accepted_with_default_arguments(tmp_
     # A column that is not there is the package's own error, naming it, the columns and the argument.
     with pytest.raises(DataError, match=r"no label column 'topic'.*\['labels', 'input_ids', 'attention_mask'\].*label_column"):
         select_teachers(tmp_path / "snapshots", tokenised, k=1, label_column="topic", progress=False)
+
+
+def test_selection_settings_take_keyword_overrides_and_name_unknown_ones():
+    from hf_ckptkd.selection import SelectionError, SelectionSettings
+
+    base = SelectionSettings(k=2, objective="outputs")
+    merged = SelectionSettings.of(base, temperature=2.0)
+    assert (merged.k, merged.objective, merged.temperature) == (2, "outputs", 2.0) and base.temperature == 4.0
+    with pytest.raises(SelectionError, match="unknown selection setting 'max_probe_sample'; did you mean "
+                                             "'max_probe_samples'"):
+        SelectionSettings.of(max_probe_sample=100)

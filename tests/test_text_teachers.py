@@ -19,10 +19,10 @@ BERT = '{"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "i
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
     """The tiny sentiment set of the pipeline tests and a 2-epoch BERT teacher trained on it by the CLI."""
-    from test_pipeline import _tiny_text_set
+    from text_data import write_tiny_text_set
 
     root = tmp_path_factory.mktemp("text")
-    _tiny_text_set(root)
+    write_tiny_text_set(root)
     assert main(["train-teacher", "--model", "transformers:BertConfig", "--model_kwargs", BERT, "--dataset",
                  str(root / "data"), "--text_column", "sentence", "--tokenizer", str(root / "tokenizer"),
                  "--per_device_train_batch_size", "32", "--report_to", "none", "--learning_rate", "0.001",
