@@ -61,8 +61,8 @@ from hf_ckptkd.data import (
 )
 from hf_ckptkd.models import build_model
 from hf_ckptkd.selection import OBJECTIVES, build_estimator, select_from_candidates
-from hf_ckptkd.selection.estimators import output_embedding
-from hf_ckptkd.selection.selector import extract_candidates
+from hf_ckptkd.selection.kernels import output_embedding
+from hf_ckptkd.selection import extract_candidates
 
 SPEED_TOTAL_GOAL_S, SPEED_ESTIMATOR_GOAL_S = 30.0, 1.0
 REGRET_GOAL_PP = 0.3

@@ -27,7 +27,7 @@ from hf_ckptkd.pipeline import load_run_data
 from hf_ckptkd.recipe import load_recipe
 from hf_ckptkd.results import paired_difference
 from hf_ckptkd.selection import OBJECTIVES, select_from_candidates
-from hf_ckptkd.selection.selector import extract_candidates
+from hf_ckptkd.selection import extract_candidates
 from hf_ckptkd.snapshots import SnapshotIndex
 from hf_ckptkd.study import spearman, is_run_of, study_cells
 

@@ -29,7 +29,7 @@ from hf_ckptkd.selection import (
     renyi2_mutual_information,
     select_from_candidates,
 )
-from hf_ckptkd.selection.estimators import output_embedding
+from hf_ckptkd.selection.kernels import output_embedding
 
 E8 = math.exp(-8.0)  # a Gaussian at width kappa * d = d / 4, evaluated at distance d: exp(-d^2 / (2 d^2 / 16))
 
@@ -167,9 +167,9 @@ def test_median_distance_ignores_coincident_pairs_and_samples_reproducibly():
     assert sampled == median_pairwise_distance(big, max_pairs=5000, seed=1)
     assert sampled != exact and sampled == pytest.approx(exact, rel=0.05)
     # The dense shortcut (N <= 8192) and the pairwise differences agree.
-    from hf_ckptkd.selection.estimators import _median_distance
+    from hf_ckptkd.selection.kernels import median_distance
 
-    assert _median_distance(big, max_pairs=5000, seed=1) == pytest.approx(sampled, rel=1e-5)
+    assert median_distance(big, max_pairs=5000, seed=1) == pytest.approx(sampled, rel=1e-5)
 
 
 def test_gaussian_gram_has_unit_diagonal_and_the_requested_width():

@@ -119,7 +119,7 @@ def test_ensembles_score_the_mean_probabilities_with_the_same_j(run, report):
     assert sum(s.chosen for s in report.scores) == 2
     # Recompute the chosen pair's J by hand from the estimator.
     from hf_ckptkd.selection import Renyi2Estimator
-    from hf_ckptkd.selection.estimators import output_embedding
+    from hf_ckptkd.selection.kernels import output_embedding
 
     est = Renyi2Estimator(x, y, num_classes=6)
     members = [c for c in candidates if c.name in report.selected]

@@ -33,7 +33,7 @@ from hf_ckptkd.selection import (
     select_teachers,
 )
 from hf_ckptkd.selection import LabelSpaceMismatchError
-from hf_ckptkd.selection.selector import probe_transform_config, stratified_probe_indices
+from hf_ckptkd.selection.probe import probe_transform_config, stratified_probe_indices
 from hf_ckptkd.snapshots import write_snapshot
 
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 7}

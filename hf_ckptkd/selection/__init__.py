@@ -30,20 +30,26 @@ from .errors import (
 )
 from .estimators import (
     DEFAULT_ESTIMATOR,
-    DEFAULT_KAPPA,
     ESTIMATORS,
     BinningEstimator,
-    InformationEstimator,
-    MutualInformation,
     Renyi2Estimator,
     build_estimator,
+)
+from .kernels import (
+    DEFAULT_KAPPA,
+    InformationEstimator,
+    MutualInformation,
     gaussian_gram,
     label_gram,
     median_pairwise_distance,
     renyi2_entropy,
     renyi2_mutual_information,
 )
-from .label_information import features_label_bits, outputs_label_bits, shannon_entropy_bits
+from .label_information import (
+    features_label_bits,
+    outputs_label_bits,
+    shannon_entropy_bits,
+)
 from .objective import (
     INFORMATION_OBJECTIVES,
     OBJECTIVES,

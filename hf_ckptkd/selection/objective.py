@@ -61,10 +61,9 @@ from .errors import (
     UnknownEstimatorError,
     UnknownObjectiveError,
 )
-from .estimators import (
-    ESTIMATORS,
+from .estimators import ESTIMATORS, build_estimator
+from .kernels import (
     MutualInformation,
-    build_estimator,
     check_probe,
     check_probe_classes,
     output_embedding,

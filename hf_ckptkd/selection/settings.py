@@ -17,7 +17,8 @@ import torch
 
 from ..config import DEFAULT_TEMPERATURE
 from .errors import SelectionError
-from .estimators import DEFAULT_ESTIMATOR, DEFAULT_KAPPA
+from .estimators import DEFAULT_ESTIMATOR
+from .kernels import DEFAULT_KAPPA
 
 # The default is the selector with the lowest worst-case regret over the selector-evidence cells
 # (README, "Selector across tasks"; benchmarks/selection_studies.py), whichever it is.
