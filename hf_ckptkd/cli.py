@@ -38,13 +38,18 @@ from .metrics import compute_metrics
 from .models import ModelSpecError
 from .pipeline import run
 from .recipe import PIPELINE_STAGES, load_recipe
+from .references import TeacherReferenceError
 from .selection import ESTIMATORS, OBJECTIVES, SelectionError, select_teachers
-from .selection.settings import DEFAULT_BATCH_SIZE, DEFAULT_BETA, DEFAULT_MAX_PROBE_SAMPLES, DEFAULT_OBJECTIVE
+from .selection.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BETA,
+    DEFAULT_MAX_PROBE_SAMPLES,
+    DEFAULT_OBJECTIVE,
+)
 from .snapshots import SnapshotError, SnapshotIndex
 from .study import run_study
 from .tasks import prepare_run_data
-from .references import TeacherReferenceError
-from .teachers import LabelSpaceError
+from .teacher_checks import LabelSpaceError
 from .trainer import CheckpointKDTrainer
 
 EXIT_BAD_INPUT, EXIT_FAILURE = 2, 1

@@ -25,9 +25,7 @@ weights, but nothing in the project saves it.) It always stays in eval mode.
 
 from __future__ import annotations
 
-import copy
 import itertools
-import json
 import logging
 import statistics
 import time
@@ -40,13 +38,19 @@ import torch
 from torch import nn
 
 from .config import ENSEMBLE_MODES, TEACHER_DTYPES, TEACHER_FUSIONS
+from .fused_teachers import (
+    FUSED_MARGIN,
+    FUSION_CHECK_TOL,
+    FusedForward,
+    architecture_signature,
+    logits_of,
+    synchronize,
+)
 from .hub.load import load_hub_teacher
 from .inputs import describe_remap, match_inputs, recorded_input
 from .models import (
-    TRANSFORMERS,
     ModelSpecError,
     TimmForImageClassification,
-    _is_image_config,
     label_names_of,
     load_model,
     model_family,
@@ -58,29 +62,23 @@ from .models import (
 # callers of load_teachers look for them.
 from .references import REFERENCE_FORMS, TeacherReferenceError, is_hub_reference, parse_hub_reference
 from .snapshots import SnapshotError, resolve_snapshot_reference
+# The checks are re-exported here, where callers of load_teachers look for them.
+from .teacher_checks import (
+    LabelSpaceError,
+    TeacherOutputError,
+    check_finite,
+    check_label_space,
+    describe_module,
+    vocab_size_of,
+)
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 assert set(DTYPES) == set(TEACHER_DTYPES)
 
-# Relative difference (to the largest logit) above which the fused path is taken to disagree with the loop.
-# It only catches gross errors (members that are not really one architecture): TF32/half kernels differ far less.
-_FUSION_CHECK_TOL = 5e-2
-# "auto" keeps the fused path only when it takes less than this fraction of the loop's time.
-_FUSED_MARGIN = 0.95
-
-
 class TeacherFusionError(ValueError):
     """`fusion="fused"` asked for with members that cannot run as one batched forward."""
-
-
-class LabelSpaceError(ValueError):
-    """Teachers and student (or two teachers) that do not share one label space or vocabulary."""
-
-
-class TeacherOutputError(RuntimeError):
-    """Teacher logits that contain NaN or inf."""
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -105,7 +103,7 @@ def load_teacher(reference: str | Path | nn.Module) -> nn.Module:
     snapshot's own `SnapshotError` (naming the snapshot): it is refused, not loaded.
     """
     if isinstance(reference, nn.Module):
-        return _as_member(reference, _describe_module(reference))
+        return _as_member(reference, describe_module(reference))
     if not isinstance(reference, (str, Path)):
         raise TeacherReferenceError(f"teacher reference {reference!r} ({type(reference).__name__}) is not "
                                     f"{REFERENCE_FORMS}")
@@ -132,87 +130,6 @@ def load_teacher(reference: str | Path | nn.Module) -> nn.Module:
     raise TeacherReferenceError(f"teacher reference {ref!r} is not a local path that exists, nor a snapshot "
                                 f"'<snapshot_dir>:<name>' whose snapshot_dir exists, nor a Hub repo; a teacher "
                                 f"reference is {REFERENCE_FORMS}")
-
-
-def _describe_module(model: nn.Module) -> str:
-    inner = unwrap(model)
-    if isinstance(inner, TimmForImageClassification):
-        return f"<timm:{inner.model.pretrained_cfg.get('architecture', type(inner.model).__name__)}>"
-    config = getattr(inner, "config", None)
-    if config is not None and getattr(config, "model_type", None):
-        return f"<transformers:{type(inner).__name__}({config.model_type})>"
-    return f"<{type(inner).__name__}>"
-
-
-# --- architecture signatures -------------------------------------------------------------
-
-_CONFIG_KEYS_IGNORED = {"id2label", "label2id", "_name_or_path", "transformers_version", "torch_dtype", "dtype",
-                        "architectures", "num_labels", "finetuning_task"}
-
-
-def architecture_signature(model: nn.Module) -> tuple:
-    """What must be equal for two models to run as one vmapped forward.
-
-    The class, the module tree with its hyperparameters (`repr`, e.g. activation, eps, stride),
-    every parameter and buffer name with shape and dtype, and for transformers models the config
-    apart from labels and bookkeeping fields.
-    """
-    inner = unwrap(model)
-    tensors = tuple((name, tuple(t.shape), t.dtype) for name, t in
-                    itertools.chain(inner.named_parameters(), inner.named_buffers()))
-    config = getattr(inner, "config", None)
-    config_sig = None
-    if config is not None and hasattr(config, "to_dict"):
-        config_sig = json.dumps({k: v for k, v in config.to_dict().items() if k not in _CONFIG_KEYS_IGNORED},
-                                sort_keys=True, default=str)
-    return type(inner), repr(inner), tensors, config_sig
-
-
-def _logits_of(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if logits is not None:
-        return logits
-    return output[0]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type != "cpu" and hasattr(torch, "accelerator"):
-        torch.accelerator.synchronize()
-
-
-class _Fused:
-    """Stacked weights and buffers of k same-architecture members and the vmapped forward over them."""
-
-    def __init__(self, members: Sequence[nn.Module], compile: bool):
-        self.params, self.buffers = torch.func.stack_module_state(list(members))
-        first = members[0]
-        memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
-                for p in first.parameters()}
-        memo.update({id(b): torch.empty_like(b, device="meta") for b in first.buffers()})
-        self.base = copy.deepcopy(first, memo)  # the module tree without weights: functional_call supplies them
-        base = self.base
-
-        def one(params, buffers, inputs):
-            return _logits_of(torch.func.functional_call(base, (params, buffers), (), inputs))
-
-        self.eager = torch.vmap(one, in_dims=(0, 0, None))
-        self.compiled = torch.compile(self.eager) if compile else None
-        self.compile_error: str | None = None
-
-    def __call__(self, inputs: dict[str, Any]) -> torch.Tensor:
-        if self.compiled is not None:
-            try:
-                return self.compiled(self.params, self.buffers, inputs)
-            except Exception as e:  # e.g. no C++ compiler for inductor on this machine
-                self.compile_error = f"{type(e).__name__}: {e}"
-                self.compiled = None
-                warnings.warn(f"torch.compile of the fused teacher forward failed ({self.compile_error}); running "
-                              "the fused path eagerly", RuntimeWarning, stacklevel=3)
-        return self.eager(self.params, self.buffers, inputs)
 
 
 # --- the ensemble ------------------------------------------------------------------------
@@ -256,7 +173,7 @@ class TeacherEnsemble(nn.Module):
         if not members:
             raise TeacherReferenceError("a TeacherEnsemble needs at least one teacher")
         if references is None:
-            references = [_describe_module(m) for m in members]
+            references = [describe_module(m) for m in members]
         self.references: list[str] = [str(r) for r in references]
         if len(self.references) != len(members):
             raise ValueError(f"{len(self.references)} references for {len(members)} teachers")
@@ -277,14 +194,14 @@ class TeacherEnsemble(nn.Module):
         self.register_buffer("_weight_tensor", torch.tensor(self.weights, dtype=torch.float32,
                                                             device=self.device), persistent=False)
         self.num_labels, self.label_names = self._agreed_label_space()
-        self.vocab_size = self._agreed_vocab_size()
+        self.vocab_size = self._agreedvocab_size_of()
         # Per member: how the student's pixel values are turned into the member's own normalisation.
         self.input_remaps: list = [None] * len(self.members)
 
         self.fusable, self.fusion_reason = self._fusability()
         self.fusion_used: str | None = None  # "fused" | "loop"; None until "auto" has measured
         self.fusion_times: dict[str, float] | None = None  # {"fused": s, "loop": s, "fused/loop": median ratio}
-        self._fused: _Fused | None = None
+        self._fused: FusedForward | None = None
         if fusion == "fused" and not self.fusable:
             raise TeacherFusionError(f"teacher_fusion='fused' needs teachers of one architecture, but "
                                      f"{self.fusion_reason}; use teacher_fusion='auto' or 'loop'")
@@ -316,8 +233,8 @@ class TeacherEnsemble(nn.Module):
                     f"{first} vs {n}); all members of an ensemble must share one label space in one order")
         return counts[0], (list(named[0][1]) if named else None)
 
-    def _agreed_vocab_size(self) -> int | None:
-        sizes = [(r, _vocab_size(m)) for r, m in zip(self.references, self.members)]
+    def _agreedvocab_size_of(self) -> int | None:
+        sizes = [(r, vocab_size_of(m)) for r, m in zip(self.references, self.members)]
         texts = [(r, v) for r, v in sizes if v is not None]
         if texts and len(texts) != len(sizes):
             image = next(r for r, v in sizes if v is None)
@@ -338,8 +255,8 @@ class TeacherEnsemble(nn.Module):
                 what = "class" if sig[0] is not signatures[0][0] else \
                     "module structure" if sig[1] != signatures[0][1] else \
                     "parameter/buffer names, shapes or dtypes" if sig[2] != signatures[0][2] else "config"
-                return False, (f"teacher {self.references[i]!r} ({_describe_module(self.members[i])}) differs from "
-                               f"teacher {self.references[0]!r} ({_describe_module(self.members[0])}) in its {what}")
+                return False, (f"teacher {self.references[i]!r} ({describe_module(self.members[i])}) differs from "
+                               f"teacher {self.references[0]!r} ({describe_module(self.members[0])}) in its {what}")
         return True, f"all {len(self.members)} teachers share one architecture"
 
     def match_student_inputs(self, student: nn.Module, student_input=None) -> None:
@@ -417,9 +334,9 @@ class TeacherEnsemble(nn.Module):
     def _run(self, path: str, inputs: dict[str, Any]) -> torch.Tensor:
         if path == "fused":
             if self._fused is None:
-                self._fused = _Fused(list(self.members), self.compile_fused)
+                self._fused = FusedForward(list(self.members), self.compile_fused)
             return self._fused(inputs)
-        return torch.stack([_logits_of(m(**self._member_inputs(i, inputs))) for i, m in enumerate(self.members)])
+        return torch.stack([logits_of(m(**self._member_inputs(i, inputs))) for i, m in enumerate(self.members)])
 
     def _combine(self, stacked: torch.Tensor) -> torch.Tensor:
         w = self._weight_tensor.to(stacked.device)[:, None, None]
@@ -442,7 +359,7 @@ class TeacherEnsemble(nn.Module):
             return loop_out
         scale = 1.0 + loop_out.float().abs().max().item()
         error = (fused_out.float() - loop_out.float()).abs().max().item()
-        if not error <= _FUSION_CHECK_TOL * scale:
+        if not error <= FUSION_CHECK_TOL * scale:
             self._fused = None
             self.fusion_used, self.fusion_times = "loop", None
             warnings.warn(f"teacher fusion: the fused forward disagrees with the loop (max difference {error:.3g}); "
@@ -452,10 +369,10 @@ class TeacherEnsemble(nn.Module):
         for round_ in range(self.auto_repeats):
             # Alternate which path goes first, so neither always runs right after the other.
             for path in (("fused", "loop") if round_ % 2 == 0 else ("loop", "fused")):
-                _sync(device)
+                synchronize(device)
                 start = time.perf_counter()
                 self._run(path, inputs)
-                _sync(device)
+                synchronize(device)
                 times[path].append(time.perf_counter() - start)
         # Paired comparison: each round times both paths back to back, so load that changes slowly (other
         # processes on a shared machine) cancels in the per-round ratio; the median discards outlier rounds.
@@ -463,7 +380,7 @@ class TeacherEnsemble(nn.Module):
         self.fusion_times = {path: statistics.median(ts) for path, ts in times.items()}
         self.fusion_times["fused/loop"] = ratio
         # The fused path holds a second copy of the weights: it must win clearly, not by noise.
-        self.fusion_used = "fused" if ratio < _FUSED_MARGIN else "loop"
+        self.fusion_used = "fused" if ratio < FUSED_MARGIN else "loop"
         if self.fusion_used == "loop":
             self._fused = None  # free the stacked copy of the weights
         batch = next((v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim()), "?")
@@ -507,17 +424,6 @@ def _normalise_weights(weights: Sequence[float] | None, k: int) -> list[float]:
     return [w / total for w in weights]
 
 
-def _vocab_size(model: nn.Module) -> int | None:
-    """The input vocabulary size of a text model; None for image models."""
-    inner = unwrap(model)
-    if isinstance(inner, TimmForImageClassification) or model_family(inner) != TRANSFORMERS:
-        return None
-    config = inner.config
-    if _is_image_config(config):
-        return None
-    return getattr(config, "vocab_size", None)
-
-
 # --- public helpers -------------------------------------------------------------------------
 
 def load_teachers(refs: str | Path | nn.Module | Sequence[str | Path | nn.Module], *,
@@ -531,76 +437,9 @@ def load_teachers(refs: str | Path | nn.Module | Sequence[str | Path | nn.Module
     if not refs:
         raise TeacherReferenceError(f"no teacher references given; a teacher reference is {REFERENCE_FORMS}")
     members = [load_teacher(ref) for ref in refs]
-    references = [_describe_module(r) if isinstance(r, nn.Module) else str(r) for r in refs]
+    references = [describe_module(r) if isinstance(r, nn.Module) else str(r) for r in refs]
     return TeacherEnsemble(members, mode=mode, temperature=temperature, weights=weights, dtype=dtype, fusion=fusion,
                            compile=compile, references=references, device=device)
-
-
-def check_finite(logits: torch.Tensor, batch_index: int, *, references: Sequence[str] | None = None) -> None:
-    """Raise `TeacherOutputError` if the teacher logits hold NaN or inf (one device sync per call)."""
-    finite = torch.isfinite(logits)
-    if bool(finite.all()):
-        return
-    n_nan = int(torch.isnan(logits).sum())
-    n_inf = int(logits.numel() - finite.sum().item() - n_nan)
-    who = f" (teachers: {', '.join(references)})" if references else ""
-    raise TeacherOutputError(
-        f"teacher logits contain NaN/inf at batch {batch_index}{who}; {n_nan} NaN and {n_inf} inf of {logits.numel()} "
-        "values. A teacher snapshot from a diverged run, or a float16 overflow, gives this: check the teachers on a "
-        "few examples, drop a bad snapshot from the ensemble, or use teacher_dtype='float32' (or 'bfloat16').")
-
-
-def check_label_space(ensemble: TeacherEnsemble | nn.Module, student: nn.Module, *,
-                      student_label_names: Sequence[str] | None = None, teacher_tokenizer=None,
-                      student_tokenizer=None) -> None:
-    """Raise `LabelSpaceError` unless teachers and student agree on what they predict and read.
-
-    Checked: the number of labels; the label names in order when both sides carry names
-    (`student_label_names` overrides the names the student was built with); for text models the
-    tokenizer vocabulary (`get_vocab()` of the two tokenizers when both are given, else the
-    models' `config.vocab_size`); and that both read the same kind of input (text or images).
-    """
-    if isinstance(ensemble, TeacherEnsemble):
-        references, n_t, t_names, t_vocab_size = (ensemble.references, ensemble.num_labels, ensemble.label_names,
-                                                  ensemble.vocab_size)
-    else:  # one bare teacher model: read it without freezing or moving it
-        references, n_t = [_describe_module(ensemble)], num_labels_of(ensemble)
-        t_names, t_vocab_size = label_names_of(ensemble), _vocab_size(ensemble)
-    teachers = f"the teachers ({', '.join(references)})"
-    student_desc = f"the student ({_describe_module(student)})"
-    n_s = num_labels_of(student)
-    if n_t != n_s:
-        raise LabelSpaceError(
-            f"{teachers} predict {n_t} labels but {student_desc} predicts {n_s}; build the student "
-            f"with num_labels={n_t} (the teachers' label space) or distil from teachers trained on "
-            "the student's dataset")
-    s_names = list(student_label_names) if student_label_names is not None else label_names_of(student)
-    if s_names is not None and t_names is not None and list(s_names) != list(t_names):
-        k = next((i for i, (a, b) in enumerate(zip(t_names, s_names)) if a != b), min(len(t_names), len(s_names)))
-        t_k = t_names[k] if k < len(t_names) else None
-        s_k = s_names[k] if k < len(s_names) else None
-        raise LabelSpaceError(
-            f"{teachers} and {student_desc} name their labels differently: label {k} is {t_k!r} for the teachers "
-            f"and {s_k!r} for the student (teachers: {list(t_names)}; student: {list(s_names)}). Build the student "
-            "with the teachers' label names in the same order (label_names=...), or map the dataset's labels to them")
-    s_vocab = _vocab_size(student)
-    if (t_vocab_size is None) != (s_vocab is None):
-        kinds = ("text", "image") if s_vocab is None else ("image", "text")
-        raise LabelSpaceError(f"{teachers} are {kinds[0]} models but {student_desc} is a {kinds[1]} model; teachers "
-                              "and student must read the same inputs")
-    if teacher_tokenizer is not None and student_tokenizer is not None:
-        t_vocab, s_vocab_map = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
-        if t_vocab != s_vocab_map:
-            differ = sorted(tok for tok in set(t_vocab) | set(s_vocab_map) if t_vocab.get(tok) != s_vocab_map.get(tok))
-            examples = ", ".join(f"{tok!r}: {t_vocab.get(tok)} vs {s_vocab_map.get(tok)}" for tok in differ[:3])
-            raise LabelSpaceError(
-                f"the teachers' tokenizer ({len(t_vocab)} tokens) and the student's ({len(s_vocab_map)} tokens) differ "
-                f"in {len(differ)} tokens (e.g. {examples}); the student must use the teachers' tokenizer, since both "
-                "read the same input_ids")
-    elif s_vocab is not None and t_vocab_size != s_vocab:
-        raise LabelSpaceError(
-            f"{teachers} have a vocabulary of {t_vocab_size} tokens but {student_desc} has {s_vocab}; both read "
-            f"the same input_ids, so build the student with the teachers' tokenizer (vocab_size={t_vocab_size})")
 
 
 __all__ = ["TeacherEnsemble", "load_teachers", "load_teacher", "parse_hub_reference", "is_hub_reference",

@@ -29,7 +29,8 @@ from .inputs import InputSpec
 from .losses import distillation_loss
 from .models import model_inputs, unwrap
 from .snapshots import SnapshotCallback
-from .teachers import TeacherEnsemble, check_finite, check_label_space, load_teachers
+from .teacher_checks import check_finite, check_label_space
+from .teachers import TeacherEnsemble, load_teachers
 
 logger = logging.getLogger(__name__)
 

@@ -46,6 +46,8 @@ def _padded(values: list[float], pad: float = 0.08, minimum: float = 0.05) -> tu
 
 def plot_information_plane(report: Any, path: str | os.PathLike, *, dpi: int = 150) -> Path:
     """Render `report` to a PNG at `path`; returns the path."""
+    # One figure drawn top to bottom (the plane, then J and accuracy against training): long, but
+    # each block only adds artists to the axes above it, and splitting it would pass them all around.
     scores = report.scores
     t, t_label = _training_axis(report)
     xs = [s.i_xf for s in scores]

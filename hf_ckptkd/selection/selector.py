@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..data import (
     ImageColumns,
@@ -47,7 +48,6 @@ from .errors import (
 from .kernels import check_probe_classes
 from .objective import Candidate, check_request, select_from_candidates
 from .probe import (
-    Transform,
     dataset_label_names,
     draw_probe,
     draw_text_probe,
@@ -157,16 +157,61 @@ class ProbeCandidates:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _probe_transform(first_model: nn.Module, first_path, text: bool, transform, default_transform):
+    """(the transform's config or None, the PIL image → tensor callable, or a description for text)."""
+    if text:
+        return None, "tokenized text (bag of tokens for X)"
+    if transform is None:
+        config = probe_transform_config(first_model, first_path, default_transform)
+        return config, build_image_transform(config, train=False)
+    if isinstance(transform, ImageTransformConfig):
+        return transform, build_image_transform(transform, train=False)
+    return None, transform
+
+
+def _run_snapshots(snapshot_list: list[Snapshot], first_model: nn.Module, batches, held_out, space: "_LabelSpace",
+                   device: torch.device, progress: bool) -> list[Candidate]:
+    """Each snapshot loaded in turn (the first is already), checked against the label space, and run
+    over the probe (and the held-out probe) in eval mode: its features, logits and accuracies."""
+    candidates: list[Candidate] = []
+    n_batches = len(batches) + (len(held_out[0]) if held_out else 0)
+    outer: Iterable[Snapshot] = tqdm(snapshot_list, desc="snapshots", unit="snapshot") if progress else snapshot_list
+    bar = tqdm(total=n_batches, desc="probe batches", unit="batch", leave=False) if progress else None
+    try:
+        for i, snapshot in enumerate(outer):
+            model = first_model if i == 0 else snapshot.load_model(verify=True)
+            first_model = None  # one model in memory at a time
+            space.check(snapshot.name, model)
+            model.to(device).eval()
+            if bar is not None:
+                bar.reset(total=n_batches)
+                bar.set_description(snapshot.name)
+            features, logits = _run(model, batches, device, bar)
+            metadata: dict[str, Any] = {"final": bool(snapshot.final)}
+            if snapshot.accuracy is not None:
+                metadata["eval_accuracy"] = float(snapshot.accuracy)
+            if held_out is not None:
+                _, h_logits = _run(model, held_out[0], device, bar)
+                metadata["held_out_accuracy"] = float((h_logits.argmax(dim=1) == held_out[1]).float().mean())
+            del model
+            candidates.append(Candidate(
+                name=snapshot.name, features=features, logits=logits, epoch=float(snapshot.epoch),
+                step=int(snapshot.global_step), init=snapshot.global_step == 0, path=str(snapshot.path),
+                metadata=metadata))
+    finally:
+        if bar is not None:
+            bar.close()
+    return candidates
+
+
 def extract_candidates(
     snapshots: SnapshotIndex | str | os.PathLike | Sequence[Snapshot],
     probe_dataset,
     settings: SelectionSettings | None = None,
     *,
-    device: str | torch.device | None = None,
-    transform: ImageTransformConfig | Transform | None = None,
     held_out_probe=None,
+    device: str | torch.device | None = None,
     progress: bool = True,
-    default_transform: ImageTransformConfig | None = None,
     **overrides: Any,
 ) -> ProbeCandidates:
     """Draw the probe set and run every snapshot over it (the first half of `select_teachers`).
@@ -193,16 +238,8 @@ def extract_candidates(
     # The first snapshot's model fixes the transform and the label space.
     first_model = snapshot_list[0].load_model(verify=True)
     text = is_text_model(first_model)
-    if text:
-        transform_config, transform_fn = None, "tokenized text (bag of tokens for X)"
-    elif transform is None:
-        transform_config = probe_transform_config(first_model, snapshot_list[0].path, default_transform)
-        transform_fn: Transform = build_image_transform(transform_config, train=False)
-    elif isinstance(transform, ImageTransformConfig):
-        transform_config = transform
-        transform_fn = build_image_transform(transform, train=False)
-    else:
-        transform_config, transform_fn = None, transform
+    transform_config, transform_fn = _probe_transform(first_model, snapshot_list[0].path, text, settings.transform,
+                                                      settings.default_transform)
 
     t0 = time.perf_counter()
 
@@ -225,40 +262,8 @@ def extract_candidates(
     probe_s = time.perf_counter() - t0
 
     space = _LabelSpace(dataset_label_names(probe_dataset, label_column), probe_classes)
-    candidates: list[Candidate] = []
-    n_batches = len(batches) + (len(held_out[0]) if held_out else 0)
-    outer: Iterable[Snapshot] = snapshot_list
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        outer = tqdm(snapshot_list, desc="snapshots", unit="snapshot")
-        bar = tqdm(total=n_batches, desc="probe batches", unit="batch", leave=False)
     t0 = time.perf_counter()
-    try:
-        for i, snapshot in enumerate(outer):
-            model = first_model if i == 0 else snapshot.load_model(verify=True)
-            first_model = None
-            space.check(snapshot.name, model)
-            model.to(device).eval()
-            if bar is not None:
-                bar.reset(total=n_batches)
-                bar.set_description(snapshot.name)
-            features, logits = _run(model, batches, device, bar)
-            metadata: dict[str, Any] = {"final": bool(snapshot.final)}
-            if snapshot.accuracy is not None:
-                metadata["eval_accuracy"] = float(snapshot.accuracy)
-            if held_out is not None:
-                _, h_logits = _run(model, held_out[0], device, bar)
-                metadata["held_out_accuracy"] = float((h_logits.argmax(dim=1) == held_out[1]).float().mean())
-            del model
-            candidates.append(Candidate(
-                name=snapshot.name, features=features, logits=logits, epoch=float(snapshot.epoch),
-                step=int(snapshot.global_step), init=snapshot.global_step == 0, path=str(snapshot.path),
-                metadata=metadata))
-    finally:
-        if bar is not None:
-            bar.close()
+    candidates = _run_snapshots(snapshot_list, first_model, batches, held_out, space, device, progress)
     forward_s = time.perf_counter() - t0
 
     info = {
@@ -281,11 +286,9 @@ def select_teachers(
     k: int | None = None,
     *,
     settings: SelectionSettings | None = None,
-    device: str | torch.device | None = None,
-    transform: ImageTransformConfig | Transform | None = None,
     held_out_probe=None,
+    device: str | torch.device | None = None,
     progress: bool = True,
-    default_transform: ImageTransformConfig | None = None,
     **overrides: Any,
 ) -> SelectionReport:
     """Score every snapshot of a teacher run on a probe set and choose `k` teachers.
@@ -299,17 +302,13 @@ def select_teachers(
         settings: a `SelectionSettings`: the probe (max_probe_samples, seed, batch_size,
             label_column, image_column; `label` and `labels` stand for each other when the dataset
             has only the other, as after `tokenize_text_dataset`) and the choice (objective,
-            temperature, beta, kappa, estimator, accuracy_margin, …). Any of its fields may also
+            temperature, beta, kappa, estimator, accuracy_margin, …) and, for images, `transform` and
+            `default_transform` (see `SelectionSettings`). Any of its fields may also
             be given as a keyword argument, which wins: `select_teachers(run, data, k=2,
             objective="outputs", max_probe_samples=1000)`.
         device: where models run and the estimator computes; default the accelerator, if any.
         label_column, image_column: the dataset's columns (`label` and `labels` stand for each other
             when the dataset has only the other, as after `tokenize_text_dataset`).
-        transform: an `ImageTransformConfig` (its evaluation transform is used) or a callable
-            PIL image → tensor; default derived from the first snapshot's model (see
-            `probe_transform_config`), with `default_transform` for what the model does not record
-            (transformers models record channels and size, not the normalisation; the library's
-            default is the Fashion-MNIST mean and std).
         held_out_probe: an optional dataset like `probe_dataset` (e.g. the test split), drawn the
             same way; each snapshot's accuracy on it goes into `metadata["held_out_accuracy"]`.
             It does not enter J: the estimator computes every term on one probe set.
@@ -341,8 +340,8 @@ def select_teachers(
             f"k={k!r} teachers requested but there are {n_candidates} candidate snapshots{note}; use "
             f"1 <= k <= {n_candidates}, or keep more snapshots (e.g. a smaller snapshot_every)")
     probe = extract_candidates(
-        snapshots if isinstance(snapshots, SnapshotIndex) else snapshot_list, probe_dataset, settings, device=device,
-        transform=transform, held_out_probe=held_out_probe, progress=progress, default_transform=default_transform)
+        snapshots if isinstance(snapshots, SnapshotIndex) else snapshot_list, probe_dataset, settings,
+        held_out_probe=held_out_probe, device=device, progress=progress)
 
     t0 = time.perf_counter()
     report = select_from_candidates(probe.candidates, probe.inputs, probe.labels, settings, device=probe.device,

@@ -35,7 +35,11 @@ class SelectionSettings:
     """How the probe is drawn and the teachers are chosen.
 
     Probe: `max_probe_samples` (a label-stratified sample seeded by `seed`; None: all), `batch_size`
-    (examples per forward pass), `label_column`, `image_column`.
+    (examples per forward pass), `label_column`, `image_column`; for images `transform` (an
+    `ImageTransformConfig`, whose evaluation transform is used, or a callable PIL image → tensor;
+    default derived from the first snapshot's model) and `default_transform` (what to assume for
+    what the model does not record: transformers models record channels and size, not the
+    normalisation).
     Choice: `k` teachers by `objective` ("outputs", "features", or the trivial "final", "accuracy")
     at `temperature`, with `beta` weighing the input term, `kappa` the kernel width, `estimator`
     ("renyi2" or "binning"); `chunk_size` rows per Gram block (None: dense up to 20k examples);
@@ -55,6 +59,8 @@ class SelectionSettings:
     batch_size: int = DEFAULT_BATCH_SIZE
     label_column: str = "label"
     image_column: str = "image"
+    transform: Any = None
+    default_transform: Any = None
     chunk_size: int | None = None
     exhaustive_limit: int = DEFAULT_EXHAUSTIVE_LIMIT
     accuracy_margin: float = DEFAULT_ACCURACY_MARGIN
