@@ -41,6 +41,16 @@ def accelerator_available() -> bool:
     return torch.accelerator.is_available()  # what the DataLoader's pin_memory warning asks too
 
 
+def help_field(default, help: str):
+    """A dataclass field with its `--help` text (default a plain value, not a list or dict)."""
+    return field(default=default, metadata={"help": help})
+
+
+def choice_field(default: str, choices: tuple[str, ...], help: str):
+    """A dataclass field whose value is one of `choices` (HfArgumentParser turns them into the flag's choices)."""
+    return field(default=default, metadata={"help": help, "choices": list(choices)})
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}")
@@ -56,74 +66,50 @@ class CheckpointKDConfig(TrainingArguments):
     """Training arguments for teachers that keep snapshots and students that learn from them."""
 
     # --- step-decay learning rate (teacher and student runs alike) ---
-    lr_decay_epochs: list[float] | None = field(
-        default=None,
-        metadata={"help": "Step-decay (multistep) schedule: the epochs at which the learning rate is multiplied by "
-                          "`lr_decay_factor`, e.g. 18 36 54 for a 60-epoch run. Values all in (0, 1) are fractions of "
-                          "training instead (0.3 0.6 0.9), which scale with the run's length. Increasing; one convention "
-                          "per list. After the usual linear warm-up (warmup_steps) the rate is "
-                          "learning_rate * lr_decay_factor^(milestones passed). With max_steps set, epochs count as "
-                          "fractions epoch/num_train_epochs of max_steps. Replaces lr_scheduler_type (leave it 'linear'). "
-                          "Unset (the default): no step decay."},
-    )
-    lr_decay_factor: float = field(
-        default=0.1,
-        metadata={"help": "What each `lr_decay_epochs` milestone multiplies the learning rate by, in (0, 1]."},
-    )
+    lr_decay_epochs: list[float] | None = help_field(None,
+        "Step-decay (multistep) schedule: the epochs at which the learning rate is multiplied by "
+        "`lr_decay_factor`, e.g. 18 36 54 for a 60-epoch run. Values all in (0, 1) are fractions of "
+        "training instead (0.3 0.6 0.9), which scale with the run's length. Increasing; one convention "
+        "per list. After the usual linear warm-up (warmup_steps) the rate is "
+        "learning_rate * lr_decay_factor^(milestones passed). With max_steps set, epochs count as "
+        "fractions epoch/num_train_epochs of max_steps. Replaces lr_scheduler_type (leave it 'linear'). "
+        "Unset (the default): no step decay.")
+    lr_decay_factor: float = help_field(0.1,
+        "What each `lr_decay_epochs` milestone multiplies the learning rate by, in (0, 1].")
     # --- snapshots (teacher runs) ---
-    snapshot_strategy: str = field(
-        default="no",
-        metadata={"help": "When to keep a teacher snapshot: 'no', 'epoch' (every `snapshot_every` epochs) or "
-                          "'steps' (every `snapshot_every` optimizer steps). The final model is always kept too.",
-                  "choices": list(SNAPSHOT_STRATEGIES)},
-    )
+    snapshot_strategy: str = choice_field("no", SNAPSHOT_STRATEGIES,
+        "When to keep a teacher snapshot: 'no', 'epoch' (every `snapshot_every` epochs) or "
+        "'steps' (every `snapshot_every` optimizer steps). The final model is always kept too.")
     snapshot_every: int = field(
         default=1, metadata={"help": "Epochs or steps between snapshots (a positive integer)."}
     )
-    snapshot_dir: str | None = field(
-        default=None,
-        metadata={"help": "Folder for snapshots; defaults to <output_dir>/snapshots. Kept outside the checkpoint-* "
-                          "pattern, so save_total_limit never deletes snapshots."},
-    )
+    snapshot_dir: str | None = help_field(None,
+        "Folder for snapshots; defaults to <output_dir>/snapshots. Kept outside the checkpoint-* "
+        "pattern, so save_total_limit never deletes snapshots.")
     # --- distillation (student runs) ---
-    teachers: list[str] | None = field(
-        default=None,
-        metadata={"help": "Teacher references: a snapshot folder, '<snapshot_dir>:<name>' or a Hub repo "
-                          "'owner/name[@revision]'. Several make a snapshot ensemble. Empty: train without a teacher."},
-    )
+    teachers: list[str] | None = help_field(None,
+        "Teacher references: a snapshot folder, '<snapshot_dir>:<name>' or a Hub repo "
+        "'owner/name[@revision]'. Several make a snapshot ensemble. Empty: train without a teacher.")
     temperature: float = field(default=DEFAULT_TEMPERATURE, metadata={"help": "Softmax temperature T of the distillation loss (> 0)."})
-    alpha: float = field(
-        default=0.5,
-        metadata={"help": "Weight of the hard-label loss in [0, 1]: loss = alpha*CE + (1-alpha)*T^2*KD."},
-    )
-    kd_loss: str = field(
-        default="kl",
-        metadata={"help": "Distillation loss: 'kl' (KL(teacher||student), the paper's), 'reverse_kl' "
-                          "(KL(student||teacher)) or 'mse' (on logits).", "choices": list(KD_LOSSES)},
-    )
-    ensemble_mode: str = field(
-        default="mean_logits",
-        metadata={"help": "How teacher members are combined: 'mean_logits' (the paper's) or 'mean_probs' "
-                          "(mean of the tempered probabilities).", "choices": list(ENSEMBLE_MODES)},
-    )
+    alpha: float = help_field(0.5,
+        "Weight of the hard-label loss in [0, 1]: loss = alpha*CE + (1-alpha)*T^2*KD.")
+    kd_loss: str = choice_field("kl", KD_LOSSES,
+        "Distillation loss: 'kl' (KL(teacher||student), the paper's), 'reverse_kl' "
+        "(KL(student||teacher)) or 'mse' (on logits).")
+    ensemble_mode: str = choice_field("mean_logits", ENSEMBLE_MODES,
+        "How teacher members are combined: 'mean_logits' (the paper's) or 'mean_probs' "
+        "(mean of the tempered probabilities).")
     teacher_weights: list[float] | None = field(
         default=None, metadata={"help": "Optional weight per teacher (same order as `teachers`); default equal."}
     )
-    teacher_dtype: str = field(
-        default="float32",
-        metadata={"help": "dtype the frozen teachers run in: float32, float16 or bfloat16.", "choices": list(TEACHER_DTYPES)},
-    )
-    teacher_fusion: str = field(
-        default="auto",
-        metadata={"help": "Run same-architecture teachers as one batched forward ('fused', stacked weights with "
-                          "torch.func.vmap), one after another ('loop'), or pick the faster on this device ('auto').",
-                  "choices": list(TEACHER_FUSIONS)},
-    )
-    cache_teacher_logits: bool = field(
-        default=False,
-        metadata={"help": "Compute the teachers' logits for the training set once and reuse them every epoch. "
-                          "Needs a deterministic training transform (no random augmentation)."},
-    )
+    teacher_dtype: str = choice_field("float32", TEACHER_DTYPES,
+        "dtype the frozen teachers run in: float32, float16 or bfloat16.")
+    teacher_fusion: str = choice_field("auto", TEACHER_FUSIONS,
+        "Run same-architecture teachers as one batched forward ('fused', stacked weights with "
+        "torch.func.vmap), one after another ('loop'), or pick the faster on this device ('auto').")
+    cache_teacher_logits: bool = help_field(False,
+        "Compute the teachers' logits for the training set once and reuse them every epoch. "
+        "Needs a deterministic training transform (no random augmentation).")
 
     def __post_init__(self):
         if _launched_distributed_without_accelerator():

@@ -13,7 +13,7 @@ import evaluate
 import numpy as np
 
 METRICS_DIR = Path(__file__).parent
-METRIC_NAMES = ("accuracy", "top5_accuracy", "agreement")
+METRIC_NAMES = ("accuracy", "top5_accuracy")
 
 
 @lru_cache(maxsize=None)

@@ -1,18 +1,14 @@
 """Top-1 accuracy: the fraction of predictions equal to the references."""
 
-import datasets
 import evaluate
-import numpy as np
+
+from hf_ckptkd.metrics.class_metrics import class_metric_info, fraction_equal
 
 
 class Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Fraction of predictions that equal the references.",
-            citation="",
-            inputs_description="predictions: predicted class ids; references: true class ids.",
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
+        return class_metric_info("Fraction of predictions that equal the references.",
+                                 "predictions: predicted class ids; references: true class ids.")
 
     def _compute(self, predictions, references):
-        return {"accuracy": float(np.mean(np.asarray(predictions) == np.asarray(references)))}
+        return {"accuracy": fraction_equal(predictions, references)}

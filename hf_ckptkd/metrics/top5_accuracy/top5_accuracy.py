@@ -1,18 +1,16 @@
 """Top-5 accuracy: the fraction of examples whose true class is among the five highest logits."""
 
-import datasets
 import evaluate
 import numpy as np
+
+from hf_ckptkd.metrics.class_metrics import CLASS_SCORES, class_metric_info
 
 
 class Top5Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Fraction of examples whose reference is among the k highest-scoring classes (k=5, fewer if there are fewer classes).",
-            citation="",
-            inputs_description="predictions: per-class scores (logits); references: true class ids.",
-            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("float32")), "references": datasets.Value("int64")}),
-        )
+        return class_metric_info(
+            "Fraction of examples whose reference is among the k highest-scoring classes (k=5, fewer if there are "
+            "fewer classes).", "predictions: per-class scores (logits); references: true class ids.", CLASS_SCORES)
 
     def _compute(self, predictions, references, k=5):
         scores = np.asarray(predictions)
