@@ -151,7 +151,7 @@ def select(recipe: Recipe, run: RunData, output_dir: Path, index: SnapshotIndex,
             start = time.time()
             options = dict(recipe.selection)
             report = select_teachers(index, run.validation, k=k, image_column=recipe.image_column,
-                                     label_column=run.label_column, progress=True, transform=run.transform,
+                                     label_column=run.label_column, progress=False, transform=run.transform,
                                      **options)
             report.extra["run"] = f"{recipe.name}/teacher-0"  # how a pushed teacher's card names its run
             report.save(folder)

@@ -45,6 +45,8 @@ def test_pipeline_terminal_has_stage_lines_and_bars_and_the_log_file_has_trainer
     runs = len(list((out / "students").glob("*/seed-*")))
     assert runs == 3 and f"student runs: 100%" in done.stderr and f"{runs}/{runs} [" in done.stderr
     assert "<" in done.stderr.split("student runs:")[1]  # tqdm's [elapsed<remaining]
+    # The selection stage keeps to its stage lines: no per-snapshot or per-batch bars of the selector.
+    assert "scoring snapshots" not in terminal and "probe batches" not in terminal and "k=1: selected" in done.stdout
     # The per-step logs are in the run's log file, one JSON line each, tagged with the unit that wrote them.
     records = [json.loads(line) for line in (out / RUN_LOG).read_text().splitlines()]
     units = {r["unit"] for r in records}
