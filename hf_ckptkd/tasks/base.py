@@ -9,7 +9,7 @@ branch on the kind of data.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -30,7 +30,6 @@ class RunData:
     data: DataConfig
     transform: Any = None        # ImageTransformConfig, for images
     tokenizer: Any = None        # the tokenizer teachers and student share, for text
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def collator(self):
