@@ -15,7 +15,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
 SNAPSHOT_STRATEGIES = ("no", "epoch", "steps")
-KD_LOSSES = ("kl", "reverse_kl", "mse")
+KD_LOSSES = ("kl", "reverse_kl", "jsd", "mse")
 # The distillation temperature of the paper (T = 4), the default wherever a temperature is asked for.
 DEFAULT_TEMPERATURE = 4.0
 ENSEMBLE_MODES = ("mean_logits", "mean_probs")
@@ -57,8 +57,8 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 # The fields that act only when a student has teachers: a student trained without one ignores them.
-DISTILLATION_FIELDS = ("teachers", "temperature", "alpha", "kd_loss", "ensemble_mode", "teacher_weights",
-                       "teacher_dtype", "teacher_fusion", "cache_teacher_logits")
+DISTILLATION_FIELDS = ("teachers", "temperature", "alpha", "kd_loss", "jsd_beta", "kd_chunk_size", "ensemble_mode",
+                       "teacher_weights", "teacher_dtype", "teacher_fusion", "cache_teacher_logits")
 
 
 @dataclass
@@ -95,7 +95,14 @@ class CheckpointKDConfig(TrainingArguments):
         "Weight of the hard-label loss in [0, 1]: loss = alpha*CE + (1-alpha)*T^2*KD.")
     kd_loss: str = choice_field("kl", KD_LOSSES,
         "Distillation loss: 'kl' (KL(teacher||student), the paper's), 'reverse_kl' "
-        "(KL(student||teacher)) or 'mse' (on logits).")
+        "(KL(student||teacher)), 'jsd' (the generalised Jensen-Shannon divergence of GKD, see jsd_beta) "
+        "or 'mse' (on logits).")
+    jsd_beta: float = help_field(0.5,
+        "beta of kd_loss='jsd', in [0, 1], as TRL's GKD defines it: 0 is KL(teacher||student), 1 is "
+        "KL(student||teacher), between them the divergence to the mixture beta*teacher + (1-beta)*student.")
+    kd_chunk_size: int = help_field(1024,
+        "Causal LMs: the KD term is computed over this many token positions at a time (and recomputed "
+        "in backward), so only one chunk's (positions, vocab) probabilities exist beyond the logits.")
     ensemble_mode: str = choice_field("mean_logits", ENSEMBLE_MODES,
         "How teacher members are combined: 'mean_logits' (the paper's) or 'mean_probs' "
         "(mean of the tempered probabilities).")
@@ -137,6 +144,12 @@ class CheckpointKDConfig(TrainingArguments):
             raise ConfigError(f"alpha={self.alpha} must lie in [0, 1] (the weight of the hard-label loss)")
         if not self.temperature > 0:
             raise ConfigError(f"temperature={self.temperature} must be > 0")
+        if not 0.0 <= self.jsd_beta <= 1.0:
+            raise ConfigError(f"jsd_beta={self.jsd_beta} must lie in [0, 1] (0: KL(teacher||student), 1: "
+                              "KL(student||teacher), as GKD's beta)")
+        if isinstance(self.kd_chunk_size, bool) or not isinstance(self.kd_chunk_size, int) or self.kd_chunk_size < 1:
+            raise ConfigError(f"kd_chunk_size={self.kd_chunk_size!r} must be a positive integer (token positions "
+                              "per chunk of the KD term)")
         _check_lr_decay(self)
         if self.teacher_weights is not None:
             if not self.teachers or len(self.teacher_weights) != len(self.teachers):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     PretrainedConfig,
@@ -29,6 +30,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 )
@@ -158,6 +160,53 @@ def _build_transformers(name, num_labels, label_names, in_chans, image_size, mod
     return auto.from_config(config)
 
 
+def build_causal_lm(spec: str | ModelSpec, *, vocab_size: int | None = None, pad_token_id: int | None = None,
+                    model_kwargs: dict[str, Any] | None = None, pretrained: bool = False) -> PreTrainedModel:
+    """A decoder-only LM from `transformers:<CausalLM config class or Hub id/folder>`.
+
+    A config class (e.g. `GPT2Config`, `LlamaConfig`) gives a randomly initialised model with
+    `model_kwargs` as its config fields and `vocab_size`/`pad_token_id` from the tokenizer; a Hub id
+    or folder gives its config (and, with `pretrained`, its weights).
+    """
+    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+    if spec.family != TRANSFORMERS:
+        raise ModelSpecError(f"{spec} is a timm model; a causal LM is 'transformers:<config class or Hub id>' "
+                             "(e.g. transformers:GPT2Config or transformers:LlamaConfig)")
+    kwargs = dict(model_kwargs or {})
+    if vocab_size is not None:
+        kwargs.setdefault("vocab_size", vocab_size)
+    if pad_token_id is not None:
+        kwargs.setdefault("pad_token_id", pad_token_id)
+    config_cls = _config_class(spec.name)
+    if config_cls is not None:
+        if pretrained:
+            raise ModelSpecError(f"{spec.name} is a config class and has no weights; give a Hub id or folder to start "
+                                 "from pretrained weights")
+        config = config_cls(**kwargs)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(spec.name, **({} if pretrained else kwargs))
+        except (OSError, ValueError) as e:
+            raise ModelSpecError(f"transformers:{spec.name} is neither a transformers config class (e.g. GPT2Config) "
+                                 f"nor a Hub id or folder whose config could be loaded ({e})") from e
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelSpecError(f"transformers:{spec.name} ({config.model_type}) has no causal-LM model; use a decoder "
+                             "config such as GPT2Config or LlamaConfig")
+    config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]]
+    if pretrained:
+        return AutoModelForCausalLM.from_pretrained(spec.name, config=config)
+    return AutoModelForCausalLM.from_config(config)
+
+
+CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether `model` is a transformers decoder-only LM (its class is a causal-LM class of its model type)."""
+    model = unwrap(model)
+    return isinstance(model, PreTrainedModel) and type(model).__name__ in CAUSAL_LM_CLASSES
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model itself, without DDP/compile wrappers."""
     while True:
@@ -178,8 +227,13 @@ def model_family(model: nn.Module) -> str:
 
 
 def num_labels_of(model: nn.Module) -> int:
+    """How many outputs the model scores: its classes, or for a causal LM its vocabulary (the next-token classes)."""
     model = unwrap(model)
-    return model.num_labels if isinstance(model, TimmForImageClassification) else model.config.num_labels
+    if isinstance(model, TimmForImageClassification):
+        return model.num_labels
+    if is_causal_lm(model):
+        return model.get_output_embeddings().out_features
+    return model.config.num_labels
 
 
 def label_names_of(model: nn.Module) -> list[str] | None:
@@ -187,6 +241,8 @@ def label_names_of(model: nn.Module) -> list[str] | None:
     placeholders `LABEL_0`, `LABEL_1`, … and the indices "0", "1", … (what `build_model` gives a model
     built without names) are no names."""
     model = unwrap(model)
+    if is_causal_lm(model):
+        return None  # its "labels" are the tokenizer's tokens
     if isinstance(model, TimmForImageClassification):
         names = list(model.model.pretrained_cfg.get("label_names") or [])
     else:
@@ -222,9 +278,7 @@ def load_model(folder: str | Path, *, device: str | torch.device | None = None) 
     if "architecture" in config:  # timm's Hub format
         model = TimmForImageClassification(_load_timm_folder(folder))
     else:
-        auto = AutoModelForImageClassification if config.get("model_type") in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES \
-            else AutoModelForSequenceClassification
-        model = auto.from_pretrained(folder, use_safetensors=True)
+        model = _auto_class(folder, config).from_pretrained(folder, use_safetensors=True)
         normalisation = read_processor_normalisation(folder)
         if normalisation is not None:  # the config does not hold it: keep it for the teacher/student input check
             setattr(model, RECORDED_NORMALISATION, normalisation)
@@ -266,6 +320,33 @@ def _load_timm_folder(folder: Path) -> nn.Module:
     return model
 
 
+def _auto_class(folder: Path, config: dict):
+    """The Auto class a transformers folder is loaded with, from its `architectures` (what save_pretrained wrote).
+
+    A config that does not name its architecture and whose model type has both a causal-LM and a
+    classification model is refused: loading an LM through a classification head (or the reverse)
+    would give new random weights for the head without a word.
+    """
+    model_type = config.get("model_type")
+    architectures = config.get("architectures") or []
+    if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        return AutoModelForImageClassification
+    if any(a in CAUSAL_LM_CLASSES for a in architectures):
+        return AutoModelForCausalLM
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return AutoModelForSequenceClassification
+    kinds = [kind for kind, names in (("a causal LM", MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+                                      ("a sequence classifier", MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES))
+             if model_type in names]
+    if len(kinds) == 1:
+        return AutoModelForCausalLM if kinds[0] == "a causal LM" else AutoModelForSequenceClassification
+    raise ModelSpecError(
+        f"{folder / 'config.json'} does not say which model it holds (architectures: {architectures or 'none'}; "
+        f"model_type {model_type!r} can be {' or '.join(kinds) or 'neither a causal LM nor a classifier'}); add "
+        f"\"architectures\": [\"{MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, '<Model>ForCausalLM')}\"] (or the "
+        "...ForSequenceClassification class) to config.json, as save_pretrained writes it")
+
+
 def _read_folder_config(folder: Path) -> dict:
     if not folder.is_dir():
         raise ModelSpecError(f"{folder} is not a folder; give the folder a model was saved to")
@@ -302,9 +383,18 @@ def forward_with_features(model: nn.Module, batch: dict[str, Any]) -> tuple[torc
     """(penultimate features, logits) in one forward pass, for both families.
 
     timm: `forward_head(forward_features(x), pre_logits=True)`; transformers: the input of the
-    final classification Linear layer (the pooled representation the head reads).
+    final classification Linear layer (the pooled representation the head reads); a causal LM:
+    the last hidden state and the next-token logits at each row's last real token (rows are
+    right-padded, `attention_mask` marks the real tokens), so a row is one prediction.
     """
     model = unwrap(model)
+    if is_causal_lm(model):
+        out = model(**model_inputs(batch), output_hidden_states=True)
+        mask = batch.get("attention_mask")
+        last = (mask.sum(1) - 1 if mask is not None else
+                torch.full((out.logits.shape[0],), out.logits.shape[1] - 1, device=out.logits.device)).long()
+        rows = torch.arange(out.logits.shape[0], device=out.logits.device)
+        return out.hidden_states[-1][rows, last], out.logits[rows, last]
     if isinstance(model, TimmForImageClassification):
         inner = model.model
         feature_map = inner.forward_features(batch["pixel_values"])
