@@ -6,7 +6,7 @@ from .launch import exit_launched_process
 from .snapshots import SnapshotCallback, SnapshotIndex
 from .selection import SelectionReport, select_teachers
 from .teachers import TeacherEnsemble, load_teachers
-from .trainer import CheckpointKDTrainer
+from .trainer import CheckpointKDMixin, CheckpointKDTrainer
 
-__all__ = ["CheckpointKDConfig", "CheckpointKDTrainer", "SelectionReport", "SnapshotCallback", "SnapshotIndex",
+__all__ = ["CheckpointKDConfig", "CheckpointKDMixin", "CheckpointKDTrainer", "SelectionReport", "SnapshotCallback", "SnapshotIndex",
            "TeacherEnsemble", "exit_launched_process", "load_teachers", "push_teachers_to_hub", "select_teachers"]

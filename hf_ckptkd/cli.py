@@ -31,11 +31,9 @@ from .data import (
 from .data_config import DataConfig, cli_splits
 from .dataset_record import dataset_record
 from .hub import HubInputError, push_teachers_to_hub
-from .hub.card import TOKENIZER_FILES
 from .inputs import InputMismatchError
 from .launch import exit_launched_process
-from .metrics import compute_metrics
-from .models import ModelSpecError
+from .models import ModelSpecError, has_saved_tokenizer
 from .pipeline import run
 from .recipe import PIPELINE_STAGES, load_recipe
 from .references import TeacherReferenceError
@@ -48,7 +46,7 @@ from .selection.settings import (
 )
 from .snapshots import SnapshotError, SnapshotIndex
 from .study import run_study
-from .tasks import prepare_run_data
+from .tasks import perplexity, prepare_run_data
 from .teacher_checks import LabelSpaceError
 from .trainer import CheckpointKDTrainer
 
@@ -126,15 +124,18 @@ def _train(argv: list[str], prog: str, distill: bool) -> int:
                             text_column=data_args.text_column, tokenizer=data_args.tokenizer,
                             max_length=data_args.max_length)
     trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                                  data_collator=run.collator, compute_metrics=compute_metrics,
-                                  label_names=run.label_names, dataset_record=record,
+                                  data_collator=run.collator, label_names=run.label_names, dataset_record=record,
                                   **run.trainer_kwargs(distilling=bool(config.teachers)))
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     # Reuse the evaluation the run already made at its last step instead of evaluating twice.
     last = trainer.state.log_history[-2] if len(trainer.state.log_history) > 1 else {}
     metrics = last if last.get("step") == trainer.state.global_step and "eval_accuracy" in last else trainer.evaluate()
     if trainer.is_world_process_zero():
-        print(f"{data_args.test_split} accuracy: {metrics['eval_accuracy']:.4f}")
+        if run.task.token_level:
+            print(f"{data_args.test_split} next-token accuracy: {metrics['eval_accuracy']:.4f}, perplexity: "
+                  f"{perplexity(metrics['eval_loss']):.2f}")
+        else:
+            print(f"{data_args.test_split} accuracy: {metrics['eval_accuracy']:.4f}")
         if config.snapshot_strategy != "no":
             print(f"snapshots: {config.snapshot_dir}")
     return 0
@@ -196,7 +197,7 @@ def _select_tokenizer(args, index):
     source = args.tokenizer
     if source is None:
         first = index.snapshots[0].path if len(index) else None
-        if first is None or not any((first / name).is_file() for name in TOKENIZER_FILES):
+        if first is None or not has_saved_tokenizer(first):
             raise ConfigError(f"--text_column needs --tokenizer: the snapshots in {index.snapshot_dir} hold no tokenizer "
                               "(they were written before snapshots saved one, or by a run without processing_class); "
                               "pass the tokenizer the teachers were trained with (a folder, Hub id or 'fortunes')")

@@ -253,6 +253,25 @@ def tokenize_text_dataset(dataset: Dataset, tokenizer, text_column: str, label_c
     return tokenized.rename_column(label_column, "labels") if label_column != "labels" else tokenized
 
 
+def lm_blocks(dataset: Dataset, tokenizer, text_column: str, block_size: int) -> Dataset:
+    """A causal-LM corpus: every text tokenized (with the tokenizer's own special tokens, which mark where
+    one text ends), concatenated in order, and cut into blocks of `block_size` tokens (`input_ids`,
+    `attention_mask`); the last partial block is dropped, as transformers' run_clm does."""
+    if text_column not in dataset.column_names:
+        raise DataError(f"dataset has no text column {text_column!r}; its columns are {dataset.column_names}. Name the "
+                        "text column (text_column in the recipe, --text_column on the command line)")
+    if block_size < 2:
+        raise DataError(f"max_length={block_size} is the block length of a causal LM and must be at least 2 (a block "
+                        "needs a token and its successor)")
+    ids = [token for row in tokenizer(list(dataset[text_column]))["input_ids"] for token in row]
+    n = len(ids) // block_size
+    if n == 0:
+        raise DataError(f"the texts hold {len(ids)} tokens, fewer than one block of max_length={block_size}; use more "
+                        "text or a smaller max_length")
+    blocks = [ids[i * block_size:(i + 1) * block_size] for i in range(n)]
+    return Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block_size] * n})
+
+
 def stratified_split(dataset: Dataset, fraction: float, seed: int, label_column: str = "label") -> tuple[Dataset, Dataset]:
     """Carve a stratified held-out part (e.g. a validation split) from `dataset`: (rest, held_out)."""
     if not isinstance(dataset.features[label_column], ClassLabel):  # stratifying needs a ClassLabel column

@@ -55,7 +55,11 @@ class DataConfig:
                                                                     "--tokenizer is required)."})
     tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder, Hub id or 'fortunes' that "
                                                                   "teachers and student share (text only)."})
-    max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens."})
+    max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens (causal-lm: the "
+                                                               "block length the corpus is cut into)."})
+    task: str | None = field(default=None, metadata={"help": "image-classification, text-classification or "
+                             "causal-lm; default: text-classification when --text_column is set, else "
+                             "image-classification."})
 
     @property
     def input_column(self) -> str:
@@ -71,10 +75,13 @@ class Splits:
     validation: Dataset
     test: Dataset
     label_names: list[str]
-    label_column: str
+    label_column: str | None  # None for an unlabelled corpus (causal LMs)
 
 
-def _label_column(config: DataConfig, dataset: Dataset, argument: str) -> str:
+def _label_column(config: DataConfig, dataset: Dataset, argument: str) -> str | None:
+    if config.task == "causal-lm" and config.label_column not in dataset.column_names \
+            and not {"label", "labels"} & set(dataset.column_names):
+        return None  # a plain corpus: a language model needs no labels
     try:
         return resolve_label_column(dataset, config.label_column, argument)
     except DataError as e:
@@ -87,7 +94,7 @@ def cli_splits(config: DataConfig, max_train_samples: int | None, max_eval_sampl
     label = _label_column(config, train, "--label_column")
     evaluation = load_dataset_split(config.dataset, config.test_split, max_eval_samples,
                                     config_name=config.dataset_config)
-    names = label_names(train, ImageColumns(config.input_column, label))
+    names = label_names(train, ImageColumns(config.input_column, label)) if label else []
     return Splits(train, evaluation, evaluation, names, label)
 
 
@@ -97,8 +104,12 @@ def carved_splits(config: DataConfig, *, train_samples: int | None, validation_s
     `train_samples` says; the training subset is then taken from the rest, and its labels noised if asked."""
     full = load_dataset_split(config.dataset, config.train_split, config_name=config.dataset_config)
     label = _label_column(config, full, "label_column in the recipe")
-    names = label_names(full, ImageColumns(config.input_column, label))
-    rest, validation = stratified_split(full, validation_samples, seed=0, label_column=label)
+    names = label_names(full, ImageColumns(config.input_column, label)) if label else []
+    if label:
+        rest, validation = stratified_split(full, validation_samples, seed=0, label_column=label)
+    else:
+        parts = full.train_test_split(test_size=validation_samples, seed=0)
+        rest, validation = parts["train"], parts["test"]
     if train_samples is not None:
         if train_samples > len(rest):
             raise ConfigError(f"train_samples={train_samples} but only {len(rest)} training examples remain after "

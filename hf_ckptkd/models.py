@@ -39,6 +39,8 @@ from . import architectures  # noqa: F401  (registers the small-image networks w
 
 TIMM, TRANSFORMERS = "timm", "transformers"
 WEIGHTS_NAME = "model.safetensors"
+# What a saved tokenizer leaves in a model folder (any one of them): text models keep theirs beside the weights.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 PICKLE_WEIGHT_NAMES = ("pytorch_model.bin", "model.bin", "open_clip_pytorch_model.bin", "model.pt", "model.pth")
 
 
@@ -207,6 +209,14 @@ def is_causal_lm(model: nn.Module) -> bool:
     return isinstance(model, PreTrainedModel) and type(model).__name__ in CAUSAL_LM_CLASSES
 
 
+def is_text_model(model: nn.Module) -> bool:
+    """Whether `model` reads token ids (a transformers model with a vocabulary and no image channels)."""
+    inner = unwrap(model)
+    config = getattr(inner, "config", None)
+    return not isinstance(inner, TimmForImageClassification) and config is not None \
+        and getattr(config, "vocab_size", None) is not None and not hasattr(config, "num_channels")
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model itself, without DDP/compile wrappers."""
     while True:
@@ -278,7 +288,7 @@ def load_model(folder: str | Path, *, device: str | torch.device | None = None) 
     if "architecture" in config:  # timm's Hub format
         model = TimmForImageClassification(_load_timm_folder(folder))
     else:
-        model = _auto_class(folder, config).from_pretrained(folder, use_safetensors=True)
+        model = transformers_auto_class(config, folder / 'config.json').from_pretrained(folder, use_safetensors=True)
         normalisation = read_processor_normalisation(folder)
         if normalisation is not None:  # the config does not hold it: keep it for the teacher/student input check
             setattr(model, RECORDED_NORMALISATION, normalisation)
@@ -320,8 +330,9 @@ def _load_timm_folder(folder: Path) -> nn.Module:
     return model
 
 
-def _auto_class(folder: Path, config: dict):
-    """The Auto class a transformers folder is loaded with, from its `architectures` (what save_pretrained wrote).
+def transformers_auto_class(config: dict, where: str | Path):
+    """The Auto class a transformers model is loaded with, from its config's `architectures` (what
+    save_pretrained wrote); `where` names the config in the error.
 
     A config that does not name its architecture and whose model type has both a causal-LM and a
     classification model is refused: loading an LM through a classification head (or the reverse)
@@ -341,10 +352,14 @@ def _auto_class(folder: Path, config: dict):
     if len(kinds) == 1:
         return AutoModelForCausalLM if kinds[0] == "a causal LM" else AutoModelForSequenceClassification
     raise ModelSpecError(
-        f"{folder / 'config.json'} does not say which model it holds (architectures: {architectures or 'none'}; "
+        f"{where} does not say which model it holds (architectures: {architectures or 'none'}; "
         f"model_type {model_type!r} can be {' or '.join(kinds) or 'neither a causal LM nor a classifier'}); add "
         f"\"architectures\": [\"{MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, '<Model>ForCausalLM')}\"] (or the "
         "...ForSequenceClassification class) to config.json, as save_pretrained writes it")
+
+
+def has_saved_tokenizer(folder: str | Path) -> bool:
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
 
 
 def _read_folder_config(folder: Path) -> dict:

@@ -23,7 +23,7 @@ from .config import CheckpointKDConfig, ConfigError
 from .data_config import carved_splits
 from .dataset_record import dataset_record
 from .hub import push_teachers_to_hub
-from .metrics import compute_metrics, load_metric
+from .metrics import load_metric
 from .models import model_inputs
 from .recipe import PIPELINE_STAGES, Recipe
 from .results import NO_TEACHER, RESULT_NAME, StudentCell, write_report
@@ -85,7 +85,7 @@ def _build(section, run: RunData, seed: int):
 
 def _trainer(run: RunData, model, config, train, *, run_log: Path, unit: str, **kwargs):
     trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=train, data_collator=run.collator,
-                                  compute_metrics=compute_metrics, label_names=run.label_names,
+                                  label_names=run.label_names,
                                   **run.trainer_kwargs(distilling=bool(config.teachers)), **kwargs)
     log_to_file(trainer, run_log, unit)  # the terminal keeps the stage lines; per-step logs go to the run's log
     return trainer

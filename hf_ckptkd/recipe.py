@@ -82,7 +82,7 @@ class Recipe(DataConfig):
         return dataclasses.asdict(self)
 
 
-_HASHED_WHEN_SET = ("best_of_last_epochs", "label_noise")
+_HASHED_WHEN_SET = ("best_of_last_epochs", "label_noise", "task")
 
 # Resolved annotations (fields of classes using `from __future__ import annotations` hold strings).
 _TOP_KEYS = {name: hint for name, hint in typing.get_type_hints(Recipe).items() if name not in ("teacher", "student")}

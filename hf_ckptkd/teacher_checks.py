@@ -12,6 +12,7 @@ from .models import (
     TRANSFORMERS,
     TimmForImageClassification,
     _is_image_config,
+    is_causal_lm,
     label_names_of,
     model_family,
     num_labels_of,
@@ -48,6 +49,13 @@ def vocab_size_of(model: nn.Module) -> int | None:
     return getattr(config, "vocab_size", None)
 
 
+def model_kind(model: nn.Module) -> str:
+    """What a model predicts, in words: "a causal LM", "a text classifier" or "an image classifier"."""
+    if is_causal_lm(model):
+        return "a causal LM"
+    return "a text classifier" if vocab_size_of(model) is not None else "an image classifier"
+
+
 def check_finite(logits: torch.Tensor, batch_index: int, *, references: Sequence[str] | None = None) -> None:
     """Raise `TeacherOutputError` if the teacher logits hold NaN or inf (one device sync per call)."""
     finite = torch.isfinite(logits)
@@ -60,6 +68,17 @@ def check_finite(logits: torch.Tensor, batch_index: int, *, references: Sequence
         f"teacher logits contain NaN/inf at batch {batch_index}{who}; {n_nan} NaN and {n_inf} inf of {logits.numel()} "
         "values. A teacher snapshot from a diverged run, or a float16 overflow, gives this: check the teachers on a "
         "few examples, drop a bad snapshot from the ensemble, or use teacher_dtype='float32' (or 'bfloat16').")
+
+
+def _check_tokenizers(teacher_tokenizer, student_tokenizer) -> None:
+    t_vocab, s_vocab_map = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if t_vocab != s_vocab_map:
+        differ = sorted(tok for tok in set(t_vocab) | set(s_vocab_map) if t_vocab.get(tok) != s_vocab_map.get(tok))
+        examples = ", ".join(f"{tok!r}: {t_vocab.get(tok)} vs {s_vocab_map.get(tok)}" for tok in differ[:3])
+        raise LabelSpaceError(
+            f"the teachers' tokenizer ({len(t_vocab)} tokens) and the student's ({len(s_vocab_map)} tokens) differ "
+            f"in {len(differ)} tokens (e.g. {examples}); the student must use the teachers' tokenizer, since both "
+            "read the same input_ids")
 
 
 def check_label_space(ensemble: nn.Module, student: nn.Module, *,
@@ -77,12 +96,28 @@ def check_label_space(ensemble: nn.Module, student: nn.Module, *,
     if hasattr(ensemble, "references") and hasattr(ensemble, "label_names"):
         references, n_t, t_names, tvocab_size_of = (ensemble.references, ensemble.num_labels, ensemble.label_names,
                                                   ensemble.vocab_size)
+        t_kind = ensemble.kind
     else:  # one bare teacher model: read it without freezing or moving it
         references, n_t = [describe_module(ensemble)], num_labels_of(ensemble)
         t_names, tvocab_size_of = label_names_of(ensemble), vocab_size_of(ensemble)
+        t_kind = model_kind(ensemble)
     teachers = f"the teachers ({', '.join(references)})"
     student_desc = f"the student ({describe_module(student)})"
+    s_kind = model_kind(student)
+    if "causal LM" in (t_kind + s_kind) and t_kind != s_kind:
+        raise LabelSpaceError(
+            f"{teachers} are {t_kind} but {student_desc} is {s_kind}; a causal LM distils only into a causal LM "
+            "(token-level soft labels) and a classifier only into a classifier. Build the student with "
+            "transformers:<CausalLM config> for LM teachers (or a classification head for classifier teachers)")
     n_s = num_labels_of(student)
+    if s_kind == "a causal LM":
+        if teacher_tokenizer is not None and student_tokenizer is not None:
+            _check_tokenizers(teacher_tokenizer, student_tokenizer)
+        if n_t != n_s:
+            raise LabelSpaceError(
+                f"{teachers} score {n_t} tokens but {student_desc} scores {n_s}; teachers and student must share the "
+                f"tokenizer and its vocabulary: build the student with the teachers' tokenizer (vocab_size={n_t})")
+        return
     if n_t != n_s:
         raise LabelSpaceError(
             f"{teachers} predict {n_t} labels but {student_desc} predicts {n_s}; build the student "
@@ -103,14 +138,7 @@ def check_label_space(ensemble: nn.Module, student: nn.Module, *,
         raise LabelSpaceError(f"{teachers} are {kinds[0]} models but {student_desc} is a {kinds[1]} model; teachers "
                               "and student must read the same inputs")
     if teacher_tokenizer is not None and student_tokenizer is not None:
-        t_vocab, s_vocab_map = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
-        if t_vocab != s_vocab_map:
-            differ = sorted(tok for tok in set(t_vocab) | set(s_vocab_map) if t_vocab.get(tok) != s_vocab_map.get(tok))
-            examples = ", ".join(f"{tok!r}: {t_vocab.get(tok)} vs {s_vocab_map.get(tok)}" for tok in differ[:3])
-            raise LabelSpaceError(
-                f"the teachers' tokenizer ({len(t_vocab)} tokens) and the student's ({len(s_vocab_map)} tokens) differ "
-                f"in {len(differ)} tokens (e.g. {examples}); the student must use the teachers' tokenizer, since both "
-                "read the same input_ids")
+        _check_tokenizers(teacher_tokenizer, student_tokenizer)
     elif s_vocab is not None and tvocab_size_of != s_vocab:
         raise LabelSpaceError(
             f"{teachers} have a vocabulary of {tvocab_size_of} tokens but {student_desc} has {s_vocab}; both read "

@@ -4,7 +4,8 @@ A teacher reference is an `nn.Module` (used as is), a snapshot folder, `<snapsho
 (e.g. `runs/t/snapshots:epoch-0012`), a saved model folder, or a Hub repo `owner/name` with an
 optional `@revision` (the forms: `hf_ckptkd.references`; Hub ones load through
 `hf_ckptkd.hub.load`). `load_teachers(refs)` turns references into one `TeacherEnsemble`, whose
-forward returns ONE float32 logits tensor (batch, labels): the weighted mean of the members'
+forward returns ONE float32 logits tensor, (batch, labels) for classifiers and (batch, seq, vocab)
+for causal LMs (the same combination per token): the weighted mean of the members'
 logits (`mean_logits`, the paper's) or `T * log(sum_i w_i softmax(z_i / T))` (`mean_probs`, so
 that `softmax(out / T)` is exactly the weighted mean of the members' tempered probabilities).
 
@@ -36,6 +37,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoTokenizer
 
 from .config import ENSEMBLE_MODES, TEACHER_DTYPES, TEACHER_FUSIONS
 from .fused_teachers import (
@@ -51,6 +53,7 @@ from .inputs import describe_remap, match_inputs, recorded_input
 from .models import (
     ModelSpecError,
     TimmForImageClassification,
+    has_saved_tokenizer,
     label_names_of,
     load_model,
     model_family,
@@ -69,6 +72,7 @@ from .teacher_checks import (
     check_finite,
     check_label_space,
     describe_module,
+    model_kind,
     vocab_size_of,
 )
 
@@ -193,11 +197,14 @@ class TeacherEnsemble(nn.Module):
             self.members.to(device)
         self.register_buffer("_weight_tensor", torch.tensor(self.weights, dtype=torch.float32,
                                                             device=self.device), persistent=False)
+        self.kind = self._agreed_kind()
         self.num_labels, self.label_names = self._agreed_label_space()
         self.vocab_size = self._agreedvocab_size_of()
         # Per member: how the student's pixel values are turned into the member's own normalisation.
         self.input_remaps: list = [None] * len(self.members)
 
+        # The local folder each member was loaded from (set by load_teachers), for the tokenizer saved there.
+        self.source_folders: list[Path | None] = [None] * len(self.members)
         self.fusable, self.fusion_reason = self._fusability()
         self.fusion_used: str | None = None  # "fused" | "loop"; None until "auto" has measured
         self.fusion_times: dict[str, float] | None = None  # {"fused": s, "loop": s, "fused/loop": median ratio}
@@ -213,6 +220,14 @@ class TeacherEnsemble(nn.Module):
             self.fusion_used = "fused"
 
     # -- construction helpers --
+    def _agreed_kind(self) -> str:
+        kinds = [model_kind(m) for m in self.members]
+        for i, kind in enumerate(kinds[1:], 1):
+            if kind != kinds[0]:
+                raise LabelSpaceError(f"teacher {self.references[i]!r} is {kind} but teacher {self.references[0]!r} is "
+                                      f"{kinds[0]}; an ensemble's members must predict the same thing")
+        return kinds[0]
+
     def _agreed_label_space(self) -> tuple[int, list[str] | None]:
         counts = [num_labels_of(m) for m in self.members]
         for i, n in enumerate(counts[1:], 1):
@@ -301,20 +316,20 @@ class TeacherEnsemble(nn.Module):
     def forward(self, **inputs: Any) -> torch.Tensor:
         inputs = self._prepare(model_inputs(inputs))
         # teacher_dtype decides the teachers' precision, not an autocast region the trainer's step may be in.
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+        # no_grad rather than inference_mode: the result is a normal tensor the loss may save for backward,
+        # without a copy (a causal LM's logits are (batch, seq, vocab)).
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             if self.fusion_used is None:
                 stacked = self._choose_fusion(inputs)
             else:
                 stacked = self._run(self.fusion_used, inputs)
-            out = self._combine(stacked.float())
-        return out.clone()  # outside inference mode: a normal tensor the loss may save for backward
+            return self._combine(stacked).float()
 
     def member_logits(self, **inputs: Any) -> torch.Tensor:
-        """Each member's float32 logits, shape (members, batch, labels), with the current fusion path."""
+        """Each member's float32 logits, shape (members, batch, labels) (or (members, batch, seq, vocab) for LMs)."""
         inputs = self._prepare(model_inputs(inputs))
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
-            stacked = self._run(self.fusion_used or "loop", inputs).float()
-        return stacked.clone()
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            return self._run(self.fusion_used or "loop", inputs).float()
 
     def _prepare(self, inputs: dict[str, Any]) -> dict[str, Any]:
         device = self.device
@@ -336,10 +351,15 @@ class TeacherEnsemble(nn.Module):
             if self._fused is None:
                 self._fused = FusedForward(list(self.members), self.compile_fused)
             return self._fused(inputs)
+        if len(self.members) == 1:  # a view, not a copy of what may be an LM's (batch, seq, vocab) logits
+            return logits_of(self.members[0](**self._member_inputs(0, inputs))).unsqueeze(0)
         return torch.stack([logits_of(m(**self._member_inputs(i, inputs))) for i, m in enumerate(self.members)])
 
     def _combine(self, stacked: torch.Tensor) -> torch.Tensor:
-        w = self._weight_tensor.to(stacked.device)[:, None, None]
+        if self.mode == "mean_logits" and stacked.shape[0] == 1:
+            return stacked[0]
+        stacked = stacked.float()
+        w = self._weight_tensor.to(stacked.device).view(-1, *([1] * (stacked.dim() - 1)))
         if self.mode == "mean_logits":
             return (w * stacked).sum(0)
         t = self.temperature
@@ -438,10 +458,33 @@ def load_teachers(refs: str | Path | nn.Module | Sequence[str | Path | nn.Module
         raise TeacherReferenceError(f"no teacher references given; a teacher reference is {REFERENCE_FORMS}")
     members = [load_teacher(ref) for ref in refs]
     references = [describe_module(r) if isinstance(r, nn.Module) else str(r) for r in refs]
-    return TeacherEnsemble(members, mode=mode, temperature=temperature, weights=weights, dtype=dtype, fusion=fusion,
-                           compile=compile, references=references, device=device)
+    ensemble = TeacherEnsemble(members, mode=mode, temperature=temperature, weights=weights, dtype=dtype,
+                               fusion=fusion, compile=compile, references=references, device=device)
+    ensemble.source_folders = [teacher_folder(r) for r in refs]
+    return ensemble
 
 
-__all__ = ["TeacherEnsemble", "load_teachers", "load_teacher", "parse_hub_reference", "is_hub_reference",
+def teacher_folder(reference: str | Path | nn.Module) -> Path | None:
+    """The local folder a teacher reference loads from (a snapshot or saved model), or None (a module, a Hub repo)."""
+    if isinstance(reference, nn.Module):
+        return None
+    path = Path(str(reference)).expanduser()
+    try:
+        snapshot = resolve_snapshot_reference(str(path) if path.exists() else str(reference))
+    except SnapshotError:
+        return None
+    if snapshot is not None:
+        return Path(snapshot.path)
+    return path if path.is_dir() else None
+
+
+def saved_tokenizer(folder: Path):
+    """The tokenizer saved beside a teacher's weights, or None when the folder holds none."""
+    if not has_saved_tokenizer(folder):
+        return None
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+__all__ = ["TeacherEnsemble", "load_teachers", "load_teacher", "saved_tokenizer", "teacher_folder", "parse_hub_reference", "is_hub_reference",
            "check_finite", "check_label_space", "architecture_signature", "TeacherReferenceError",
            "TeacherFusionError", "LabelSpaceError", "TeacherOutputError", "REFERENCE_FORMS"]

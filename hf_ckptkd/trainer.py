@@ -2,9 +2,12 @@
 
 Without teachers it trains like `Trainer` (keeping snapshots when `snapshot_strategy` says so).
 With teachers (references in `CheckpointKDConfig.teachers` or a `teachers=` argument) it
-overrides `compute_loss` with `alpha*CE + (1-alpha)*T^2*KL(teacher || student)` and logs
-`loss_ce`, `loss_kd` and the teachers' batch accuracy beside `loss`. Everything else — gradient
+overrides `compute_loss` with `alpha*CE + (1-alpha)*T^2*KL(teacher || student)` (per example for
+classifiers, per labelled token for causal LMs: the student's task says which) and logs
+`loss_ce`, `loss_kd` and the teachers' accuracy beside `loss`. Everything else — gradient
 accumulation, mixed precision, `accelerate launch` on several processes — is `Trainer`'s own.
+All of it lives in `CheckpointKDMixin`, so a user's own `Trainer` subclass gains it by listing the
+mixin first: `class MyTrainer(CheckpointKDMixin, MyTrainerBase)`.
 The teachers are a separate frozen object: never wrapped by DDP/FSDP, never in a checkpoint.
 With `lr_decay_epochs` set, `create_scheduler` builds a step-decay `LambdaLR` (linear warm-up, then
 `lr_decay_factor` per milestone), saved in and restored from checkpoints like any other schedule.
@@ -26,11 +29,11 @@ from transformers import Trainer
 
 from .config import CheckpointKDConfig, lr_decay_milestone_steps
 from .inputs import InputSpec
-from .losses import distillation_loss
-from .models import model_inputs, unwrap
+from .models import TOKENIZER_FILES, model_inputs, unwrap
 from .snapshots import SnapshotCallback
+from .tasks import task_of_model
 from .teacher_checks import check_finite, check_label_space
-from .teachers import TeacherEnsemble, load_teachers
+from .teachers import TeacherEnsemble, TeacherReferenceError, load_teachers, saved_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +44,17 @@ class CachedLogitsError(ValueError):
     """`cache_teacher_logits` asked for with a training set whose examples change between epochs."""
 
 
-class CheckpointKDTrainer(Trainer):
-    """A `Trainer` for teacher runs with snapshots and for students distilled from snapshots."""
+class CheckpointKDMixin:
+    """Snapshots and distillation for any `Trainer` subclass: `class MyTrainer(CheckpointKDMixin, Trainer)`.
 
-    # compute_loss returns a batch mean: Trainer must divide it by the accumulation steps.
+    Takes the `Trainer` arguments (with `args` a `CheckpointKDConfig`) plus `teachers`,
+    `label_names`, `teacher_tokenizer`/`student_tokenizer` (checked to agree), `dataset_record` and
+    `student_input`. It overrides `compute_loss`, `log`, `get_train_dataloader` and
+    `create_scheduler`, each calling the next class's own where it does not distil.
+    """
+
+    # A classifier's loss is a batch mean (even where the model takes num_items_in_batch and ignores it): Trainer
+    # must divide it by the accumulation steps. (A causal LM's is not; __init__ then sets None.)
     loss_is_scaled_for_ga = False
 
     def __init__(self, model: nn.Module | None = None, args: CheckpointKDConfig | None = None, *,
@@ -55,6 +65,11 @@ class CheckpointKDTrainer(Trainer):
             raise TypeError(f"args must be a CheckpointKDConfig (got {type(args).__name__}); it is a TrainingArguments "
                             "with the snapshot and distillation fields")
         super().__init__(model=model, args=args, **kwargs)
+        self.task = task_of_model(unwrap(self.model))
+        if self.task.token_level:
+            # Per-token losses (the LM's own, and the token-level KD loss) are already divided by the step's
+            # labelled tokens when Trainer counted them: let Trainer decide, as for any causal LM.
+            self.loss_is_scaled_for_ga = None
         if self.args.snapshot_strategy != "no":
             # dataset_record: what the run trains on, kept in every snapshot for its model card.
             self.add_callback(SnapshotCallback(self.args.snapshot_strategy, self.args.snapshot_every, self.args.snapshot_dir,
@@ -67,12 +82,18 @@ class CheckpointKDTrainer(Trainer):
                 mode=self.args.ensemble_mode, temperature=self.args.temperature,
                 weights=self.args.teacher_weights, fusion=self.args.teacher_fusion)
             self.teachers.to(self.accelerator.device)
+            if student_tokenizer is None and hasattr(self.processing_class, "get_vocab"):
+                student_tokenizer = self.processing_class
+            if teacher_tokenizer is None and student_tokenizer is not None and self.task.token_level:
+                teacher_tokenizer = _saved_teacher_tokenizer(self.teachers)
             check_label_space(self.teachers, unwrap(self.model), student_label_names=label_names,
                               teacher_tokenizer=teacher_tokenizer, student_tokenizer=student_tokenizer)
             # Before the first step: channels and image size must agree, normalisation is remapped per teacher.
             self.teachers.match_student_inputs(unwrap(self.model), student_input)
-            # The loss is computed here, not by the model: never hand it num_items_in_batch.
-            self.model_accepts_loss_kwargs = False
+            # A classifier's loss is a batch mean computed here: never hand the model num_items_in_batch. A causal
+            # LM's is divided by the labelled tokens Trainer counts over the whole optimizer step (micro-batches and
+            # processes), which Trainer does only for a model that takes loss kwargs.
+            self.model_accepts_loss_kwargs = self.task.token_level
             _warn_if_clipping_kd(self.args)
         self._kd_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.accelerator.device))
         self._kd_batches = 0
@@ -102,17 +123,15 @@ class CheckpointKDTrainer(Trainer):
             teacher_logits = self.teachers(**student_inputs)
         check_finite(teacher_logits, batch_index=self.state.global_step, references=self.teachers.references)
         outputs = model(**student_inputs)
-        loss, loss_ce, loss_kd = distillation_loss(outputs.logits, teacher_logits, labels, alpha=self.args.alpha,
-                                                   temperature=self.args.temperature, kind=self.args.kd_loss)
-        self._record(loss_ce, loss_kd, teacher_logits, labels)
-        return (loss, outputs) if return_outputs else loss
-
-    def _record(self, loss_ce, loss_kd, teacher_logits, labels) -> None:
-        self._kd_sums["loss_ce"] += loss_ce.detach().float()
-        self._kd_sums["loss_kd"] += loss_kd.detach().float()
-        if labels is not None:
-            self._kd_sums["teacher_accuracy"] += (teacher_logits.argmax(-1) == labels).float().mean()
+        loss, logs = self.task.distillation_loss(outputs.logits, teacher_logits, labels, args=self.args,
+                                                 num_items_in_batch=num_items_in_batch)
+        if self.task.token_level and num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # num_items_in_batch counts every process's tokens and DDP averages the gradients: undo that mean.
+            loss = loss * self.accelerator.num_processes
+        for key, value in logs.items():
+            self._kd_sums[key] += value.detach().float()
         self._kd_batches += 1
+        return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Every process logs at the same steps, so the means can be reduced across processes here.
@@ -130,6 +149,11 @@ class CheckpointKDTrainer(Trainer):
         return super().get_train_dataloader()
 
     def _cache_teacher_logits(self) -> None:
+        if self.task.token_level:
+            raise CachedLogitsError(
+                f"cache_teacher_logits=True is for classifiers; a {self.task.name} student's teacher logits are "
+                "(tokens x vocabulary) per example, too large to keep for a training set. Set "
+                "cache_teacher_logits=False (the teachers then run on every batch, in teacher_dtype).")
         dataset = self.train_dataset
         if not _is_deterministic(dataset):
             raise CachedLogitsError(
@@ -159,6 +183,10 @@ class CheckpointKDTrainer(Trainer):
         self._logits_cache_built = True
 
 
+class CheckpointKDTrainer(CheckpointKDMixin, Trainer):
+    """A `Trainer` for teacher runs with snapshots and for students distilled from snapshots."""
+
+
 def _step_decay_lr_lambda(current_step: int, *, num_warmup_steps: int, milestones: list[int], factor: float) -> float:
     warmup = float(current_step) / float(max(1, num_warmup_steps)) if current_step < num_warmup_steps else 1.0
     return warmup * factor ** bisect.bisect_right(milestones, current_step)
@@ -175,6 +203,27 @@ def step_decay_schedule(optimizer: torch.optim.Optimizer, *, num_warmup_steps: i
     lr_lambda = partial(_step_decay_lr_lambda, num_warmup_steps=num_warmup_steps, milestones=sorted(milestones),
                         factor=factor)
     return LambdaLR(optimizer, lr_lambda, last_epoch=last_epoch)
+
+
+def _saved_teacher_tokenizer(teachers: TeacherEnsemble):
+    """The tokenizer saved with the LM teachers' folders (all must hold one, and the same), or None for in-memory
+    teachers. An LM teacher is only usable with the tokenizer it was trained with, so a folder without one is
+    refused rather than assumed to match."""
+    found = None
+    for reference, folder in zip(teachers.references, teachers.source_folders):
+        if folder is None:
+            continue
+        tokenizer = saved_tokenizer(folder)
+        if tokenizer is None:
+            raise TeacherReferenceError(
+                f"teacher {reference!r} ({folder}) holds no tokenizer ({' or '.join(TOKENIZER_FILES)}), so hf-ckptkd "
+                "cannot check that it reads the student's input_ids; save the teacher with its tokenizer (a Trainer "
+                "with processing_class=tokenizer does, for its snapshots too) or pass teacher_tokenizer=...")
+        if found is not None and tokenizer.get_vocab() != found.get_vocab():
+            raise TeacherReferenceError(f"teacher {reference!r} was saved with another tokenizer than "
+                                        f"{teachers.references[0]!r}; an ensemble's LMs must share one tokenizer")
+        found = found or tokenizer
+    return found
 
 
 def _warn_if_clipping_kd(args: CheckpointKDConfig) -> None:

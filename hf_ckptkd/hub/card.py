@@ -30,6 +30,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATIO
 from ..architectures import REGISTERED_ARCHITECTURES
 from ..data import default_normalisation
 from ..dataset_record import DatasetIdentity, identity, split_phrase
+from ..models import has_saved_tokenizer
 from ..selection.objective import INFORMATION_OBJECTIVES, OBJECTIVES, j_from_scores
 from ..selection.report import OBJECTIVE_DESCRIPTIONS, PLANE_PNG, SelectionReport, SnapshotScore, format_epoch
 from ..snapshots import METADATA_NAME, Snapshot
@@ -44,7 +45,6 @@ CITATION = """@inproceedings{wang2022efficient,
   year      = {2022}
 }"""
 # Files a saved tokenizer leaves in a snapshot folder (any one of them means it holds one).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 # How many training examples the card's distillation commands use: enough to see it work, quick.
 TRY_EXAMPLES = 500
 SAMPLE_TEXTS = ["An example sentence to classify.", "Another, rather different one."]
@@ -82,7 +82,7 @@ def _registered_by_hf_ckptkd(architecture: str) -> bool:
 def model_facts(snapshot: Snapshot) -> dict[str, Any]:
     """Family, architecture, labels and inputs of a snapshot, from its own files."""
     config = json.loads((snapshot.path / "config.json").read_text())
-    has_tokenizer = any((snapshot.path / name).is_file() for name in TOKENIZER_FILES)
+    has_tokenizer = has_saved_tokenizer(snapshot.path)
     if "architecture" in config:  # timm's Hub format
         cfg = config.get("pretrained_cfg") or {}
         labels = cfg.get("label_names") or config.get("label_names")

@@ -17,11 +17,9 @@ import timm
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 from torch import nn
-from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 from ..files import sha256_of
-from ..models import TimmForImageClassification
+from ..models import TimmForImageClassification, transformers_auto_class
 from ..references import COMMIT_SHA_RE, parse_hub_reference
 from ..snapshots import METADATA_NAME
 from .errors import HubError, HubReferenceError, HubUnavailableError, download_errors
@@ -69,8 +67,7 @@ def _load_model(repo_id: str, commit: str | None, config: dict) -> nn.Module:
     if "architecture" in config:  # timm's Hub format
         hub_id = f"{repo_id}@{commit}" if commit else repo_id
         return TimmForImageClassification(timm.create_model(f"hf-hub:{hub_id}", pretrained=True))
-    auto = AutoModelForImageClassification if config.get("model_type") in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES \
-        else AutoModelForSequenceClassification
+    auto = transformers_auto_class(config, f"config.json of {repo_id}@{commit or 'main'}")
     return auto.from_pretrained(repo_id, revision=commit, use_safetensors=True)
 
 

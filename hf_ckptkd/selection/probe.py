@@ -24,7 +24,7 @@ from ..data import (
     _as_pil,
     check_image_columns,
 )
-from ..models import TimmForImageClassification, unwrap
+from ..models import TimmForImageClassification, is_text_model, unwrap
 from .errors import (
     EmptyProbeError,
     SingleClassProbeError,
@@ -153,13 +153,6 @@ def probe_transform_config(model: nn.Module, snapshot_path: str | Path | None = 
 
 def image_batches(inputs: torch.Tensor, batch_size: int) -> list[dict[str, torch.Tensor]]:
     return [{"pixel_values": inputs[start:start + batch_size]} for start in range(0, inputs.shape[0], batch_size)]
-
-
-def is_text_model(model: nn.Module) -> bool:
-    inner = unwrap(model)
-    config = getattr(inner, "config", None)
-    return not isinstance(inner, TimmForImageClassification) and config is not None \
-        and getattr(config, "vocab_size", None) is not None and not hasattr(config, "num_channels")
 
 
 TEXT_INPUT_BUCKETS = 1024

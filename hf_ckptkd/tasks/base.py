@@ -12,9 +12,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
 from ..data_config import DataConfig, Splits
+from ..losses import distillation_loss
+from ..metrics import compute_metrics
 
 
 @dataclass
@@ -44,14 +48,21 @@ class RunData:
         return self.task.build_model(spec, self, dict(model_kwargs or {}))
 
     def trainer_kwargs(self, distilling: bool) -> dict[str, Any]:
-        """What `CheckpointKDTrainer` needs beyond model, args and data, for this task."""
-        return self.task.trainer_kwargs(self, distilling)
+        """What `CheckpointKDTrainer` needs beyond model, args and data, for this task (its metrics included)."""
+        return {**self.task.metric_kwargs(), **self.task.trainer_kwargs(self, distilling)}
 
 
 class Task(ABC):
-    """One kind of model and data: image classification, text classification, …"""
+    """One kind of model and data: image classification, text classification, causal LM.
+
+    The methods below `trainer_kwargs` have the classifiers' behaviour; a task whose models predict
+    something else (a causal LM predicts a token at every position) overrides them.
+    """
 
     name: str
+    # Whether the model predicts at every token (a causal LM: (batch, seq, vocab) logits, a loss per labelled
+    # token) rather than once per example (a classifier: (batch, classes) logits, a loss per example).
+    token_level: bool = False
 
     @abstractmethod
     def prepare(self, data: DataConfig, splits: Splits, *, where: str) -> RunData:
@@ -76,3 +87,26 @@ class Task(ABC):
     def cache_safe(self, run: RunData) -> bool:
         """Whether the training inputs are the same every epoch (so teacher logits can be cached)."""
         return True
+
+    def metric_kwargs(self) -> dict[str, Any]:
+        """The `Trainer` metric arguments that report this task's accuracy as `eval_accuracy`."""
+        return {"compute_metrics": compute_metrics}
+
+    def distillation_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels, *, args,
+                          num_items_in_batch=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the loss to back-propagate, {loss_ce, loss_kd, teacher_accuracy} of this batch for the logs).
+
+        `args` is the run's `CheckpointKDConfig`. A classifier's loss is a batch mean (Trainer scales it for
+        gradient accumulation), so `num_items_in_batch` is not used.
+        """
+        loss, loss_ce, loss_kd = distillation_loss(student_logits, teacher_logits, labels, alpha=args.alpha,
+                                                   temperature=args.temperature, kind=args.kd_loss,
+                                                   beta=args.jsd_beta)
+        logs = {"loss_ce": loss_ce, "loss_kd": loss_kd}
+        if labels is not None:
+            logs["teacher_accuracy"] = (teacher_logits.argmax(-1) == labels).float().mean()
+        return loss, logs
+
+    def predictions(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted, true) labels of a batch, flat, for accuracy: a classifier predicts one label per row."""
+        return logits.argmax(-1).cpu().numpy(), labels.cpu().numpy()

@@ -1,0 +1,107 @@
+"""Causal language modelling: a corpus cut into blocks of tokens, decoder-only transformers LMs.
+
+Every position predicts the next token, so a batch has (batch, seq, vocab) logits and the loss
+counts the positions that carry a label (`labels != -100`, shifted as transformers shifts them).
+Teachers and student share the tokenizer; the KD term is token-level (`losses.token_distillation_loss`).
+Accuracy is next-token accuracy; the held-out loss is the mean next-token cross-entropy, whose
+exponential is the perplexity.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import DataCollatorForLanguageModeling
+
+from ..config import ConfigError
+from ..data import DataError, lm_blocks, load_tokenizer
+from ..data_config import DataConfig, Splits
+from ..losses import IGNORE_INDEX, token_distillation_loss
+from ..models import build_causal_lm
+from .base import RunData, Task
+
+LM_LABEL_COLUMN = "labels"  # made by the collator from input_ids
+
+
+def next_token_predictions(predicted: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, true) next tokens at the labelled positions: position i's prediction against label i+1."""
+    predicted, labels = predicted[:, :-1], labels[:, 1:]
+    keep = labels != IGNORE_INDEX
+    return predicted[keep], labels[keep]
+
+
+def argmax_logits(logits, labels):
+    """`preprocess_logits_for_metrics`: keep the argmax token, not the (batch, seq, vocab) logits."""
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    return logits.argmax(-1)
+
+
+def next_token_metrics(eval_pred) -> dict[str, float]:
+    """`compute_metrics` of a causal LM: next-token accuracy over the labelled positions."""
+    predicted, true = next_token_predictions(np.asarray(eval_pred.predictions), np.asarray(eval_pred.label_ids))
+    return {"accuracy": float((predicted == true).mean()) if true.size else float("nan")}
+
+
+def perplexity(mean_token_loss: float) -> float:
+    """exp of the mean next-token cross-entropy (inf where it overflows)."""
+    try:
+        return math.exp(mean_token_loss)
+    except OverflowError:
+        return float("inf")
+
+
+class CausalLanguageModeling(Task):
+    name = "causal-lm"
+    token_level = True
+
+    def prepare(self, data: DataConfig, splits: Splits, *, where: str) -> RunData:
+        if not data.text_column or not data.tokenizer:
+            raise ConfigError(f"{where}: task causal-lm needs text_column (the corpus column) and tokenizer (a folder, "
+                              "Hub id or 'fortunes') that teachers and student share")
+        try:
+            tokenizer = load_tokenizer(data.tokenizer)
+        except (OSError, ValueError, DataError) as e:
+            raise ConfigError(f"{where}: tokenizer {data.tokenizer!r} could not be loaded ({e})") from e
+        try:
+            train, validation, test = (lm_blocks(ds, tokenizer, data.text_column, data.max_length)
+                                       for ds in (splits.train, splits.validation, splits.test))
+        except DataError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        return RunData(self, train, validation, test, [], LM_LABEL_COLUMN, data, tokenizer=tokenizer)
+
+    def model_ready(self, run: RunData) -> tuple[Any, Any, Any]:
+        return run.train, run.validation, run.test
+
+    def collator(self, run: RunData):
+        return DataCollatorForLanguageModeling(run.tokenizer, mlm=False)
+
+    def build_model(self, spec: str, run: RunData, model_kwargs: dict[str, Any]) -> nn.Module:
+        tok = run.tokenizer
+        # The tokenizer's own markers of a text's start and end (GPT-2's bos/eos, BERT-style [CLS]/[SEP]).
+        special = {"bos_token_id": tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id,
+                   "eos_token_id": tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id}
+        kwargs = {**{k: v for k, v in special.items() if v is not None}, **model_kwargs}
+        return build_causal_lm(spec, vocab_size=len(tok), pad_token_id=tok.pad_token_id, model_kwargs=kwargs)
+
+    def trainer_kwargs(self, run: RunData, distilling: bool) -> dict[str, Any]:
+        shared = {"teacher_tokenizer": run.tokenizer, "student_tokenizer": run.tokenizer} if distilling else {}
+        return {"processing_class": run.tokenizer, **shared}
+
+    def metric_kwargs(self) -> dict[str, Any]:
+        return {"compute_metrics": next_token_metrics, "preprocess_logits_for_metrics": argmax_logits}
+
+    def distillation_loss(self, student_logits, teacher_logits, labels, *, args,
+                          num_items_in_batch=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        terms = token_distillation_loss(student_logits, teacher_logits, labels, alpha=args.alpha,
+                                        temperature=args.temperature, kind=args.kd_loss, beta=args.jsd_beta,
+                                        num_items_in_batch=num_items_in_batch, chunk_size=args.kd_chunk_size)
+        logs = {"loss_ce": terms.ce_sum / terms.tokens, "loss_kd": terms.kd_sum / terms.tokens,
+                "teacher_accuracy": terms.teacher_correct.float() / terms.tokens}
+        return terms.loss, logs
+
+    def predictions(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        return next_token_predictions(logits.argmax(-1).cpu().numpy(), labels.cpu().numpy())
