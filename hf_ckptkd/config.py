@@ -100,7 +100,7 @@ class CheckpointKDConfig(TrainingArguments):
     jsd_beta: float = help_field(0.5,
         "beta of kd_loss='jsd', in [0, 1], as TRL's GKD defines it: 0 is KL(teacher||student), 1 is "
         "KL(student||teacher), between them the divergence to the mixture beta*teacher + (1-beta)*student.")
-    kd_chunk_size: int = help_field(1024,
+    kd_chunk_size: int = help_field(256,
         "Causal LMs: the KD term is computed over this many token positions at a time (and recomputed "
         "in backward), so only one chunk's (positions, vocab) probabilities exist beyond the logits.")
     ensemble_mode: str = choice_field("mean_logits", ENSEMBLE_MODES,

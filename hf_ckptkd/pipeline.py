@@ -30,7 +30,7 @@ from .results import NO_TEACHER, RESULT_NAME, StudentCell, write_report
 from .runlog import RUN_LOG, log_to_file, say, stage_bar
 from .selection import SelectionReport, select_teachers
 from .snapshots import SnapshotIndex
-from .tasks import RunData, prepare_run_data
+from .tasks import RunData, perplexity, prepare_run_data
 from .trainer import CheckpointKDTrainer
 
 logger = logging.getLogger(__name__)
@@ -231,7 +231,10 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
             val = trainer.evaluate(validation, metric_key_prefix="validation")
             tst = trainer.evaluate(test, metric_key_prefix="test")
             result = {"teachers": list(teachers), "seed": seed, "validation_accuracy": val["validation_accuracy"],
-                      "test_accuracy": tst["test_accuracy"], "seconds": round(time.time() - start, 1)}
+                      "test_accuracy": tst["test_accuracy"], "test_loss": tst["test_loss"],
+                      "seconds": round(time.time() - start, 1)}
+            if run.task.token_level:  # a causal LM: its test loss is the mean next-token cross-entropy
+                result["test_perplexity"] = perplexity(tst["test_loss"])
             if last:
                 per_epoch = {f"{h['epoch']:g}": h["eval_accuracy"] for h in trainer.state.log_history
                              if "eval_accuracy" in h}
@@ -253,7 +256,8 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
 
 
 def teacher_test_accuracy(run: RunData, snapshots, output_dir: Path) -> dict[str, float]:
-    """Test accuracy of each snapshot used as a teacher (cached in teachers/test_accuracy.json)."""
+    """Test accuracy of each snapshot used as a teacher (cached in teachers/test_accuracy.json); next-token
+    accuracy for causal LMs."""
     cache_path = output_dir / "teachers" / "test_accuracy.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     _, _, test = run.model_ready()
@@ -269,8 +273,9 @@ def teacher_test_accuracy(run: RunData, snapshots, output_dir: Path) -> dict[str
             for start in range(0, len(test), 512):
                 batch = run.collator([test[i] for i in range(start, min(start + 512, len(test)))])
                 inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-                predictions += model(**inputs).logits.argmax(-1).tolist()
-                references += batch["labels"].tolist()
+                predicted, true = run.task.predictions(model(**inputs).logits, batch["labels"])
+                predictions += predicted.tolist()
+                references += true.tolist()
         cache[snapshot.reference] = accuracy.compute(predictions=predictions, references=references)["accuracy"]
         cache_path.write_text(json.dumps(cache, indent=2))
         bar.update()

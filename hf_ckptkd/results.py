@@ -44,15 +44,19 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
-def paired_difference(runs: list[dict], baseline: list[dict], key: str = "test_accuracy") -> dict[str, Any] | None:
+def paired_difference(runs: list[dict], baseline: list[dict], key: str = "test_accuracy", *, scale: float = 100.0,
+                      lower_is_better: bool = False) -> dict[str, Any] | None:
     """Mean paired difference (pp) of `runs` against `baseline` over the seeds both have, with a 95 % t interval.
+
+    `scale` turns the values' difference into the reported unit (100: fractions into percentage
+    points; 1 for a perplexity, where `lower_is_better` also turns the verdict round).
 
     Students of one seed share their initialisation whatever teaches them, so the difference per seed
     removes the seed's own luck. The verdict is "better" or "worse" only when the interval excludes
     zero, else "no difference"; with fewer than two shared seeds there is no interval (None).
     """
     base = {r["seed"]: r[key] for r in baseline}
-    diffs = [100 * (r[key] - base[r["seed"]]) for r in runs if r["seed"] in base]
+    diffs = [scale * (r[key] - base[r["seed"]]) for r in runs if r["seed"] in base]
     if len(diffs) < 2:
         return None
     n = len(diffs)
@@ -60,7 +64,8 @@ def paired_difference(runs: list[dict], baseline: list[dict], key: str = "test_a
     sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
     half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * sd / n ** 0.5
     lo, hi = mean - half, mean + half
-    verdict = "better" if lo > 0 else "worse" if hi < 0 else "no difference"
+    higher, lower = ("worse", "better") if lower_is_better else ("better", "worse")
+    verdict = higher if lo > 0 else lower if hi < 0 else "no difference"
     return {"mean_pp": mean, "ci95_pp": [lo, hi], "seeds": n, "verdict": verdict}
 
 
@@ -87,6 +92,9 @@ def write_report(recipe, output_dir: Path, cells: list[StudentCell], results: di
                "teacher_epochs": epochs, "teacher_test_accuracy": teacher, "seeds": len(runs),
                "student_test_accuracy": test_mean, "student_test_std": test_std,
                "student_validation_accuracy": val_mean}
+        if runs and all("test_perplexity" in r for r in runs):
+            row["student_test_perplexity"], row["student_test_perplexity_std"] = mean_std(
+                [r["test_perplexity"] for r in runs])
         if runs and all("test_accuracy_best_of_last" in r for r in runs):
             row["student_test_best_of_last"], row["student_test_best_of_last_std"] = mean_std(
                 [r["test_accuracy_best_of_last"] for r in runs])
@@ -97,6 +105,10 @@ def write_report(recipe, output_dir: Path, cells: list[StudentCell], results: di
         other = row["cell"] != "final" and tuple(row["teachers"]) != tuple(final["teachers"])
         row["paired_vs_final"] = paired_difference(results.get(row["cell"], []), results.get("final", [])) \
             if other else None
+        if other and "student_test_perplexity" in row and "student_test_perplexity" in final:
+            row["paired_vs_final_perplexity"] = paired_difference(
+                results.get(row["cell"], []), results.get("final", []), key="test_perplexity", scale=1.0,
+                lower_is_better=True)
         if other and "student_test_best_of_last" in row and "student_test_best_of_last" in final:
             row["paired_vs_final_best_of_last"] = paired_difference(
                 results.get(row["cell"], []), results.get("final", []), key="test_accuracy_best_of_last")
@@ -131,6 +143,15 @@ def _table(rows: list[dict], summary: dict) -> str:
         lines.append(f"| {r['description']} | {epochs} | {teacher} | {_pp(r['student_test_accuracy'])} ± "
                      f"{_pp(r['student_test_std'])} | {r['gain_vs_final_pp']:+.2f} | "
                      f"{_paired_text(r.get('paired_vs_final'))} | {r['seeds']} |")
+    lm = [r for r in rows if "student_test_perplexity" in r]
+    if lm:
+        lines += ["", "Held-out perplexity of the students (lower is better; the accuracies above are next-token "
+                  "accuracies):", "", "| how the student is taught | student test perplexity | paired vs final, 95% CI |",
+                  "|---|---|---|"]
+        for r in lm:
+            lines.append(f"| {r['description']} | {r['student_test_perplexity']:.2f} ± "
+                         f"{r['student_test_perplexity_std']:.2f} | "
+                         f"{_paired_text(r.get('paired_vs_final_perplexity'))} |")
     last = [r for r in rows if "student_test_best_of_last" in r]
     if last:
         lines += ["", "Best test accuracy of the last epochs (the paper's measure; the table above is the final epoch):",

@@ -48,6 +48,8 @@ def _reference_token_loss(s, t, labels, alpha, temperature, kind, beta):
         kd = (p_t * (p_t.log() - p_s.log())).sum(-1)
     elif kind == "reverse_kl":
         kd = (p_s * (p_s.log() - p_t.log())).sum(-1)
+    elif beta == 1.0:  # GKD's jsd at beta 1 is the reverse KL
+        kd = (p_s * (p_s.log() - p_t.log())).sum(-1)
     else:  # GKD's generalised JSD, from its definition with the mixture of probabilities
         m = beta * p_t + (1 - beta) * p_s
         kd = beta * (p_t * (p_t.log() - m.log())).sum(-1) + (1 - beta) * (p_s * (p_s.log() - m.log())).sum(-1)
@@ -55,23 +57,26 @@ def _reference_token_loss(s, t, labels, alpha, temperature, kind, beta):
     return (alpha * ce + (1 - alpha) * kd * temperature**2).mean()
 
 
-@pytest.mark.parametrize("kind,beta", [("kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3), ("jsd", 0.9)])
-def test_token_loss_matches_its_definition_for_every_chunk_size(kind, beta):
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("kind,beta", [("kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3), ("jsd", 0.9), ("jsd", 1.0)])
+def test_token_loss_matches_its_definition_for_every_chunk_size(kind, beta, temperature):
     g = torch.Generator().manual_seed(0)
     s = torch.randn(3, 7, 11, generator=g, requires_grad=True)
     t = torch.randn(3, 7, 11, generator=g)
     labels = torch.randint(0, 11, (3, 7), generator=g)
     labels[0, 4:] = -100
     labels[2, :2] = -100
-    expected = _reference_token_loss(s, t, labels, 0.3, 2.0, kind, beta)
+    expected = _reference_token_loss(s, t, labels, 0.3, temperature, kind, beta)
     (expected_grad,) = torch.autograd.grad(expected, s)
     for chunk in (1, 4, 1000):
-        result = token_distillation_loss(s, t, labels, alpha=0.3, temperature=2.0, kind=kind, beta=beta,
+        result = token_distillation_loss(s, t, labels, alpha=0.3, temperature=temperature, kind=kind, beta=beta,
                                          chunk_size=chunk)
         (grad,) = torch.autograd.grad(result.loss, s)
         assert result.loss.item() == pytest.approx(expected.item(), rel=1e-5)
         assert torch.allclose(grad, expected_grad, atol=1e-6), chunk
         assert result.tokens == int((labels[:, 1:] != -100).sum())
+        keep = labels[:, 1:] != -100
+        assert result.teacher_correct.item() == int((t[:, :-1].argmax(-1) == labels[:, 1:])[keep].sum())
 
 
 def test_jsd_ends_are_the_two_kl_directions_and_identical_distributions_cost_nothing():
