@@ -72,6 +72,21 @@ def _text_teacher(folder: Path) -> Snapshot:
                           eval_metrics={"eval_accuracy": 0.2, "eval_loss": 2.5, **TIMINGS}, dataset=record)
 
 
+def _lm_teacher(folder: Path) -> Snapshot:
+    from hf_ckptkd.data import load_tokenizer
+    from hf_ckptkd.models import build_causal_lm
+
+    tokenizer = load_tokenizer("fortunes")
+    torch.manual_seed(0)
+    model = build_causal_lm("transformers:GPT2Config", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                            model_kwargs={"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32})
+    record = dataset_record("fortunes_topics", train_split="train", train_examples=1200, eval_split="test",
+                            eval_examples=300, test_split="test", text_column="text", tokenizer="fortunes",
+                            max_length=32)
+    return write_snapshot(model, folder, "epoch-0001", epoch=1, global_step=10, processing_class=tokenizer,
+                          eval_metrics={"eval_accuracy": 0.1, "eval_loss": 6.5, **TIMINGS}, dataset=record)
+
+
 def _score(name, epoch, j, chosen=False, rank=None, accuracy=0.5, final=False, eval_accuracy=None) -> SnapshotScore:
     metadata = {"final": final, **({"eval_accuracy": eval_accuracy} if eval_accuracy is not None else {})}
     return SnapshotScore(name=name, epoch=epoch, step=epoch * 10, accuracy=accuracy, i_xf=0.1 * epoch, i_yf=0.2,
@@ -174,7 +189,8 @@ def test_a_run_that_recorded_no_data_gets_a_card_that_invents_none(tmp_path):
 # --- the card's code runs, for every kind of teacher -----------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["timm built-in", "timm registered by hf-ckptkd", "transformers vision", "text"])
+@pytest.mark.parametrize("kind", ["timm built-in", "timm registered by hf-ckptkd", "transformers vision", "text",
+                                  "causal LM"])
 def test_every_code_block_of_the_card_runs_as_written(hub, tmp_path, kind, fresh_hf_cache, monkeypatch):
     monkeypatch.setenv("HF_CKPTKD_CACHE", str(tmp_path / "cache"))  # the built-in tokenizer is trained there
     folder = tmp_path / "run" / "snapshots"
@@ -195,8 +211,10 @@ def test_every_code_block_of_the_card_runs_as_written(hub, tmp_path, kind, fresh
                           model_kwargs=TINY_VIT)
         source = write_snapshot(vit, folder, "epoch-0001", epoch=1, global_step=10, dataset=FMNIST,
                                 eval_metrics={"eval_accuracy": 0.5, **TIMINGS}).path
-    else:
+    elif kind == "text":
         source = _text_teacher(folder).path
+    else:
+        source = _lm_teacher(folder).path
     pushed = push_teachers_to_hub(source, repo, as_revisions=True, token=hub.write_token)
     card = ModelCard.load(hf_hub_download(repo, "README.md", revision=pushed[0].revision))
     blocks = _blocks(card.text)
@@ -204,7 +222,7 @@ def test_every_code_block_of_the_card_runs_as_written(hub, tmp_path, kind, fresh
 
     load, command, script = (code for _, code in blocks)
     assert ("import hf_ckptkd" in load) == (kind == "timm registered by hf-ckptkd")
-    if kind == "text":  # the teacher's own tokenizer, text in, no image pipeline anywhere
+    if kind in ("text", "causal LM"):  # the teacher's own tokenizer, text in, no image pipeline anywhere
         assert "AutoTokenizer.from_pretrained" in load and "AutoTokenizer.from_pretrained" in script
         assert f"--tokenizer {repo}@{pushed[0].revision}" in command and "--text_column text" in command
         assert "image" not in card.text.split("## Load it")[1]
@@ -217,10 +235,15 @@ def test_every_code_block_of_the_card_runs_as_written(hub, tmp_path, kind, fresh
         done = _run_block(lang, code, tmp_path)
         assert done.returncode == 0, f"{kind}: this {lang} block of the card failed:\n{code}\n{done.stderr[-3000:]}"
         outputs.append(done.stdout)
-    predicted = json.loads(outputs[0].strip().splitlines()[-1].replace("'", '"'))
-    labels = LABELS if kind != "text" else json.loads(Path(source / "config.json").read_text())["id2label"].values()
-    assert len(predicted) == 2 and set(predicted) <= set(labels)
-    assert "test accuracy:" in outputs[1]
+    if kind == "causal LM":  # the prompt and the continuation the teacher generates; an LM's accuracy is per token
+        assert outputs[0].strip().splitlines()[-1].startswith("the computer")
+        assert "--task causal-lm" in command and "next-token accuracy:" in outputs[1]
+        assert card.data.to_dict()["pipeline_tag"] == "text-generation"
+    else:
+        predicted = json.loads(outputs[0].strip().splitlines()[-1].replace("'", '"'))
+        labels = LABELS if kind != "text" else json.loads(Path(source / "config.json").read_text())["id2label"].values()
+        assert len(predicted) == 2 and set(predicted) <= set(labels)
+        assert "test accuracy:" in outputs[1]
     assert (tmp_path / "runs" / "student").is_dir()
 
     if kind == "timm registered by hf-ckptkd":  # why the import is there: timm alone does not know the network

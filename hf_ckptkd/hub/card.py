@@ -30,7 +30,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATIO
 from ..architectures import REGISTERED_ARCHITECTURES
 from ..data import default_normalisation
 from ..dataset_record import DatasetIdentity, identity, split_phrase
-from ..models import has_saved_tokenizer
+from ..models import CAUSAL_LM_CLASSES, has_saved_tokenizer
 from ..selection.objective import INFORMATION_OBJECTIVES, OBJECTIVES, j_from_scores
 from ..selection.report import OBJECTIVE_DESCRIPTIONS, PLANE_PNG, SelectionReport, SnapshotScore, format_epoch
 from ..snapshots import METADATA_NAME, Snapshot
@@ -52,6 +52,9 @@ SAMPLE_TEXTS = ["An example sentence to classify.", "Another, rather different o
 IMAGE_STUDENT = "timm:cifar_resnet8"
 TEXT_STUDENT = "transformers:BertConfig"
 TEXT_STUDENT_KWARGS = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+LM_STUDENT = "transformers:GPT2Config"
+LM_STUDENT_KWARGS = {"n_layer": 1, "n_embd": 64, "n_head": 2}
+LM_PROMPT = "the computer"
 POINTER = ('the hf-ckptkd README, sections "Results on Fashion-MNIST (CPU)", "Selector across tasks" and "Studies"')
 
 
@@ -90,9 +93,15 @@ def model_facts(snapshot: Snapshot) -> dict[str, Any]:
         return {"family": "timm", "architecture": config["architecture"], "num_labels": config.get("num_classes"),
                 "label_names": list(labels) if labels else None, "auto": None, "text": False,
                 "pipeline_tag": "image-classification", "registered": _registered_by_hf_ckptkd(config["architecture"]),
+                "lm": False,
                 "in_chans": int(input_size[0]), "image_size": int(input_size[-1]),
                 "mean": cfg.get("mean"), "std": cfg.get("std"), "has_tokenizer": has_tokenizer}
     image = config.get("model_type") in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    if any(a in CAUSAL_LM_CLASSES for a in config.get("architectures") or []):
+        return {"family": "transformers", "architecture": config["architectures"][0], "num_labels": None,
+                "label_names": None, "text": True, "lm": True, "auto": "AutoModelForCausalLM",
+                "pipeline_tag": "text-generation", "registered": False, "has_tokenizer": has_tokenizer,
+                "n_positions": config.get("n_positions") or config.get("max_position_embeddings")}
     id2label = config.get("id2label") or {}
     labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
     if labels and labels in ([f"LABEL_{i}" for i in range(len(labels))], [str(i) for i in range(len(labels))]):
@@ -101,7 +110,7 @@ def model_facts(snapshot: Snapshot) -> dict[str, Any]:
              "num_labels": len(id2label) or config.get("num_labels"), "label_names": labels, "text": not image,
              "auto": "AutoModelForImageClassification" if image else "AutoModelForSequenceClassification",
              "pipeline_tag": "image-classification" if image else "text-classification", "registered": False,
-             "has_tokenizer": has_tokenizer}
+             "has_tokenizer": has_tokenizer, "lm": False}
     if image:
         size = config.get("image_size", 224)
         processor = snapshot.path / "preprocessor_config.json"
@@ -296,9 +305,11 @@ def _distil_context(facts: dict[str, Any], report: SelectionReport | None, recor
         unavailable = "it was trained on a local dataset"
     elif facts["text"] and not facts["has_tokenizer"]:
         unavailable = "it holds no tokenizer"
+    student, kwargs = ((LM_STUDENT, {**LM_STUDENT_KWARGS, "n_positions": facts["n_positions"]}) if facts["lm"] else
+                       (TEXT_STUDENT, TEXT_STUDENT_KWARGS) if facts["text"] else (IMAGE_STUDENT, {}))
     return {
-        "unavailable": unavailable, "student": TEXT_STUDENT if facts["text"] else IMAGE_STUDENT,
-        "student_kwargs": TEXT_STUDENT_KWARGS, "student_kwargs_json": json.dumps(TEXT_STUDENT_KWARGS),
+        "unavailable": unavailable, "student": student, "student_kwargs": kwargs, "student_kwargs_json": json.dumps(kwargs),
+        "max_length": record.get("max_length") or 64, "prompt": LM_PROMPT,
         "examples": TRY_EXAMPLES, "temperature": f"{report.temperature if report is not None else 4.0:g}",
         "labels": repr(facts["label_names"]) if facts["label_names"] else "None",
     }
