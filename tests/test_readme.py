@@ -17,6 +17,9 @@ TINY = [
     ('load_fashion_mnist("test", limit=1000)', 'load_fashion_mnist("test", limit=200)'),
     ("num_train_epochs=8", "num_train_epochs=3"),
     ("epoch-0006", "epoch-0002"),
+    ('"train", limit=2000), tokenizer', '"train", limit=120), tokenizer'),
+    ('"test", limit=400), tokenizer', '"test", limit=40), tokenizer'),
+    ("num_train_epochs=2, learning_rate=3e-3", "max_steps=2, learning_rate=3e-3"),
 ]
 
 
@@ -47,3 +50,4 @@ def test_readme_python_snippets_run_in_order(tmp_path):
     assert (tmp_path / "runs" / "teacher" / "selection" / "selection.json").is_file()
     assert list((tmp_path / "runs" / "student").glob("checkpoint-*"))
     assert "epoch-0003" in done.stdout  # the snapshot listing printed every snapshot
+    assert (tmp_path / "runs" / "lm_teacher" / "snapshots" / "epoch-0004" / "tokenizer.json").is_file()
