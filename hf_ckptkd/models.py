@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import logging as hf_logging
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
@@ -262,6 +264,18 @@ def label_names_of(model: nn.Module) -> list[str] | None:
     return None if not names or names in placeholders else names
 
 
+@contextmanager
+def _without_progress_bars():
+    """transformers 5 draws a bar for every save and load, even of a one-file model: not for snapshots."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def save_model(model: nn.Module, folder: str | Path) -> list[str]:
     """Write `model` to `folder` in its family's own format; return the weight file names."""
     model, folder = unwrap(model), Path(folder)
@@ -271,7 +285,8 @@ def save_model(model: nn.Module, folder: str | Path) -> list[str]:
         model_args = {"in_chans": _timm_in_chans(inner), "num_classes": inner.num_classes}
         timm.models.save_for_hf(inner, folder, model_args=model_args, safe_serialization=True)
     else:
-        model.save_pretrained(folder, safe_serialization=True)
+        with _without_progress_bars():
+            model.save_pretrained(folder, safe_serialization=True)
     return sorted(p.name for p in folder.glob("*.safetensors"))
 
 
@@ -288,7 +303,8 @@ def load_model(folder: str | Path, *, device: str | torch.device | None = None) 
     if "architecture" in config:  # timm's Hub format
         model = TimmForImageClassification(_load_timm_folder(folder))
     else:
-        model = transformers_auto_class(config, folder / 'config.json').from_pretrained(folder, use_safetensors=True)
+        with _without_progress_bars():
+            model = transformers_auto_class(config, folder / "config.json").from_pretrained(folder, use_safetensors=True)
         normalisation = read_processor_normalisation(folder)
         if normalisation is not None:  # the config does not hold it: keep it for the teacher/student input check
             setattr(model, RECORDED_NORMALISATION, normalisation)
