@@ -153,8 +153,9 @@ def cmd_snapshots(args) -> int:
     for _, _, s in sorted(rows, key=lambda row: row[:2]):
         if isinstance(s, dict):  # a snapshot keep_top removed: only its index entry is left
             acc = s.get("eval_metrics", {}).get("eval_accuracy")
-            print(f"{s['name']:<14}{s.get('epoch', 0):>8.2f}{s.get('global_step', 0):>9}{'-':>11}{'-':>12}"
-                  f"{acc if acc is None else format(acc, '.4f'):>10}{s.get('score', {}).get('value', 0):>9.4f}  removed")
+            acc = f"{acc:.4f}" if acc is not None else "-"
+            print(f"{s['name']:<14}{s.get('epoch', 0):>8.2f}{s.get('global_step', 0):>9}{'-':>11}{'-':>12}{acc:>10}"
+                  f"{s.get('score', {}).get('value', 0):>9.4f}  removed")
             continue
         lr = f"{s.learning_rate:.2e}" if s.learning_rate is not None else "-"
         loss = f"{s.train_loss:.4f}" if s.train_loss is not None else "-"
