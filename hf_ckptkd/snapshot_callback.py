@@ -90,7 +90,7 @@ class SnapshotCallback(TrainerCallback):
         if state.is_world_process_zero:
             removed = recover(self._dir(args))
             if removed:
-                logger.warning("discarded partially written or deleted snapshot folder(s) %s in %s", removed,
+                logger.warning("discarded partially written snapshot(s) and unfinished deletions %s in %s", removed,
                                self._dir(args))
 
     def _due(self, state: TrainerState, at_epoch_end: bool) -> bool:
