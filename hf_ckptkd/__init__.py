@@ -3,7 +3,8 @@
 from .config import CheckpointKDConfig
 from .hub import push_teachers_to_hub
 from .launch import exit_launched_process
-from .snapshots import SnapshotCallback, SnapshotIndex
+from .snapshot_callback import SnapshotCallback
+from .snapshots import SnapshotIndex
 from .selection import SelectionReport, select_teachers
 from .teachers import TeacherEnsemble, load_teachers
 from .trainer import CheckpointKDMixin, CheckpointKDTrainer

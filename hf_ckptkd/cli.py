@@ -38,6 +38,7 @@ from .pipeline import run
 from .recipe import PIPELINE_STAGES, load_recipe
 from .references import TeacherReferenceError
 from .selection import ESTIMATORS, OBJECTIVES, SelectionError, select_teachers
+from .selection.online import run_probe_settings
 from .selection.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BETA,
@@ -123,8 +124,12 @@ def _train(argv: list[str], prog: str, distill: bool) -> int:
                             image_column=data_args.image_column, label_column=data_args.label_column,
                             text_column=data_args.text_column, tokenizer=data_args.tokenizer,
                             max_length=data_args.max_length)
+    # --snapshot_keep_top scores snapshots on the run's training data, where `hf-ckptkd select` draws its probe.
+    keep_top = {"probe_dataset": run.train, "probe_settings": run_probe_settings(run)} \
+        if config.snapshot_keep_top is not None else {}
     trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
                                   data_collator=run.collator, label_names=run.label_names, dataset_record=record,
+                                  **keep_top,
                                   **run.trainer_kwargs(distilling=bool(config.teachers)))
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     # Reuse the evaluation the run already made at its last step instead of evaluating twice.
@@ -143,12 +148,22 @@ def _train(argv: list[str], prog: str, distill: bool) -> int:
 
 def cmd_snapshots(args) -> int:
     index = SnapshotIndex.load(args.snapshot_dir)
-    print(f"{'name':<14}{'epoch':>8}{'step':>9}{'lr':>11}{'train loss':>12}{'eval acc':>10}  final")
-    for s in index:
+    scored = any(s.score for s in index) or bool(index.removed)
+    print(f"{'name':<14}{'epoch':>8}{'step':>9}{'lr':>11}{'train loss':>12}{'eval acc':>10}"
+          + (f"{'score':>9}" if scored else "") + "  final")
+    rows = [(s.global_step, s.name, s) for s in index] + [(e.get("global_step", 0), e["name"], e) for e in index.removed]
+    for _, _, s in sorted(rows, key=lambda row: row[:2]):
+        if isinstance(s, dict):  # a snapshot keep_top removed: only its index entry is left
+            acc = s.get("eval_metrics", {}).get("eval_accuracy")
+            acc = f"{acc:.4f}" if acc is not None else "-"
+            print(f"{s['name']:<14}{s.get('epoch', 0):>8.2f}{s.get('global_step', 0):>9}{'-':>11}{'-':>12}{acc:>10}"
+                  f"{s.get('score', {}).get('value', 0):>9.4f}  removed")
+            continue
         lr = f"{s.learning_rate:.2e}" if s.learning_rate is not None else "-"
         loss = f"{s.train_loss:.4f}" if s.train_loss is not None else "-"
         acc = f"{s.accuracy:.4f}" if s.accuracy is not None else "-"
-        print(f"{s.name:<14}{s.epoch:>8.2f}{s.global_step:>9}{lr:>11}{loss:>12}{acc:>10}  {'yes' if s.final else ''}")
+        score = (f"{s.score['value']:>9.4f}" if s.score else f"{'-':>9}") if scored else ""
+        print(f"{s.name:<14}{s.epoch:>8.2f}{s.global_step:>9}{lr:>11}{loss:>12}{acc:>10}{score}  {'yes' if s.final else ''}")
     return 0
 
 

@@ -15,6 +15,8 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
 SNAPSHOT_STRATEGIES = ("no", "epoch", "steps")
+# The selection objectives whose score of one snapshot does not depend on the others (selection.online).
+SNAPSHOT_SCORE_OBJECTIVES = ("outputs", "features")
 KD_LOSSES = ("kl", "reverse_kl", "jsd", "mse")
 # The distillation temperature of the paper (T = 4), the default wherever a temperature is asked for.
 DEFAULT_TEMPERATURE = 4.0
@@ -86,6 +88,18 @@ class CheckpointKDConfig(TrainingArguments):
     snapshot_dir: str | None = help_field(None,
         "Folder for snapshots; defaults to <output_dir>/snapshots. Kept outside the checkpoint-* "
         "pattern, so save_total_limit never deletes snapshots.")
+    snapshot_keep_top: int | None = help_field(None,
+        "Keep only this many best snapshots on disk, plus the final one. Each snapshot is scored when it is "
+        "written, on a probe set, by J = I(Y;.) + beta*I(X;.) of that snapshot alone (fixed scales, no "
+        "rescaling over the run, so scores written hours apart compare); the rest are deleted, and "
+        "index.json keeps every score and lists the deleted snapshots as removed. Needs a probe set: "
+        "CheckpointKDTrainer(probe_dataset=...) (train-teacher and recipes pass one). Unset: keep every snapshot.")
+    snapshot_score_objective: str = choice_field("outputs", SNAPSHOT_SCORE_OBJECTIVES,
+        "What snapshot_keep_top scores: 'outputs' (the softened outputs at T=4, what a student is taught) "
+        "or 'features' (the penultimate features).")
+    snapshot_probe_samples: int = help_field(1000,
+        "Probe examples snapshot_keep_top scores each snapshot on (a label-stratified, seeded sample of "
+        "the probe set, drawn as select_teachers draws it).")
     # --- distillation (student runs) ---
     teachers: list[str] | None = help_field(None,
         "Teacher references: a snapshot folder, '<snapshot_dir>:<name>' or a Hub repo "
@@ -135,6 +149,8 @@ class CheckpointKDConfig(TrainingArguments):
         if not isinstance(self.snapshot_every, int) or self.snapshot_every <= 0:
             raise ConfigError(f"snapshot_every={self.snapshot_every!r} must be a positive integer (epochs or steps "
                               "between snapshots)")
+        _choice("snapshot_score_objective", self.snapshot_score_objective, SNAPSHOT_SCORE_OBJECTIVES)
+        _check_keep_top(self)
         if self.snapshot_dir is None:
             self.snapshot_dir = str(Path(self.output_dir) / "snapshots")
         if Path(self.snapshot_dir).exists() and not Path(self.snapshot_dir).is_dir():
@@ -157,6 +173,19 @@ class CheckpointKDConfig(TrainingArguments):
                                   f"{len(self.teachers or [])} teachers; give one weight per teacher")
             if any(w < 0 for w in self.teacher_weights) or sum(self.teacher_weights) <= 0:
                 raise ConfigError(f"teacher_weights={self.teacher_weights} must be non-negative with a positive sum")
+
+
+def _check_keep_top(config: CheckpointKDConfig) -> None:
+    keep, probe = config.snapshot_keep_top, config.snapshot_probe_samples
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ConfigError(f"snapshot_keep_top={keep!r} must be a positive integer, the number of snapshots to keep "
+                          "besides the final one (e.g. 3); leave it unset to keep every snapshot")
+    if keep is not None and config.snapshot_strategy == "no":
+        raise ConfigError(f"snapshot_keep_top={keep} keeps the best snapshots, but snapshot_strategy='no' keeps none; "
+                          "set snapshot_strategy to 'epoch' or 'steps', or unset snapshot_keep_top")
+    if isinstance(probe, bool) or not isinstance(probe, int) or probe < 2:
+        raise ConfigError(f"snapshot_probe_samples={probe!r} must be an integer of at least 2 (probe examples each "
+                          "snapshot is scored on; 1000 is the default)")
 
 
 def _check_lr_decay(config: CheckpointKDConfig) -> None:

@@ -29,6 +29,7 @@ from .recipe import PIPELINE_STAGES, Recipe
 from .results import NO_TEACHER, RESULT_NAME, StudentCell, write_report
 from .runlog import RUN_LOG, log_to_file, say, stage_bar
 from .selection import SelectionReport, select_teachers
+from .selection.online import run_probe_settings
 from .snapshots import SnapshotIndex
 from .tasks import RunData, perplexity, prepare_run_data
 from .trainer import CheckpointKDTrainer
@@ -117,9 +118,12 @@ def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: Partia
             training.setdefault("save_strategy", "epoch")
             training.setdefault("save_total_limit", 1)
             config = _config(training, teacher_dir, seed=i)
+            # snapshot_keep_top scores on the selection stage's probe set: the validation carve.
+            keep_top = {"probe_dataset": run.validation, "probe_settings": run_probe_settings(run)} \
+                if config.snapshot_keep_top is not None else {}
             trainer = _trainer(run, _build(recipe.teacher, run, seed=i), config, train, eval_dataset=validation,
                                dataset_record=teacher_dataset_record(recipe, run),
-                               run_log=output_dir / RUN_LOG, unit=f"teachers/teacher-{i}")
+                               run_log=output_dir / RUN_LOG, unit=f"teachers/teacher-{i}", **keep_top)
             resume = any(teacher_dir.glob("checkpoint-*"))
             trainer.train(resume_from_checkpoint=True if resume else None)
             state.wait_for_everyone()

@@ -1,8 +1,14 @@
-"""Teacher snapshots: `SnapshotCallback` keeps them, `SnapshotIndex` reads them back.
+"""Teacher snapshots: the folder format, `write_snapshot`, and `SnapshotIndex`, which reads them back.
 
 A snapshot is `<snapshot_dir>/<name>/` (`epoch-0012` or `step-000500`) holding exactly what the
 model family's own loader reads (so it is already a Hub-ready model repo) plus `snapshot.json`
 with its metadata. `<snapshot_dir>/index.json` lists the snapshots in training order.
+`SnapshotCallback` (in `snapshot_callback`) writes them during training.
+
+A run that keeps only its best snapshots (`keep_top`, see `snapshot_pruning`) records each
+snapshot's `score`, and lists the snapshots it deleted in the index as `"removed": true` with
+their score, so the index stays the complete record of the run; `SnapshotIndex` iterates over the
+snapshots on disk only and keeps the removed entries in `.removed`.
 
 Writes are atomic: a snapshot is written to a hidden temporary folder and renamed into place, so
 a folder with a snapshot name is always complete; the index is rebuilt from those folders after
@@ -13,7 +19,6 @@ pattern, so `save_total_limit` never deletes them.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -22,17 +27,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from torch import nn
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .files import TEMP_PREFIX, sha256_of, write_json_atomic
-from .models import load_model, model_family, save_model, unwrap
+from .models import load_model, model_family, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class Snapshot:
     created: str = ""
     # What the run trained and evaluated on, when it recorded it (see hf_ckptkd.dataset_record).
     dataset: dict[str, Any] = field(default_factory=dict)
+    # The keep-top score, when the run kept only its best snapshots: {"value": ..., and its terms}.
+    score: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def read(cls, folder: str | Path) -> "Snapshot":
@@ -85,8 +89,9 @@ class Snapshot:
     def metadata(self) -> dict[str, Any]:
         meta = asdict(self)
         meta.pop("path")
-        if not meta["dataset"]:  # a run that recorded nothing about its data writes nothing about it
-            meta.pop("dataset")
+        for optional in ("dataset", "score"):  # what a run did not record, it writes nothing about
+            if not meta[optional]:
+                meta.pop(optional)
         return {"format_version": FORMAT_VERSION, **meta}
 
     @property
@@ -118,12 +123,17 @@ class Snapshot:
         return load_model(self.path, device=device)
 
 
-class SnapshotIndex:
-    """The snapshots of one run, in training order."""
+def _order(entry: Snapshot | dict) -> tuple[int, str]:
+    return (entry.global_step, entry.name) if isinstance(entry, Snapshot) else (entry.get("global_step", 0), entry["name"])
 
-    def __init__(self, snapshot_dir: str | Path, snapshots: list[Snapshot]):
+
+class SnapshotIndex:
+    """The snapshots of one run on disk, in training order; `removed`: the index entries of deleted ones."""
+
+    def __init__(self, snapshot_dir: str | Path, snapshots: list[Snapshot], removed: list[dict] | None = None):
         self.snapshot_dir = Path(snapshot_dir)
-        self.snapshots = sorted(snapshots, key=lambda s: (s.global_step, s.name))
+        self.snapshots = sorted(snapshots, key=_order)
+        self.removed = sorted(removed or [], key=_order)
 
     @classmethod
     def load(cls, path: str | Path) -> "SnapshotIndex":
@@ -135,27 +145,37 @@ class SnapshotIndex:
         if not index_path.is_file():
             raise SnapshotError(f"{path} holds no snapshot index ({INDEX_NAME}); give the snapshot_dir of a teacher "
                                 "run (by default <output_dir>/snapshots)")
-        try:
-            names = [entry["name"] for entry in json.loads(index_path.read_text())["snapshots"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise SnapshotError(f"{index_path} is not a valid snapshot index ({e})") from e
-        return cls(path, [Snapshot.read(path / name) for name in names])
+        entries = _index_entries(index_path)
+        live = [e["name"] for e in entries if not e.get("removed")]
+        return cls(path, [Snapshot.read(path / name) for name in live], [e for e in entries if e.get("removed")])
 
     @classmethod
-    def scan(cls, snapshot_dir: str | Path) -> "SnapshotIndex":
-        """The complete snapshot folders found on disk (temporary folders of interrupted writes ignored)."""
+    def scan(cls, snapshot_dir: str | Path, revived: str | None = None) -> "SnapshotIndex":
+        """The complete snapshot folders found on disk (temporary folders of interrupted writes ignored),
+        with the removed entries of the index there. A folder the index marks removed is one whose
+        deletion was interrupted: it stays removed, unless it is `revived` (written again since)."""
         snapshot_dir = Path(snapshot_dir)
+        index_path = snapshot_dir / INDEX_NAME
+        removed = [e for e in (_index_entries(index_path) if index_path.is_file() else [])
+                   if e.get("removed") and e["name"] != revived]
+        gone = {e["name"] for e in removed}
         found = []
         if snapshot_dir.is_dir():
             for folder in snapshot_dir.iterdir():
-                if folder.is_dir() and not folder.name.startswith(TEMP_PREFIX) and (folder / METADATA_NAME).is_file():
+                if folder.is_dir() and not folder.name.startswith(TEMP_PREFIX) and folder.name not in gone \
+                        and (folder / METADATA_NAME).is_file():
                     found.append(Snapshot.read(folder))
-        return cls(snapshot_dir, found)
+        return cls(snapshot_dir, found, removed)
+
+    def entry(self, snapshot: Snapshot) -> dict[str, Any]:
+        """A snapshot's entry in `index.json` (its score only when it has one)."""
+        entry = {"name": snapshot.name, "epoch": snapshot.epoch, "global_step": snapshot.global_step,
+                 "final": snapshot.final, "eval_metrics": snapshot.eval_metrics}
+        return {**entry, "score": snapshot.score} if snapshot.score else entry
 
     def write(self) -> None:
-        """Write `index.json` atomically."""
-        entries = [{"name": s.name, "epoch": s.epoch, "global_step": s.global_step, "final": s.final,
-                    "eval_metrics": s.eval_metrics} for s in self.snapshots]
+        """Write `index.json` atomically: the snapshots on disk and the removed ones, in training order."""
+        entries = sorted([self.entry(s) for s in self.snapshots] + self.removed, key=_order)
         write_json_atomic(self.snapshot_dir / INDEX_NAME, {"format_version": FORMAT_VERSION, "snapshots": entries})
 
     def __iter__(self) -> Iterator[Snapshot]:
@@ -187,6 +207,11 @@ class SnapshotIndex:
                     or (step is not None and s.global_step == step):
                 return s
         wanted = name if name is not None else (f"epoch {epoch}" if epoch is not None else f"step {step}")
+        gone = next((e for e in self.removed if e["name"] == name), None)
+        if gone is not None:
+            raise SnapshotError(f"snapshot {name} of {self.snapshot_dir} was removed to keep only the best snapshots "
+                                f"(keep_top; its score {gone.get('score', {}).get('value')}); the snapshots on disk "
+                                f"are {', '.join(self.names) or 'none'}")
         raise SnapshotError(f"{self.snapshot_dir} has no snapshot {wanted}; it has {', '.join(self.names) or 'none'}")
 
     def verify(self) -> None:
@@ -240,7 +265,7 @@ def write_snapshot(model, snapshot_dir: str | Path, name: str, *, epoch: float, 
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-        SnapshotIndex.scan(snapshot_dir).write()
+        SnapshotIndex.scan(snapshot_dir, revived=name).write()  # a removed snapshot written again is back
     except (OSError, SafetensorError) as e:  # disk full, permissions, file size limits
         shutil.rmtree(tmp, ignore_errors=True)
         raise SnapshotError(
@@ -250,18 +275,21 @@ def write_snapshot(model, snapshot_dir: str | Path, name: str, *, epoch: float, 
     return snapshot
 
 
+def _index_entries(index_path: Path) -> list[dict[str, Any]]:
+    try:
+        entries = json.loads(index_path.read_text())["snapshots"]
+        if not all(isinstance(e["name"], str) for e in entries):
+            raise TypeError("an entry whose name is not a string")
+        return entries
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise SnapshotError(f"{index_path} is not a valid snapshot index ({e})") from e
+
+
 def mark_final(snapshot: Snapshot) -> Snapshot:
     snapshot.final = True
     write_json_atomic(snapshot.path / METADATA_NAME, snapshot.metadata())
     SnapshotIndex.scan(snapshot.path.parent).write()
     return snapshot
-
-
-def _cpu_copy(model: nn.Module) -> nn.Module:
-    """The model with its own CPU copy of every weight and buffer (the module tree is shared code only)."""
-    memo = {id(p): nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=False) for p in model.parameters()}
-    memo.update({id(b): b.detach().to("cpu", copy=True) for b in model.buffers()})
-    return copy.deepcopy(model, memo)
 
 
 def remove_partial_snapshots(snapshot_dir: str | Path) -> list[str]:
@@ -274,141 +302,3 @@ def remove_partial_snapshots(snapshot_dir: str | Path) -> list[str]:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                 removed.append(path.name)
     return removed
-
-
-class SnapshotCallback(TrainerCallback):
-    """Keep teacher snapshots during any `Trainer` run: `trainer.add_callback(SnapshotCallback("epoch"))`.
-
-    At each due epoch/step the main process writes a snapshot after that step's logging and
-    evaluation (so the snapshot carries the metrics the run computed there, without evaluating
-    twice) and before its checkpoint is saved (so a resumed run never misses one). The final
-    model is always a snapshot, flagged `final`.
-
-    Writing happens in a background thread from a CPU copy of the weights, so training goes on
-    meanwhile; every pending write is finished before any checkpoint is saved and at the end of
-    training, which keeps the resume guarantee. A failed write raises `SnapshotError` there.
-
-    The Trainer's `processing_class` (a text model's tokenizer), when it has one, is saved in every
-    snapshot, so a snapshot is a complete artefact: `AutoTokenizer.from_pretrained(folder)` loads.
-    `dataset_record` (see `hf_ckptkd.dataset_record.dataset_record`) goes into every `snapshot.json`,
-    where model cards read the dataset's identity, split and size.
-    """
-
-    def __init__(self, strategy: str = "epoch", every: int = 1, snapshot_dir: str | Path | None = None,
-                 dataset_record: dict[str, Any] | None = None):
-        if strategy not in ("epoch", "steps"):
-            raise SnapshotError(f"snapshot strategy {strategy!r} is not 'epoch' or 'steps'")
-        if not isinstance(every, int) or every <= 0:
-            raise SnapshotError(f"snapshot every={every!r} must be a positive integer")
-        if snapshot_dir is not None and Path(snapshot_dir).exists() and not Path(snapshot_dir).is_dir():
-            raise SnapshotError(f"snapshot_dir {snapshot_dir} is a file, not a folder; choose another path")
-        self.strategy, self.every = strategy, every
-        self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
-        self.dataset_record = dict(dataset_record or {})
-        self._processing_class = None
-        self._pending: dict[str, Any] | None = None
-        self._model = None
-        self._writer: ThreadPoolExecutor | None = None
-        self._writes: list[Future] = []
-
-    def _dir(self, args: TrainingArguments) -> Path:
-        return self.snapshot_dir or Path(args.output_dir) / "snapshots"
-
-    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-        self._model = model
-        self._processing_class = processing_class
-        if state.is_world_process_zero:
-            removed = remove_partial_snapshots(self._dir(args))
-            if removed:
-                logger.warning("discarded partially written snapshot(s) %s in %s", removed, self._dir(args))
-
-    def _due(self, state: TrainerState, at_epoch_end: bool) -> bool:
-        if self.strategy == "epoch":
-            return at_epoch_end and round(state.epoch) % self.every == 0
-        return not at_epoch_end and state.global_step % self.every == 0
-
-    def _schedule(self, args, state: TrainerState, control: TrainerControl, at_epoch_end: bool) -> None:
-        if not self._due(state, at_epoch_end):
-            return
-        logged_here = bool(state.log_history) and state.log_history[-1].get("step") == state.global_step \
-            and "loss" in state.log_history[-1]
-        self._pending = {"need_loss": not logged_here, "need_eval": bool(control.should_evaluate), "eval": {},
-                         "checkpoint_due": bool(control.should_save)}
-        # Log the training loss at the snapshot so its metadata holds the loss at that point.
-        control.should_log = control.should_log or not logged_here
-        self._maybe_write(args, state)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if control.should_save:  # a checkpoint follows: earlier snapshots must be on disk before it
-            self._wait()
-        self._schedule(args, state, control, at_epoch_end=False)
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        if control.should_save:
-            self._wait()
-        self._schedule(args, state, control, at_epoch_end=True)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self._pending is not None and logs and "loss" in logs:
-            self._pending["need_loss"] = False
-            self._maybe_write(args, state)
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if self._pending is not None:
-            self._pending["eval"] = dict(metrics or {})
-            self._pending["need_eval"] = False
-            self._maybe_write(args, state)
-
-    def on_save(self, args, state, control, **kwargs):
-        self._maybe_write(args, state, force=True)  # whatever was not logged by now will not be
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._maybe_write(args, state, force=True)
-
-    def _maybe_write(self, args, state: TrainerState, force: bool = False) -> None:
-        pending = self._pending
-        if pending is None or (not force and (pending["need_loss"] or pending["need_eval"])):
-            return
-        self._pending = None
-        final = state.max_steps > 0 and state.global_step >= state.max_steps
-        self._write(args, state, pending["eval"], final, background=not (final or pending["checkpoint_due"]))
-
-    def _write(self, args, state: TrainerState, eval_metrics: dict, final: bool, background: bool = False) -> None:
-        if not state.is_world_process_zero:
-            return
-        loss_entry = next((e for e in reversed(state.log_history) if "loss" in e), {})
-        name = snapshot_name(self.strategy, state.epoch or 0.0, state.global_step)
-        kwargs = dict(epoch=state.epoch or 0.0, global_step=state.global_step, learning_rate=loss_entry.get("learning_rate"),
-                      train_loss=loss_entry.get("loss"), eval_metrics=eval_metrics, final=final,
-                      processing_class=self._processing_class, dataset=self.dataset_record)
-        model = unwrap(self._model)
-        if background:
-            if self._writer is None:
-                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-writer")
-            self._writes.append(self._writer.submit(write_snapshot, _cpu_copy(model), self._dir(args), name, **kwargs))
-        else:
-            self._wait()
-            write_snapshot(model, self._dir(args), name, **kwargs)
-        logger.info("snapshot %s %s %s", name, "being written to" if background else "written to", self._dir(args))
-
-    def _wait(self) -> None:
-        """Finish every pending background write; a failed one raises its `SnapshotError` here."""
-        writes, self._writes = self._writes, []
-        for write in writes:
-            write.result()
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self._model = model if model is not None else self._model
-        self._maybe_write(args, state, force=True)
-        self._wait()
-        if not state.is_world_process_zero:
-            return
-        index = SnapshotIndex.scan(self._dir(args))
-        last = index.snapshots[-1] if len(index) else None
-        if last is not None and last.global_step == state.global_step:
-            if not last.final:  # training stopped early at a scheduled snapshot
-                mark_final(last)
-            return
-        eval_entry = next((e for e in reversed(state.log_history) if e.get("step") == state.global_step
-                           and any(k.startswith("eval_") for k in e)), {})
-        self._write(args, state, {k: v for k, v in eval_entry.items() if k.startswith("eval_")}, final=True)

@@ -27,10 +27,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import Dataset
 from transformers import Trainer
 
-from .config import CheckpointKDConfig, lr_decay_milestone_steps
+from .config import CheckpointKDConfig, ConfigError, lr_decay_milestone_steps
 from .inputs import InputSpec
 from .models import TOKENIZER_FILES, model_inputs, unwrap
-from .snapshots import SnapshotCallback
+from .selection.settings import SelectionSettings
+from .snapshot_callback import SnapshotCallback
 from .tasks import task_of_model
 from .teacher_checks import check_finite, check_label_space
 from .teachers import TeacherEnsemble, TeacherReferenceError, load_teachers, saved_tokenizer
@@ -60,7 +61,8 @@ class CheckpointKDMixin:
     def __init__(self, model: nn.Module | None = None, args: CheckpointKDConfig | None = None, *,
                  teachers: TeacherEnsemble | Sequence[str | nn.Module] | None = None,
                  label_names: list[str] | None = None, teacher_tokenizer=None, student_tokenizer=None,
-                 dataset_record: dict | None = None, student_input: InputSpec | None = None, **kwargs):
+                 dataset_record: dict | None = None, student_input: InputSpec | None = None, probe_dataset=None,
+                 probe_settings: SelectionSettings | None = None, **kwargs):
         if args is not None and not isinstance(args, CheckpointKDConfig):
             raise TypeError(f"args must be a CheckpointKDConfig (got {type(args).__name__}); it is a TrainingArguments "
                             "with the snapshot and distillation fields")
@@ -73,7 +75,8 @@ class CheckpointKDMixin:
         if self.args.snapshot_strategy != "no":
             # dataset_record: what the run trains on, kept in every snapshot for its model card.
             self.add_callback(SnapshotCallback(self.args.snapshot_strategy, self.args.snapshot_every, self.args.snapshot_dir,
-                                               dataset_record=dataset_record))
+                                               dataset_record=dataset_record,
+                                               **_keep_top_options(self.args, probe_dataset, probe_settings)))
         teachers = teachers if teachers is not None else self.args.teachers
         self.teachers: TeacherEnsemble | None = None
         if teachers:
@@ -224,6 +227,26 @@ def _saved_teacher_tokenizer(teachers: TeacherEnsemble):
                                         f"{teachers.references[0]!r}; an ensemble's LMs must share one tokenizer")
         found = found or tokenizer
     return found
+
+
+def _keep_top_options(args: CheckpointKDConfig, probe_dataset, probe_settings: SelectionSettings | None) -> dict:
+    """SnapshotCallback's keep_top arguments from the config. The probe set is never guessed: the
+    Trainer's eval_dataset holds transformed model inputs, and the scores must be those select_teachers
+    computes later on the dataset it is given."""
+    if args.snapshot_keep_top is None:
+        if probe_dataset is not None:
+            raise ConfigError("probe_dataset is only used to score snapshots for snapshot_keep_top; set "
+                              "snapshot_keep_top=M (keep the M best snapshots and the final one) or drop probe_dataset")
+        return {}
+    if probe_dataset is None:
+        raise ConfigError(
+            f"snapshot_keep_top={args.snapshot_keep_top} needs a probe set to score snapshots on: pass "
+            "CheckpointKDTrainer(..., probe_dataset=...), the dataset select_teachers would take (raw images and "
+            "labels, e.g. the training split before with_image_transform, or tokenized text); the eval_dataset is not "
+            "used by default. Or unset snapshot_keep_top to keep every snapshot")
+    settings = SelectionSettings.of(probe_settings, objective=args.snapshot_score_objective,
+                                    max_probe_samples=args.snapshot_probe_samples)
+    return {"keep_top": args.snapshot_keep_top, "probe_dataset": probe_dataset, "probe_settings": settings}
 
 
 def _warn_if_clipping_kd(args: CheckpointKDConfig) -> None:

@@ -1,5 +1,6 @@
 """The README's Python snippets run as written, in order, as one script (on tiny data)."""
 
+import json
 import os
 import re
 import subprocess
@@ -51,3 +52,7 @@ def test_readme_python_snippets_run_in_order(tmp_path):
     assert list((tmp_path / "runs" / "student").glob("checkpoint-*"))
     assert "epoch-0003" in done.stdout  # the snapshot listing printed every snapshot
     assert (tmp_path / "runs" / "lm_teacher" / "snapshots" / "epoch-0004" / "tokenizer.json").is_file()
+    # The keep-top run scored every snapshot and kept the 2 best and the final one (3 epochs: all three).
+    kept = json.loads((tmp_path / "runs" / "teacher-top2" / "snapshots" / "index.json").read_text())["snapshots"]
+    assert [e["name"] for e in kept] == ["epoch-0001", "epoch-0002", "epoch-0003"]
+    assert all(isinstance(e["score"]["value"], float) for e in kept)
