@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import subprocess
 
 import pytest
 import torch
@@ -284,3 +285,25 @@ def test_text_classifier_revisions(hub, tmp_path):
     assert [s.name for s in report.scores] == [f"{repo}@step10", f"{repo}@step20"]  # main (no model) skipped
     assert report.extra["probe"]["transform"].startswith("'tokenized text")
     assert all(s.metadata["verified"] for s in report.scores)
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_revisions_and_write_the_single_process_report(hub, published, probe, tmp_path,
+                                                                               accelerate_launch, capsys):
+    from test_selection_processes import assert_same_report
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    probe.to_parquet(str(data_dir / "train.parquet"))
+    flags = ["select", published["third"], "--revisions", "checkpoint-*", "--dataset", str(data_dir),
+             "--max_probe_samples", str(PROBE), "--objective", "outputs", "--disable_tqdm"]
+    assert main([*flags, "--output", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    launch = subprocess.run([*accelerate_launch, "-m", "hf_ckptkd.cli", *flags, "--output", str(tmp_path / "two")],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "selection.json").read_text())
+    two = json.loads((tmp_path / "two" / "selection.json").read_text())
+    assert two["extra"]["processes"] == {"count": 2, "candidates_per_process": [2, 2]}
+    assert_same_report(one, two)
+    assert len(two["notes"]) == len(STEPS) and two["notes"] == one["notes"]  # gathered from both processes

@@ -19,12 +19,15 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
+from ..config import launched_distributed_without_accelerator
+
 T = TypeVar("T")
 
 
 def selection_state() -> PartialState:
-    """Accelerate's process state: a plain single process unless the script was launched with several."""
-    return PartialState()
+    """Accelerate's process state: a plain single process unless the script was launched with several
+    (CPU processes on a machine without an accelerator, as `accelerate launch --multi_gpu` starts there)."""
+    return PartialState(cpu=launched_distributed_without_accelerator())
 
 
 def share_of(items: list[T], state: PartialState) -> list[T]:
