@@ -285,6 +285,11 @@ def test_text_classifier_revisions(hub, tmp_path):
     assert [s.name for s in report.scores] == [f"{repo}@step10", f"{repo}@step20"]  # main (no model) skipped
     assert report.extra["probe"]["transform"].startswith("'tokenized text")
     assert all(s.metadata["verified"] for s in report.scores)
+    # The command tokenises the probe with the tokenizer saved with the first revision.
+    out = tmp_path / "selection"
+    assert main(["select", repo, "--revisions", "step*", "--dataset", str(tmp_path / "data"), "--text_column",
+                 "sentence", "--max_probe_samples", "100", "--output", str(out), "--disable_tqdm"]) == 0
+    assert json.loads((out / "selection.json").read_text())["selected"][0] in (f"{repo}@step10", f"{repo}@step20")
 
 
 @pytest.mark.slow

@@ -2,7 +2,9 @@
 
 The probe set is a fixed, seeded, label-stratified sample of the (training) dataset, turned into
 tensors once with the deterministic evaluation transform and shared by every snapshot. Each
-snapshot is loaded (weight hashes verified), put in `eval()` mode (so BatchNorm uses its running
+candidate (a snapshot of a local run, or a revision of a Hub repo: see `candidates`) is loaded
+(weight hashes verified where it records them; one that cannot be loaded is skipped with a
+warning), put in `eval()` mode (so BatchNorm uses its running
 statistics and the scores are reproducible) and run once over the probe under
 `torch.inference_mode()`, giving its penultimate features and logits (`forward_with_features`).
 Those become `Candidate`s for `select_from_candidates`, which estimates the information terms and
@@ -15,21 +17,20 @@ feed the task terms; when given it is used for each snapshot's held-out accuracy
 (`SnapshotScore.metadata["held_out_accuracy"]`, saved in selection.json; table.md shows the probe
 accuracy only). `extract_candidates` is the first half of `select_teachers` on its own: the probe
 and every snapshot's features and logits, to score under several objectives without rerunning the
-models.
+models. Under `accelerate launch` each process runs its share of the candidates and the main
+process scores them all (`processes`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data import (
     ImageColumns,
@@ -38,7 +39,7 @@ from ..data import (
     check_image_columns,
     resolve_label_column,
 )
-from ..models import forward_with_features, label_names_of, num_labels_of, unwrap
+from ..models import label_names_of, num_labels_of, unwrap
 from ..snapshots import Snapshot, SnapshotIndex
 from .candidates import CandidateSet, ModelCandidate, resolve_candidates
 from .errors import (
@@ -46,8 +47,8 @@ from .errors import (
     LabelSpaceMismatchError,
     SelectionError,
     TooManyTeachersError,
-    UnloadableCandidateError,
 )
+from .forward import first_loadable, notes_of, outcome_to_cpu, run_candidates
 from .kernels import check_probe_classes
 from .objective import Candidate, check_request, select_from_candidates
 from .processes import from_main, gather_in_order, process_device, selection_state, share_of
@@ -62,8 +63,6 @@ from .probe import (
 )
 from .report import SelectionReport
 from .settings import SelectionSettings
-
-logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Label spaces
@@ -116,19 +115,6 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-@torch.inference_mode()
-def _run(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device,
-         bar=None) -> tuple[torch.Tensor, torch.Tensor]:
-    features, logits = [], []
-    for batch in batches:
-        f, z = forward_with_features(model, {k: v.to(device, non_blocking=True) for k, v in batch.items()})
-        features.append(f.float())
-        logits.append(z.float())
-        if bar is not None:
-            bar.update(1)
-    return torch.cat(features), torch.cat(logits)
-
-
 # ---------------------------------------------------------------------------------------------
 # The entry points
 
@@ -160,89 +146,6 @@ def _probe_transform(first_model: nn.Module, first_path, text: bool, transform, 
     if isinstance(transform, ImageTransformConfig):
         return transform, build_image_transform(transform, train=False)
     return None, transform
-
-
-@dataclass
-class _Outcome:
-    """What running one candidate gave: its `Candidate` (None when skipped), the notes the report
-    should carry about it, and why it was skipped. Picklable, so processes can exchange it."""
-
-    name: str
-    candidate: Candidate | None = None
-    notes: list[str] = field(default_factory=list)
-    skipped: str | None = None
-
-
-def _first_loadable(candidates: Sequence[ModelCandidate]) -> tuple[int, nn.Module, dict[int, str]]:
-    """(index, model) of the first candidate that loads, and why each one before it did not.
-
-    The first loaded model fixes the probe's transform and the label space, so every process
-    finds the same one (a candidate that cannot be loaded is skipped, see `_run_candidates`)."""
-    failed: dict[int, str] = {}
-    for i, candidate in enumerate(candidates):
-        try:
-            return i, candidate.load_model(), failed
-        except UnloadableCandidateError as e:
-            failed[i] = str(e)
-    reasons = "; ".join(f"{candidates[i].name}: {why}" for i, why in failed.items())
-    raise SelectionError(f"none of the {len(candidates)} candidates could be loaded ({reasons}); fix or choose other "
-                         "revisions or snapshots")
-
-
-def _run_candidates(candidates: Sequence[ModelCandidate], indices: Sequence[int], first: tuple[int, nn.Module, dict],
-                    batches, held_out, space: "_LabelSpace", device: torch.device, progress: bool) -> list[_Outcome]:
-    """The candidates at `indices` (this process's share) loaded in turn, checked against the label
-    space, and run over the probe (and the held-out probe) in eval mode: their features, logits and
-    accuracies. One that cannot be loaded is skipped with a warning naming it."""
-    first_index, first_model, failed = first
-    outcomes: list[_Outcome] = []
-    n_batches = len(batches) + (len(held_out[0]) if held_out else 0)
-    outer: Iterable[int] = tqdm(indices, desc="candidates", unit="model") if progress else indices
-    bar = tqdm(total=n_batches, desc="probe batches", unit="batch", leave=False) if progress else None
-    try:
-        for i in outer:
-            source = candidates[i]
-            try:
-                if i in failed:
-                    raise UnloadableCandidateError(failed[i])
-                model = first_model if i == first_index else source.load_model()
-            except UnloadableCandidateError as e:
-                logger.warning("skipping candidate %s: %s", source.name, e)
-                outcomes.append(_Outcome(source.name, skipped=str(e)))
-                continue
-            space.check(source.name, model)
-            model.to(device).eval()
-            if bar is not None:
-                bar.reset(total=n_batches)
-                bar.set_description(source.name)
-            features, logits = _run(model, batches, device, bar)
-            metadata = dict(source.metadata)
-            if held_out is not None:
-                _, h_logits = _run(model, held_out[0], device, bar)
-                metadata["held_out_accuracy"] = float((h_logits.argmax(dim=1) == held_out[1]).float().mean())
-            del model
-            if i == first_index:
-                first_model = None  # one model in memory at a time
-            outcomes.append(_Outcome(source.name, Candidate(
-                name=source.name, features=features, logits=logits, epoch=source.epoch, step=source.step,
-                init=source.is_init, path=source.path, metadata=metadata), list(source.notes)))
-    finally:
-        if bar is not None:
-            bar.close()
-    return outcomes
-
-
-def _outcome_to_cpu(outcome: _Outcome) -> _Outcome:
-    c = outcome.candidate
-    if c is not None:
-        outcome.candidate = replace(c, features=c.features.cpu(), logits=c.logits.cpu())
-    return outcome
-
-
-def _notes(outcomes: Sequence[_Outcome]) -> list[str]:
-    """The report's notes: each candidate's own, then one line per skipped candidate."""
-    notes = [f"{o.name}: {note}" for o in outcomes for note in o.notes]
-    return notes + [f"{o.name} was skipped: it could not be loaded ({o.skipped})" for o in outcomes if o.skipped]
 
 
 def extract_candidates(
@@ -288,7 +191,7 @@ def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, h
     probe_classes = int(labels_all.max()) + 1 if labels_all.size else 0
 
     # The first model that loads fixes the transform and the label space (on every process alike).
-    first = _first_loadable(candidates)
+    first = first_loadable(candidates)
     first_index, first_model, _ = first
     text = is_text_model(first_model)
     transform_config, transform_fn = _probe_transform(first_model, candidates[first_index].path, text,
@@ -321,9 +224,9 @@ def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, h
     if first_index not in mine:
         first = (first_index, None, first[2])
         first_model = None
-    outcomes = _run_candidates(candidates, mine, first, batches, held_out, space, device, progress)
+    outcomes = run_candidates(candidates, mine, first, batches, held_out, space, device, progress)
     forward_s = time.perf_counter() - t0
-    outcomes = gather_in_order(outcomes, state, _outcome_to_cpu)
+    outcomes = gather_in_order(outcomes, state, outcome_to_cpu)
     shares = gather_in_order([len(mine)], state, lambda n: n)
 
     info = {
@@ -342,7 +245,7 @@ def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, h
         info["source"] = source.source
     loaded = [o.candidate for o in outcomes if o.candidate is not None]
     return ProbeCandidates(loaded, inputs.to(device), labels.to(device), source.snapshot_dir, device, info,
-                           _notes(outcomes))
+                           notes_of(outcomes))
 
 
 def select_teachers(
