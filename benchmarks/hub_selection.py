@@ -125,7 +125,8 @@ def main():
 
     n = len(report.scores)
     weights_mb = sum(f.stat().st_size for f in Path(cold_cache).rglob("*.safetensors")) / 2**20
-    print(f"device: {report.extra['device']} ({torch.get_num_threads()} threads); {args.model}, {n} revisions "
+    print(f"device: {report.extra['device']} ({torch.get_num_threads()} threads; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); {args.model}, {n} revisions "
           f"({weights_mb:.1f} MiB of weights in all), probe {report.probe_size} examples; "
           f"publishing took {publish_s:.1f} s; local server {SERVER.url}")
     print(f"cold selection:      {cold_s:7.2f} s  = {cold_s / n:.2f} s per revision  ({cold_files} files downloaded)")

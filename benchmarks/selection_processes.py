@@ -99,7 +99,8 @@ def main():
     same = reports[1]["selected"] == reports[2]["selected"] and all(
         abs(a["j"] - b["j"]) < 1e-6 for a, b in zip(reports[1]["scores"], reports[2]["scores"]))
     print(f"{args.model}, {args.snapshots} snapshots, probe {reports[1]['probe_size']} examples, "
-          f"{os.cpu_count()} CPU cores, OMP_NUM_THREADS=1 per process, {args.repeats} repeat(s)")
+          f"{os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f}), OMP_NUM_THREADS=1 per process, "
+          f"{args.repeats} repeat(s)")
     for processes, wall in ((1, one), (2, two)):
         timing = reports[processes]["extra"]["timing_s"]
         print(f"{processes} process(es): {wall:7.2f} s wall (runs: {', '.join(f'{t:.2f}' for t in times[processes])}); "
