@@ -23,7 +23,6 @@ which is how `select_teachers` reaches it without importing the Hub layer.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -61,7 +60,7 @@ class HubRevision:
 
     `revision` is the branch or tag name, `commit` the commit it pointed to when listed, `aliases`
     the other refs at that commit. `epoch` and `step` come from the name until loading reads them
-    from `snapshot.json`, when the revision has one. `download_s` is the time the download took.
+    from `snapshot.json`, when the revision has one.
     """
 
     repo_id: str
@@ -76,7 +75,6 @@ class HubRevision:
     path: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    download_s: float = 0.0
 
     def __post_init__(self):
         match = POSITION_RE.search(self.revision)
@@ -112,14 +110,12 @@ class HubRevision:
 
     def download(self) -> Path:
         """The files loading needs, at the pinned commit, from the cache or the Hub."""
-        started = time.perf_counter()
         with repo_errors(self.repo_id, self.token, f"downloading {self.name}"):
             try:
                 folder = snapshot_download(self.repo_id, revision=self.commit, allow_patterns=list(LOAD_PATTERNS),
                                            token=self.token)
-            except RevisionNotFoundError:  # the ref was moved or deleted since it was listed
+            except RevisionNotFoundError:  # the commit is gone: the repo's history was rewritten since listing
                 raise UnloadableCandidateError(f"commit {self.commit} is no longer on {endpoint()}") from None
-        self.download_s = time.perf_counter() - started
         self.path = folder
         return Path(folder)
 
