@@ -30,7 +30,7 @@ from .data import (
 )
 from .data_config import DataConfig, cli_splits
 from .dataset_record import dataset_record
-from .hub import HubInputError, push_teachers_to_hub
+from .hub import HubInputError, hub_revisions, push_teachers_to_hub
 from .inputs import InputMismatchError
 from .launch import exit_launched_process
 from .models import ModelSpecError, has_saved_tokenizer
@@ -39,6 +39,7 @@ from .recipe import PIPELINE_STAGES, load_recipe
 from .references import TeacherReferenceError
 from .selection import ESTIMATORS, OBJECTIVES, SelectionError, select_teachers
 from .selection.online import run_probe_settings
+from .selection.processes import selection_state
 from .selection.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BETA,
@@ -170,9 +171,17 @@ def cmd_snapshots(args) -> int:
 def _select_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-ckptkd select",
-        description="Score every snapshot of a teacher run on a probe set drawn from the training data and "
-                    "choose the teacher(s) with the most task-related information.")
-    parser.add_argument("snapshot_dir", help="A run's snapshot folder (or its output_dir holding snapshots/).")
+        description="Score every snapshot of a teacher run (or the published revisions of a Hub model repo) on a "
+                    "probe set drawn from the training data and choose the teacher(s) with the most task-related "
+                    "information. Under `accelerate launch` the processes share the snapshots.")
+    parser.add_argument("snapshot_dir", metavar="SOURCE",
+                        help="A run's snapshot folder (or its output_dir holding snapshots/), or with --revisions a "
+                             "Hub model repo OWNER/NAME.")
+    parser.add_argument("--revisions", nargs="+", default=None, metavar="REVISION",
+                        help="Select among the branches and tags of the Hub repo SOURCE: one glob ('step*'), several "
+                             "names, or 'all'.")
+    parser.add_argument("--token", default=None, help="A Hub token for a private or gated repo (default: HF_TOKEN or "
+                                                      "`hf auth login`; prefer those, a flag shows in the process list).")
     parser.add_argument("--dataset", required=True,
                         help="'fashion_mnist' (built in) or a datasets id/path: the teachers' training data.")
     parser.add_argument("--split", default="train", help="Split the probe set is drawn from (default: train).")
@@ -190,7 +199,8 @@ def _select_parser() -> argparse.ArgumentParser:
     parser.add_argument("--beta", type=float, default=DEFAULT_BETA,
                         help="Weight β of the input information in J = Ĩ(Y;·) + β·Î(X;·) (a number >= 0; the "
                              "information objectives only).")
-    parser.add_argument("--output", default=None, help="Report folder (default: <snapshot_dir>/../selection).")
+    parser.add_argument("--output", default=None, help="Report folder (default: <snapshot_dir>/../selection, or "
+                                                       "selections/OWNER--NAME for a Hub repo).")
     parser.add_argument("--seed", type=int, default=0, help="Seeds the probe draw and the estimator.")
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="Probe examples per forward pass.")
     parser.add_argument("--held_out_split", default=None,
@@ -207,13 +217,14 @@ def _select_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _select_tokenizer(args, index):
-    """The text teachers' tokenizer: --tokenizer, else the one saved in the first snapshot."""
+def _select_tokenizer(args, first: Path | str | None, where: str):
+    """The text teachers' tokenizer: --tokenizer, else the one saved with the first candidate (a
+    snapshot folder, or the first Hub revision's `owner/name@revision`)."""
     source = args.tokenizer
     if source is None:
-        first = index.snapshots[0].path if len(index) else None
-        if first is None or not has_saved_tokenizer(first):
-            raise ConfigError(f"--text_column needs --tokenizer: the snapshots in {index.snapshot_dir} hold no tokenizer "
+        holds = first is not None and (not isinstance(first, Path) or has_saved_tokenizer(first))
+        if not holds:
+            raise ConfigError(f"--text_column needs --tokenizer: the snapshots in {where} hold no tokenizer "
                               "(they were written before snapshots saved one, or by a run without processing_class); "
                               "pass the tokenizer the teachers were trained with (a folder, Hub id or 'fortunes')")
         source = str(first)
@@ -222,11 +233,27 @@ def _select_tokenizer(args, index):
     except (OSError, ValueError, DataError) as e:
         raise ConfigError(f"--tokenizer {source}: could not be loaded ({e}); give a tokenizer folder, a Hub id, "
                           "owner/name@revision or 'fortunes'") from e
-    vocab = json.loads((index.snapshots[0].path / "config.json").read_text()).get("vocab_size") if len(index) else None
+    config = first / "config.json" if isinstance(first, Path) else None
+    vocab = json.loads(config.read_text()).get("vocab_size") if config is not None and config.is_file() else None
     if vocab and len(tokenizer) > vocab:  # its ids would index past the teachers' embeddings
         raise ConfigError(f"--tokenizer {source} has {len(tokenizer)} tokens but the teachers' vocabulary has {vocab}; "
                           "pass the tokenizer the teachers were trained with")
     return tokenizer
+
+
+def _select_source(args):
+    """(what select_teachers takes, the revisions, the first candidate's folder or reference, where the
+    candidates are, the default report folder)."""
+    if args.revisions is None:
+        index = SnapshotIndex.load(args.snapshot_dir)
+        first = index.snapshots[0].path if len(index) else None
+        return index, None, first, str(index.snapshot_dir), index.snapshot_dir.parent / "selection"
+    revisions = args.revisions[0] if len(args.revisions) == 1 else list(args.revisions)
+    first = None
+    if args.text_column and args.tokenizer is None:  # the tokenizer saved with the first revision
+        listed = hub_revisions(args.snapshot_dir, revisions, token=args.token)
+        first = listed[0].reference if listed else None
+    return args.snapshot_dir, revisions, first, args.snapshot_dir, Path("selections") / args.snapshot_dir.replace("/", "--")
 
 
 def _select_probe(args, dataset, tokenizer):
@@ -256,8 +283,8 @@ def cmd_select(args) -> int:
         raise ConfigError("--tokenizer is for text teachers: add --text_column NAME (the dataset's text column), or "
                           "drop --tokenizer for image teachers")
     started = time.perf_counter()
-    index = SnapshotIndex.load(args.snapshot_dir)
-    tokenizer = _select_tokenizer(args, index) if args.text_column else None
+    source, revisions, first, where, default_output = _select_source(args)
+    tokenizer = _select_tokenizer(args, first, where) if args.text_column else None
     probe = _select_probe(args, load_dataset_split(args.dataset, args.split), tokenizer)
     held_out = _select_probe(args, load_dataset_split(args.dataset, args.held_out_split), tokenizer) \
         if args.held_out_split else None
@@ -265,21 +292,27 @@ def cmd_select(args) -> int:
     mean, std = default_normalisation(args.dataset, 1)
     default_transform = ImageTransformConfig(mean=mean, std=std)
     report = select_teachers(
-        index, probe, k=args.k, temperature=args.temperature, objective=args.objective, estimator=args.estimator,
+        source, probe, k=args.k, revisions=revisions, token=args.token, temperature=args.temperature, objective=args.objective, estimator=args.estimator,
         max_probe_samples=args.max_probe_samples, seed=args.seed, batch_size=args.batch_size,
         accuracy_margin=args.accuracy_margin, beta=args.beta,
         label_column="labels" if args.text_column else args.label_column, image_column=args.image_column,
         held_out_probe=held_out, default_transform=default_transform, progress=not args.disable_tqdm)
     report.extra["dataset"] = {"name": args.dataset, "split": args.split, "held_out_split": args.held_out_split,
                                **({"text_column": args.text_column} if args.text_column else {})}
-    output = Path(args.output) if args.output else index.snapshot_dir.parent / "selection"
+    if not selection_state().is_main_process:  # every process has the report; one writes and prints it
+        return 0
+    output = Path(args.output) if args.output else default_output
     report.save(output)
     print(report.to_markdown())
     for name in report.selected:
         print(report.explain(name))
     for warning in report.warnings:
         print(f"warning: {warning}")
+    for note in report.notes:
+        print(f"note: {note}")
     print(f"chosen: {', '.join(report.selected)}")
+    if revisions is not None:
+        print("distil from it: hf-ckptkd distill --model SPEC --teachers " + " ".join(report.selected))
     print(f"report: {output} (selection.json, table.md, information_plane.png); "
           f"took {time.perf_counter() - started:.1f} s")
     return 0

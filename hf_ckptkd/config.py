@@ -29,7 +29,9 @@ class ConfigError(ValueError):
     """A `CheckpointKDConfig` field with a value that cannot work."""
 
 
-def _launched_distributed_without_accelerator() -> bool:
+def launched_distributed_without_accelerator() -> bool:
+    """Whether this process is one of several (`accelerate launch`, torchrun) on a machine without an
+    accelerator: then accelerate must be told to use the CPU (gloo), or it sees a single process."""
     import torch
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -133,7 +135,7 @@ class CheckpointKDConfig(TrainingArguments):
         "Needs a deterministic training transform (no random augmentation).")
 
     def __post_init__(self):
-        if _launched_distributed_without_accelerator():
+        if launched_distributed_without_accelerator():
             # Trainer would otherwise see no distributed setup and run N independent copies racing over
             # output_dir; gloo over CPU processes is what `accelerate launch --multi_gpu` means here.
             self.use_cpu = True

@@ -151,17 +151,19 @@ def select(recipe: Recipe, run: RunData, output_dir: Path, index: SnapshotIndex,
     reports = {}
     for k in sorted({1, recipe.ensemble_k}):
         folder = output_dir / "selection" / f"k{k}"
-        if not (folder / "selection.json").is_file() and state.is_main_process:
+        if not (folder / "selection.json").is_file():
+            # Every process selects: they share the snapshots (see selection.processes); the main one saves.
             start = time.time()
             options = dict(recipe.selection)
             report = select_teachers(index, run.validation, k=k, image_column=recipe.image_column,
                                      label_column=run.label_column, progress=False, transform=run.transform,
                                      **options)
-            report.extra["run"] = f"{recipe.name}/teacher-0"  # how a pushed teacher's card names its run
-            report.save(folder)
-            _say(state, f"  k={k}: selected {', '.join(report.selected)} in {time.time() - start:.0f}s")
-            for warning in report.warnings:
-                _say(state, f"  warning: {warning}")
+            if state.is_main_process:
+                report.extra["run"] = f"{recipe.name}/teacher-0"  # how a pushed teacher's card names its run
+                report.save(folder)
+                _say(state, f"  k={k}: selected {', '.join(report.selected)} in {time.time() - start:.0f}s")
+                for warning in report.warnings:
+                    _say(state, f"  warning: {warning}")
         state.wait_for_everyone()
         reports[k] = SelectionReport.load(folder)
     return reports

@@ -3,8 +3,9 @@
 Standard library only. It speaks the subset of the Hub protocol that `huggingface_hub` (2.x),
 `transformers` and `timm` use to push and pull model repos (see `/work/shared/HUB_PROTOCOL.md`):
 repo creation, repo info, model search (`list_models`: author, search, tag filter), tree listing,
-preupload, LFS batch/PUT/verify, NDJSON commits, branches, tags, refs, commit history, whoami and
-`resolve` downloads, with the Hub's error shapes.
+preupload, LFS batch/PUT/verify, NDJSON commits (to any branch), branches, tags, refs, commit
+history, settings (visibility, gated access), whoami and `resolve` downloads, with the Hub's error
+shapes.
 
 Repos have a real, git-like history: each commit is an immutable snapshot `path -> blob`, its id is
 the sha1 of (repo, parent, tree, message), and revisions resolve by branch, tag or full commit id.
@@ -111,6 +112,10 @@ class Repo:
     branches: dict = field(default_factory=dict)  # name -> commit id
     tags: dict = field(default_factory=dict)  # name -> commit id
     lfs_objects: set = field(default_factory=set)  # sha256 of LFS blobs uploaded to this repo
+    # Gated repos ("auto" or "manual", as `update_repo_settings(gated=...)` sets them): their files
+    # download only for the owner and the users granted access; listings stay public, as on the Hub.
+    gated: str | bool = False
+    access: set = field(default_factory=set)
 
     @property
     def owner(self) -> str:
@@ -175,6 +180,7 @@ class HubState:
             return
         state = [{"type": r.type, "id": r.id, "private": r.private, "created": r.created,
                   "branches": r.branches, "tags": r.tags, "lfs_objects": sorted(r.lfs_objects),
+                  "gated": r.gated, "access": sorted(r.access),
                   "commits": [{**c.__dict__, "tree": {p: list(e) for p, e in c.tree.items()}}
                               for c in r.commits.values()]} for r in self.repos.values()]
         path = os.path.join(self.storage, "state.json")
@@ -190,7 +196,8 @@ class HubState:
             for r in json.load(f):
                 commits = {c["id"]: Commit(**{**c, "tree": {p: FileEntry(*e) for p, e in c["tree"].items()}})
                            for c in r.pop("commits")}
-                repo = Repo(**{**r, "lfs_objects": set(r["lfs_objects"])}, commits=commits)
+                repo = Repo(**{**r, "lfs_objects": set(r["lfs_objects"]), "access": set(r.get("access", []))},
+                            commits=commits)
                 self.repos[(repo.type, repo.id)] = repo
 
     # -- commits --
@@ -389,6 +396,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.require_write(found.owner)
         return found
 
+    def check_gate(self, repo: Repo):
+        """A gated repo's files are for its owner and the users granted access (401 without a token,
+        403 with another user's), with the Hub's `GatedRepo` error code."""
+        if not repo.gated:
+            return
+        user = self.user
+        if user is None:
+            raise HubError(401, f"Access to model {repo.id} is restricted. You must have access to it and be "
+                                "authenticated to access it. Please log in.", "GatedRepo")
+        if user.name != repo.owner and user.name not in repo.access:
+            raise HubError(403, f"Access to model {repo.id} is restricted and you are not in the authorized list. "
+                                f"Visit {self.repo_url(repo)} to ask for access.", "GatedRepo")
+
     def commit_at(self, repo: Repo, rev: str) -> Commit:
         commit = repo.resolve(rev)
         if commit is None:
@@ -446,6 +466,10 @@ class _Handler(BaseHTTPRequestHandler):
             found = self.repo(type, repo, write=True)
             if "private" in body or "visibility" in body:
                 found.private = body.get("visibility", "private" if body.get("private") else "public") == "private"
+            if "gated" in body:
+                if body["gated"] not in ("auto", "manual", False):
+                    raise HubError(400, f"Invalid gated value {body['gated']!r}: 'auto', 'manual' or false")
+                found.gated = body["gated"]
             state.save()
         return 200, {}, {}
 
@@ -464,7 +488,7 @@ class _Handler(BaseHTTPRequestHandler):
         blobs = flag(self.query, "blobs")
         return 200, {
             "_id": found.id, "id": found.id, "modelId": found.id, "author": found.owner,
-            "sha": commit.id, "private": found.private, "gated": False, "disabled": False,
+            "sha": commit.id, "private": found.private, "gated": found.gated, "disabled": False,
             "lastModified": commit.date, "createdAt": found.created, "downloads": 0, "likes": 0,
             "tags": self.server.hub.state.card_tags(commit),
             "siblings": [self.sibling(p, e, blobs) for p, e in sorted(commit.tree.items())],
@@ -741,6 +765,7 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.hub.state
         with state.lock:
             found = self.repo(type, repo)
+            self.check_gate(found)
             commit = self.commit_at(found, rev)
             entry = commit.tree.get(path)
         if entry is None:
@@ -838,6 +863,12 @@ class HubServer:
     # -- helpers for tests: look at the server's state without going through HTTP --
     def add_token(self, token: str, user: str, role: str = "write"):
         self.tokens[token] = User(user, role)
+
+    def grant_access(self, repo_id: str, user: str, repo_type: str = "model"):
+        """Let `user` download a gated repo's files (as accepting its conditions does on the Hub)."""
+        with self.state.lock:
+            self.state.repos[(repo_type, repo_id)].access.add(user)
+            self.state.save()
 
     def get_repo(self, repo_id: str, repo_type: str = "model") -> Repo | None:
         return self.state.repos.get((repo_type, repo_id))

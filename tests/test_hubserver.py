@@ -17,6 +17,7 @@ import pytest
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
 from huggingface_hub.errors import (
     BadRequestError,
+    GatedRepoError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
     RemoteEntryNotFoundError,
@@ -219,6 +220,60 @@ def test_private_repo_is_invisible_to_others(hub, alice, tmp_path, fresh_hf_cach
     with pytest.raises(RepositoryNotFoundError):
         hf_hub_download(repo_id, "config.json", token=hub.other_token)
     assert open(hf_hub_download(repo_id, "config.json", token=hub.write_token), "rb").read() == CONFIG
+
+
+def test_branches_take_commits_list_as_refs_and_download_at_their_revision(hub, alice, repo_id, tmp_path,
+                                                                           fresh_hf_cache):
+    """What a training run publishing one branch per checkpoint (Pythia's step1000, ...) does."""
+    commits = {}
+    for step in (0, 10, 20):
+        branch = f"step{step}"
+        alice.create_branch(repo_id, branch=branch)  # from main, as the client does by default
+        folder = make_folder(tmp_path / branch, {"config.json": CONFIG, "model.safetensors": weights(step),
+                                                 "optimizer.pt": weights(100 + step), "notes/log.txt": b"log\n"})
+        commits[branch] = alice.upload_folder(repo_id=repo_id, folder_path=folder, revision=branch).oid
+    main = hub.head(repo_id)
+    assert main not in commits.values()  # the uploads went to the branches, not to main
+    refs = alice.list_repo_refs(repo_id)
+    assert {b.name: b.target_commit for b in refs.branches} == {"main": main, **commits}
+    assert [b.ref for b in refs.branches if b.name == "step10"] == ["refs/heads/step10"]
+    assert len({c.commit_id for c in alice.list_repo_commits(repo_id, revision="step20")}) == 2  # initial + upload
+
+    # A download at a branch (by name, full ref or commit) gets that branch's files; allow_patterns
+    # keeps what loading needs.
+    for revision in ("step10", "refs/heads/step10", commits["step10"]):
+        assert open(hf_hub_download(repo_id, "model.safetensors", revision=revision), "rb").read() == weights(10)
+    folder = snapshot_download(repo_id, revision="step20", allow_patterns=["config.json", "*.safetensors"])
+    assert folder.endswith(commits["step20"])
+    assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]
+    assert open(os.path.join(folder, "model.safetensors"), "rb").read() == weights(20)
+
+    # Deleting a branch drops it from the refs; its commit still downloads by id.
+    alice.delete_branch(repo_id, branch="step0")
+    assert "step0" not in {b.name for b in alice.list_repo_refs(repo_id).branches}
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download(repo_id, "config.json", revision="step0")
+    assert open(hf_hub_download(repo_id, "model.safetensors", revision=commits["step0"]), "rb").read() == weights(0)
+
+
+def test_gated_repo_lists_for_everyone_and_downloads_for_granted_users(hub, alice, repo_id, fresh_hf_cache):
+    alice.upload_file(path_or_fileobj=CONFIG, path_in_repo="config.json", repo_id=repo_id)
+    alice.update_repo_settings(repo_id, gated="auto")
+    assert alice.model_info(repo_id).gated == "auto"
+    bob = HfApi(token=hub.other_token)
+    for api in (bob, HfApi(token=False)):
+        assert {b.name for b in api.list_repo_refs(repo_id).branches} == {"main"}
+        assert api.model_info(repo_id).sha == hub.head(repo_id)
+    for token, status in ((False, 401), (hub.other_token, 403)):
+        with pytest.raises(GatedRepoError) as excinfo:
+            hf_hub_download(repo_id, "config.json", token=token)
+        assert status_of(excinfo) == status
+    assert open(hf_hub_download(repo_id, "config.json", token=hub.write_token), "rb").read() == CONFIG
+    hub.server.grant_access(repo_id, "bob")
+    assert open(hf_hub_download(repo_id, "config.json", token=hub.other_token), "rb").read() == CONFIG
+    with pytest.raises(HfHubHTTPError) as excinfo:  # only the owner changes the settings
+        bob.update_repo_settings(repo_id, gated=False)
+    assert status_of(excinfo) == 403 and alice.model_info(repo_id).gated == "auto"
 
 
 def test_transformers_model_round_trip(hub, fresh_hf_cache):

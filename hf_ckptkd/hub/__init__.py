@@ -6,6 +6,8 @@ tokenizer) with a model card (`card.py`, rendered from `card_template.md`) and t
 information-plane plot. `load_hub_teacher("owner/name@revision")` (`load.py`) loads one back
 through the family's own loader (`timm.create_model("hf-hub:…")` or transformers'
 `AutoModelFor….from_pretrained`), after checking the weights against the repo's `snapshot.json`.
+`hub_revisions(repo_id, "step*")` (`revisions.py`) lists a repo's published revisions as selection
+candidates, which is what `select_teachers("owner/name", probe, revisions="step*")` scores.
 `hub_scripts/list_teachers.py` lists an owner's teacher repos and revisions with their card metrics
 (the card's `checkpoint_kd` metadata block).
 
@@ -27,6 +29,7 @@ from .card import CITATION, TAGS, build_model_card
 from .errors import HubError, HubInputError, HubReferenceError, HubUnavailableError
 from .load import load_hub_teacher
 from .push import PushedTeacher, is_main_process, push_teachers_to_hub
+from .revisions import HubRevision, hub_revisions  # also registers the Hub source with select_teachers
 
-__all__ = ["push_teachers_to_hub", "load_hub_teacher", "build_model_card", "PushedTeacher",
+__all__ = ["push_teachers_to_hub", "load_hub_teacher", "hub_revisions", "HubRevision", "build_model_card", "PushedTeacher",
            "HubError", "HubInputError", "HubReferenceError", "HubUnavailableError", "is_main_process", "TAGS", "CITATION"]

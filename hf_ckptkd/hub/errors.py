@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib
 from contextlib import contextmanager
 
-from huggingface_hub import HfApi, constants
+from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    GatedRepoError,
     HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
@@ -133,6 +134,42 @@ def download_errors(reference: str, repo_id: str, filename: str, revision: str |
         raise HubError(f"teacher {reference!r}: the Hub at {endpoint()} failed: {e}") from None
 
 
+@contextmanager
+def repo_errors(repo_id: str, token: str | bool | None, doing: str):
+    """Turn the client's errors while `doing` something with a whole repo (listing its revisions,
+    downloading one) into sentences that name the repo and what to fix. A missing revision
+    (`RevisionNotFoundError`) and a missing file pass through: the caller knows what they mean."""
+    tokenless = token is False or (token is None and get_token() is None)
+    pass_token = "pass a token (token=..., --token, HF_TOKEN or `hf auth login`)"
+    try:
+        yield
+    except (RevisionNotFoundError, EntryNotFoundError):
+        raise
+    except GatedRepoError:  # a RepositoryNotFoundError, so first
+        who = "no token was sent" if tokenless else "the token's user has not been granted access"
+        raise HubInputError(f"{repo_id} is a gated repo on {endpoint()} and {who}, so {doing} failed; accept its "
+                            f"conditions at {endpoint()}/{repo_id}, then {pass_token} of a user with access") from None
+    except RepositoryNotFoundError:
+        hint = f"if it is private, {pass_token} that can read it" if tokenless else \
+            "if it is private, use a token of a user who can read it"
+        raise HubInputError(f"there is no model repo {repo_id} on {endpoint()} that this client may read, so {doing} "
+                            f"failed; check the name ({hint})") from None
+    except LocalEntryNotFoundError:
+        why = "offline mode is on (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE else \
+            f"the Hub at {endpoint()} could not be reached"
+        raise HubUnavailableError(f"{doing} failed: {why} and what is needed is not in the local cache "
+                                  f"({constants.HF_HUB_CACHE}); check the connection and HF_ENDPOINT") from None
+    except (*TRANSPORT_ERRORS, OfflineModeIsEnabled) as e:
+        raise HubUnavailableError(f"{doing} failed: could not reach the Hub at {endpoint()} ({type(e).__name__}); "
+                                  "check the connection and HF_ENDPOINT, and that HF_HUB_OFFLINE is not set") from None
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        if status in (401, 403):
+            raise HubInputError(f"the Hub at {endpoint()} refused the token ({status}) while {doing}; fix or unset "
+                                "HF_TOKEN (public repos need none)") from None
+        raise HubError(f"{doing} failed on the Hub at {endpoint()}: {e}") from None
+
+
 def _known_revisions(repo_id: str) -> str:
     try:
         refs = HfApi().list_repo_refs(repo_id)
@@ -143,4 +180,4 @@ def _known_revisions(repo_id: str) -> str:
 
 
 __all__ = ["TRANSPORT_ERRORS", "HubError", "HubInputError", "HubReferenceError", "HubUnavailableError",
-           "download_errors", "endpoint", "push_errors"]
+           "download_errors", "endpoint", "push_errors", "repo_errors"]

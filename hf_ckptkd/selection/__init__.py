@@ -8,7 +8,10 @@
 - `objective`: `Candidate`, the objective J, the trivial baselines, the choice of k teachers
   (`select_from_candidates`).
 - `report`: `SelectionReport` (`selection.json`, `table.md`, `information_plane.png`).
-- `selector`: `select_teachers`, which loads the snapshots, extracts their features and logits
+- `candidates`: `ModelCandidate`, what the selector chooses among (local snapshots, Hub revisions),
+  and the registry of candidate sources.
+- `processes`: the split of the candidates between processes under `accelerate launch`.
+- `selector`: `select_teachers`, which loads the candidates, extracts their features and logits
   on the probe set (`extract_candidates`) and calls `select_from_candidates`.
 """
 
@@ -27,7 +30,9 @@ from .errors import (
     TooManyTeachersError,
     UnknownEstimatorError,
     UnknownObjectiveError,
+    UnloadableCandidateError,
 )
+from .candidates import ModelCandidate, SnapshotCandidate, register_candidate_source
 from .estimators import (
     DEFAULT_ESTIMATOR,
     ESTIMATORS,
@@ -70,7 +75,8 @@ __all__ = [
     "InformationEstimator", "LabelSpaceMismatchError", "MutualInformation", "NonFiniteError", "OBJECTIVES", "ProbeTooSmallError",
     "Renyi2Estimator", "SelectionError", "SelectionReport", "SelectionSettings", "ShapeMismatchError", "SingleClassProbeError",
     "SnapshotScore", "SparseClassError", "TRIVIAL_OBJECTIVES", "TemperatureTooHighError", "TooManyTeachersError",
-    "UnknownEstimatorError", "UnknownObjectiveError", "build_estimator", "choose_members", "features_label_bits",
+    "UnknownEstimatorError", "UnknownObjectiveError", "UnloadableCandidateError", "ModelCandidate", "SnapshotCandidate",
+    "register_candidate_source", "build_estimator", "choose_members", "features_label_bits",
     "gaussian_gram", "j_from_scores", "label_gram", "median_pairwise_distance", "objective_value",
     "outputs_label_bits", "renyi2_entropy", "renyi2_mutual_information", "extract_candidates", "select_from_candidates", "select_teachers",
     "shannon_entropy_bits",

@@ -58,3 +58,12 @@ class TemperatureTooHighError(SelectionError):
 
 class LabelSpaceMismatchError(SelectionError):
     """Snapshots (or the probe set) that do not share one label space: different label names."""
+
+
+class UnloadableCandidateError(SelectionError):
+    """One candidate's model cannot be loaded (e.g. a Hub revision without safetensors weights).
+
+    The selector skips such a candidate with a warning naming it, and stops only when none loads.
+    Sources raise it for failures that concern one candidate; a failure that concerns them all
+    (the Hub is down, a token is refused) is another error and stops the selection.
+    """

@@ -72,6 +72,9 @@ class SelectionReport:
         label_entropy_bits: H(Y) of the probe labels, the label terms' unit.
         accuracy_margin: chosen snapshots more than this below the best probe accuracy are flagged.
         warnings: one sentence per flagged choice (also in table.md and the CLI's output).
+        notes: sentences about the candidates themselves (also in table.md and the CLI's output):
+            Hub revisions loaded without a SHA-256 check, candidates skipped because they could not
+            be loaded.
         estimator_options: the estimator's own settings.
         snapshot_dir: where the snapshots live, if the selector knows it.
         extra: free-form metadata (e.g. the run, the probe set's source).
@@ -92,6 +95,7 @@ class SelectionReport:
     label_entropy_bits: float | None = None
     accuracy_margin: float | None = None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     estimator_options: dict[str, Any] = field(default_factory=dict)
     snapshot_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -176,6 +180,8 @@ class SelectionReport:
                          f"J = {self.ensemble['j']:.4f}")
         if self.warnings:
             lines += [""] + [f"> **Warning:** {w}" for w in self.warnings]
+        if self.notes:
+            lines += [""] + [f"> **Note:** {n}" for n in self.notes]
         lines += [
             "",
             "| snapshot | epoch | step | accuracy | Î(X;F) | Ĩ(Y;F) | Î(X;P) | Ĩ(Y;P) | J | chosen |",

@@ -2,7 +2,9 @@
 
 The probe set is a fixed, seeded, label-stratified sample of the (training) dataset, turned into
 tensors once with the deterministic evaluation transform and shared by every snapshot. Each
-snapshot is loaded (weight hashes verified), put in `eval()` mode (so BatchNorm uses its running
+candidate (a snapshot of a local run, or a revision of a Hub repo: see `candidates`) is loaded
+(weight hashes verified where it records them; one that cannot be loaded is skipped with a
+warning), put in `eval()` mode (so BatchNorm uses its running
 statistics and the scores are reproducible) and run once over the probe under
 `torch.inference_mode()`, giving its penultimate features and logits (`forward_with_features`).
 Those become `Candidate`s for `select_from_candidates`, which estimates the information terms and
@@ -15,20 +17,20 @@ feed the task terms; when given it is used for each snapshot's held-out accuracy
 (`SnapshotScore.metadata["held_out_accuracy"]`, saved in selection.json; table.md shows the probe
 accuracy only). `extract_candidates` is the first half of `select_teachers` on its own: the probe
 and every snapshot's features and logits, to score under several objectives without rerunning the
-models.
+models. Under `accelerate launch` each process runs its share of the candidates and the main
+process scores them all (`processes`).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data import (
     ImageColumns,
@@ -37,16 +39,19 @@ from ..data import (
     check_image_columns,
     resolve_label_column,
 )
-from ..models import forward_with_features, label_names_of, num_labels_of, unwrap
+from ..models import label_names_of, num_labels_of, unwrap
 from ..snapshots import Snapshot, SnapshotIndex
+from .candidates import CandidateSet, ModelCandidate, resolve_candidates
 from .errors import (
     ClassCountMismatchError,
     LabelSpaceMismatchError,
     SelectionError,
     TooManyTeachersError,
 )
+from .forward import first_loadable, notes_of, outcome_to_cpu, run_candidates
 from .kernels import check_probe_classes
 from .objective import Candidate, check_request, select_from_candidates
+from .processes import from_main, gather_in_order, process_device, selection_state, share_of
 from .probe import (
     dataset_label_names,
     draw_probe,
@@ -60,21 +65,7 @@ from .report import SelectionReport
 from .settings import SelectionSettings
 
 # ---------------------------------------------------------------------------------------------
-# Snapshots
-
-
-def _as_snapshots(snapshots) -> tuple[list[Snapshot], str | None]:
-    if isinstance(snapshots, (str, os.PathLike)):
-        snapshots = SnapshotIndex.load(snapshots)
-    if isinstance(snapshots, SnapshotIndex):
-        return list(snapshots), str(snapshots.snapshot_dir)
-    if isinstance(snapshots, Snapshot):
-        snapshots = [snapshots]
-    snapshots = list(snapshots) if isinstance(snapshots, Iterable) else snapshots
-    if not isinstance(snapshots, list) or not all(isinstance(s, Snapshot) for s in snapshots):
-        raise TypeError("snapshots must be a SnapshotIndex, a snapshot dir path or a list of Snapshot objects")
-    parents = {str(s.path.parent) for s in snapshots}
-    return snapshots, (parents.pop() if len(parents) == 1 else None)
+# Label spaces
 
 
 def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
@@ -124,19 +115,6 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-@torch.inference_mode()
-def _run(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device,
-         bar=None) -> tuple[torch.Tensor, torch.Tensor]:
-    features, logits = [], []
-    for batch in batches:
-        f, z = forward_with_features(model, {k: v.to(device, non_blocking=True) for k, v in batch.items()})
-        features.append(f.float())
-        logits.append(z.float())
-        if bar is not None:
-            bar.update(1)
-    return torch.cat(features), torch.cat(logits)
-
-
 # ---------------------------------------------------------------------------------------------
 # The entry points
 
@@ -155,6 +133,7 @@ class ProbeCandidates:
     snapshot_dir: str | None
     device: torch.device
     info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _probe_transform(first_model: nn.Module, first_path, text: bool, transform, default_transform):
@@ -169,77 +148,54 @@ def _probe_transform(first_model: nn.Module, first_path, text: bool, transform, 
     return None, transform
 
 
-def _run_snapshots(snapshot_list: list[Snapshot], first_model: nn.Module, batches, held_out, space: "_LabelSpace",
-                   device: torch.device, progress: bool) -> list[Candidate]:
-    """Each snapshot loaded in turn (the first is already), checked against the label space, and run
-    over the probe (and the held-out probe) in eval mode: its features, logits and accuracies."""
-    candidates: list[Candidate] = []
-    n_batches = len(batches) + (len(held_out[0]) if held_out else 0)
-    outer: Iterable[Snapshot] = tqdm(snapshot_list, desc="snapshots", unit="snapshot") if progress else snapshot_list
-    bar = tqdm(total=n_batches, desc="probe batches", unit="batch", leave=False) if progress else None
-    try:
-        for i, snapshot in enumerate(outer):
-            model = first_model if i == 0 else snapshot.load_model(verify=True)
-            first_model = None  # one model in memory at a time
-            space.check(snapshot.name, model)
-            model.to(device).eval()
-            if bar is not None:
-                bar.reset(total=n_batches)
-                bar.set_description(snapshot.name)
-            features, logits = _run(model, batches, device, bar)
-            metadata: dict[str, Any] = {"final": bool(snapshot.final)}
-            if snapshot.accuracy is not None:
-                metadata["eval_accuracy"] = float(snapshot.accuracy)
-            if held_out is not None:
-                _, h_logits = _run(model, held_out[0], device, bar)
-                metadata["held_out_accuracy"] = float((h_logits.argmax(dim=1) == held_out[1]).float().mean())
-            del model
-            candidates.append(Candidate(
-                name=snapshot.name, features=features, logits=logits, epoch=float(snapshot.epoch),
-                step=int(snapshot.global_step), init=snapshot.global_step == 0, path=str(snapshot.path),
-                metadata=metadata))
-    finally:
-        if bar is not None:
-            bar.close()
-    return candidates
-
-
 def extract_candidates(
-    snapshots: SnapshotIndex | str | os.PathLike | Sequence[Snapshot],
+    snapshots: SnapshotIndex | str | os.PathLike | Sequence[Snapshot] | Sequence[ModelCandidate],
     probe_dataset,
     settings: SelectionSettings | None = None,
     *,
+    revisions: str | Sequence[str] | bool | None = None,
+    token: str | bool | None = None,
     held_out_probe=None,
     device: str | torch.device | None = None,
     progress: bool = True,
     **overrides: Any,
 ) -> ProbeCandidates:
-    """Draw the probe set and run every snapshot over it (the first half of `select_teachers`).
+    """Draw the probe set and run every candidate over it (the first half of `select_teachers`).
 
     The arguments mean what they mean for `select_teachers`. Useful to score the same snapshots
     under several objectives or settings without running the models again:
-    `select_from_candidates(pc.candidates, pc.inputs, pc.labels, objective=...)`.
+    `select_from_candidates(pc.candidates, pc.inputs, pc.labels, objective=...)`. Under
+    `accelerate launch` each process runs its share and every process gets all the candidates.
     """
     settings = SelectionSettings.of(settings, **overrides)
+    source = resolve_candidates(snapshots, revisions=revisions, token=token)
+    return _extract(source, probe_dataset, settings, held_out_probe, device, progress)
+
+
+def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, held_out_probe, device,
+             progress: bool) -> ProbeCandidates:
     max_probe_samples, seed, batch_size = settings.max_probe_samples, settings.seed, settings.batch_size
     label_column, image_column = settings.label_column, settings.image_column
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise SelectionError(f"batch_size must be a positive integer, got {batch_size!r}")
-    snapshot_list, snapshot_dir = _as_snapshots(snapshots)
-    if not snapshot_list:
+    candidates = source.candidates
+    if not candidates:
         raise SelectionError("there are no snapshots to select from; train with snapshot_strategy='epoch' (or "
                              "'steps') so that the run keeps snapshots")
-    device = torch.device(device) if device is not None else default_device()
+    state = selection_state()
+    device = process_device(state, device, default_device())
+    progress = progress and state.is_main_process
     label_column = resolve_label_column(probe_dataset, label_column)
     columns = ImageColumns(image=image_column, label=label_column)
     labels_all = labels_of(probe_dataset, label_column)
     probe_classes = int(labels_all.max()) + 1 if labels_all.size else 0
 
-    # The first snapshot's model fixes the transform and the label space.
-    first_model = snapshot_list[0].load_model(verify=True)
+    # The first model that loads fixes the transform and the label space (on every process alike).
+    first = first_loadable(candidates)
+    first_index, first_model, _ = first
     text = is_text_model(first_model)
-    transform_config, transform_fn = _probe_transform(first_model, snapshot_list[0].path, text, settings.transform,
-                                                      settings.default_transform)
+    transform_config, transform_fn = _probe_transform(first_model, candidates[first_index].path, text,
+                                                      settings.transform, settings.default_transform)
 
     t0 = time.perf_counter()
 
@@ -262,9 +218,16 @@ def extract_candidates(
     probe_s = time.perf_counter() - t0
 
     space = _LabelSpace(dataset_label_names(probe_dataset, label_column), probe_classes)
+    space.check(candidates[first_index].name, first_model)  # every process checks against the same first model
     t0 = time.perf_counter()
-    candidates = _run_snapshots(snapshot_list, first_model, batches, held_out, space, device, progress)
+    mine = share_of(list(range(len(candidates))), state)
+    if first_index not in mine:
+        first = (first_index, None, first[2])
+        first_model = None
+    outcomes = run_candidates(candidates, mine, first, batches, held_out, space, device, progress)
     forward_s = time.perf_counter() - t0
+    outcomes = gather_in_order(outcomes, state, outcome_to_cpu)
+    shares = gather_in_order([len(mine)], state, lambda n: n)
 
     info = {
         "probe": {
@@ -275,30 +238,47 @@ def extract_candidates(
             "transform": asdict(transform_config) if transform_config is not None else repr(transform_fn),
         },
         "device": str(device),
+        "processes": {"count": state.num_processes, "candidates_per_process": shares},
         "timing_s": {"probe": round(probe_s, 3), "forward": round(forward_s, 3)},
     }
-    return ProbeCandidates(candidates, inputs.to(device), labels.to(device), snapshot_dir, device, info)
+    if source.source:
+        info["source"] = source.source
+    loaded = [o.candidate for o in outcomes if o.candidate is not None]
+    return ProbeCandidates(loaded, inputs.to(device), labels.to(device), source.snapshot_dir, device, info,
+                           notes_of(outcomes))
 
 
 def select_teachers(
-    snapshots: SnapshotIndex | str | os.PathLike | Sequence[Snapshot],
+    snapshots: SnapshotIndex | str | os.PathLike | Sequence[Snapshot] | Sequence[ModelCandidate],
     probe_dataset,
     k: int | None = None,
     *,
+    revisions: str | Sequence[str] | bool | None = None,
+    token: str | bool | None = None,
     settings: SelectionSettings | None = None,
     held_out_probe=None,
     device: str | torch.device | None = None,
     progress: bool = True,
     **overrides: Any,
 ) -> SelectionReport:
-    """Score every snapshot of a teacher run on a probe set and choose `k` teachers.
+    """Score every snapshot of a teacher run (or every chosen revision of a Hub repo) on a probe set
+    and choose `k` teachers.
+
     Args:
         snapshots: a `SnapshotIndex`, a snapshot dir (or a run's output dir holding `snapshots/`),
-            or a list of `Snapshot`s, in training order. Snapshots at global step 0 are the
-            initialisation: scored, never chosen.
+            a list of `Snapshot`s (or of `ModelCandidate`s), in training order; or, with
+            `revisions`, a Hub model repo `owner/name`. Snapshots at global step 0 (revisions
+            named `step0`) are the initialisation: scored, never chosen.
         probe_dataset: a `datasets.Dataset` with raw images and integer labels (e.g.
             `load_fashion_mnist("train")`), normally the teachers' training data.
         k: how many teachers (1 <= k <= number of non-initial snapshots); default `settings.k` (1).
+        revisions: which revisions (branches and tags) of the Hub repo `snapshots` to score: a glob
+            (`"step*"`), a list of names, or True / `"all"`. They are ordered by the step number in
+            their names (else by commit date), pinned to the commits they point to, and only the
+            files loading needs are downloaded; each is named `owner/name@revision` in the report,
+            which is the teacher reference `distill --teachers` takes (see
+            `hf_ckptkd.hub.revisions`).
+        token: a Hub token for a private or gated repo (default: `HF_TOKEN` or `hf auth login`).
         settings: a `SelectionSettings`: the probe (max_probe_samples, seed, batch_size,
             label_column, image_column; `label` and `labels` stand for each other when the dataset
             has only the other, as after `tokenize_text_dataset`) and the choice (objective,
@@ -306,17 +286,24 @@ def select_teachers(
             `default_transform` (see `SelectionSettings`). Any of its fields may also
             be given as a keyword argument, which wins: `select_teachers(run, data, k=2,
             objective="outputs", max_probe_samples=1000)`.
-        device: where models run and the estimator computes; default the accelerator, if any.
-        label_column, image_column: the dataset's columns (`label` and `labels` stand for each other
-            when the dataset has only the other, as after `tokenize_text_dataset`).
+        device: where models run and the estimator computes; default the accelerator, if any (under
+            `accelerate launch`, each process's own).
         held_out_probe: an optional dataset like `probe_dataset` (e.g. the test split), drawn the
             same way; each snapshot's accuracy on it goes into `metadata["held_out_accuracy"]`.
             It does not enter J: the estimator computes every term on one probe set.
-        progress: tqdm bars over the snapshots and their batches.
+        progress: tqdm bars over the snapshots and their batches (main process only).
+
+    Under `accelerate launch` the candidates are split between the processes, each runs its share
+    over the probe, and the main process scores them all: every process returns the same report as
+    one process would (see `hf_ckptkd.selection.processes`).
+
+    A candidate that cannot be loaded (a Hub revision without safetensors weights, say) is skipped
+    with a warning naming it and a line in `report.notes`; if none loads, `SelectionError`.
 
     Returns:
-        the `SelectionReport`, with `snapshot_dir` set (when the snapshots share one folder) and
-        `extra` holding the probe's description and the time taken.
+        the `SelectionReport`, with `snapshot_dir` set (when the snapshots share one folder),
+        `notes` (e.g. which Hub revisions were loaded without a SHA-256 check) and `extra`
+        holding the probe's description, the source, the processes and the time taken.
 
     Raises:
         `SelectionError` subclasses (a `ValueError`) for a bad request: `TooManyTeachersError`,
@@ -324,33 +311,37 @@ def select_teachers(
         `TemperatureTooHighError`, `ClassCountMismatchError`,
         `LabelSpaceMismatchError`, `UnknownObjectiveError`, `UnknownEstimatorError`;
         `SnapshotError` for a missing or altered snapshot; `DataError` for a dataset without the
-        named columns.
+        named columns; `hf_ckptkd.hub.HubInputError` for a Hub repo that does not exist, cannot be
+        read with this token, or has no revision matching `revisions`.
     """
     started = time.perf_counter()
     settings = SelectionSettings.of(settings, **overrides, **({} if k is None else {"k": k}))
     k = settings.k
     check_request(settings.objective, settings.estimator, settings.temperature)
-    snapshot_list, _ = _as_snapshots(snapshots)
+    source = resolve_candidates(snapshots, revisions=revisions, token=token)
     # Requests that cannot succeed fail here, before any model runs.
-    n_init = sum(s.global_step == 0 for s in snapshot_list)
-    n_candidates = len(snapshot_list) - n_init
-    if snapshot_list and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_candidates):
+    n_init = sum(c.is_init for c in source.candidates)
+    n_candidates = len(source.candidates) - n_init
+    if source.candidates and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_candidates):
         note = f" ({n_init} initialisation snapshot excluded)" if n_init else ""
         raise TooManyTeachersError(
             f"k={k!r} teachers requested but there are {n_candidates} candidate snapshots{note}; use "
             f"1 <= k <= {n_candidates}, or keep more snapshots (e.g. a smaller snapshot_every)")
-    probe = extract_candidates(
-        snapshots if isinstance(snapshots, SnapshotIndex) else snapshot_list, probe_dataset, settings,
-        held_out_probe=held_out_probe, device=device, progress=progress)
+    probe = _extract(source, probe_dataset, settings, held_out_probe, device, progress)
+    state = selection_state()
 
-    t0 = time.perf_counter()
-    report = select_from_candidates(probe.candidates, probe.inputs, probe.labels, settings, device=probe.device,
-                                    progress=progress)
-    report.snapshot_dir = probe.snapshot_dir
-    report.extra.update(probe.info)
-    report.extra["timing_s"].update({"scoring": round(time.perf_counter() - t0, 3),
-                                     "total": round(time.perf_counter() - started, 3)})
-    return report
+    def score() -> SelectionReport:
+        t0 = time.perf_counter()
+        report = select_from_candidates(probe.candidates, probe.inputs, probe.labels, settings, device=probe.device,
+                                        progress=progress and state.is_main_process)
+        report.snapshot_dir = probe.snapshot_dir
+        report.notes = list(probe.notes)
+        report.extra.update(probe.info)
+        report.extra["timing_s"].update({"scoring": round(time.perf_counter() - t0, 3),
+                                         "total": round(time.perf_counter() - started, 3)})
+        return report
+
+    return from_main(score, state)
 
 
 __all__ = ["ProbeCandidates", "extract_candidates", "select_teachers"]
