@@ -1,7 +1,9 @@
 """`select_teachers`: score the snapshots of a run on a probe set and choose the teachers.
 
-The probe set is a fixed, seeded, label-stratified sample of the (training) dataset, turned into
-tensors once with the deterministic evaluation transform and shared by every snapshot. Each
+The probe set is a fixed, seeded sample of the (training) dataset, turned into model inputs once
+and shared by every snapshot: a label-stratified sample of images (through the deterministic
+evaluation transform) or texts for classifiers, token positions of held-out text for causal LMs
+(Y the next token); the first snapshot's model decides which (`probe_sources`). Each
 snapshot is loaded (weight hashes verified), put in `eval()` mode (so BatchNorm uses its running
 statistics and the scores are reproducible) and run once over the probe under
 `torch.inference_mode()`, giving its penultimate features and logits (`forward_with_features`).
@@ -23,21 +25,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import (
-    ImageColumns,
-    ImageTransformConfig,
-    build_image_transform,
-    check_image_columns,
-    resolve_label_column,
-)
-from ..models import forward_with_features, label_names_of, num_labels_of, unwrap
+from ..models import forward_with_features, label_names_of, num_labels_of
 from ..snapshots import Snapshot, SnapshotIndex
 from .errors import (
     ClassCountMismatchError,
@@ -47,15 +42,7 @@ from .errors import (
 )
 from .kernels import check_probe_classes
 from .objective import Candidate, check_request, select_from_candidates
-from .probe import (
-    dataset_label_names,
-    draw_probe,
-    draw_text_probe,
-    image_batches,
-    is_text_model,
-    labels_of,
-    probe_transform_config,
-)
+from .probe_sources import probe_source
 from .report import SelectionReport
 from .settings import SelectionSettings
 
@@ -146,7 +133,8 @@ class ProbeCandidates:
     """Every snapshot's features and logits on one probe set: what `select_from_candidates` takes.
 
     `inputs` and `labels` are the probe (on `device`); `candidates` are in training order;
-    `info` describes the probe (size, seed, class counts, transform) and the time taken.
+    `info` describes the probe (size, seed, class counts, transform) and the time taken;
+    `token_labels` says the labels are next tokens (a causal LM's probe; see `lm_probe`).
     """
 
     candidates: list[Candidate]
@@ -155,18 +143,7 @@ class ProbeCandidates:
     snapshot_dir: str | None
     device: torch.device
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def _probe_transform(first_model: nn.Module, first_path, text: bool, transform, default_transform):
-    """(the transform's config or None, the PIL image → tensor callable, or a description for text)."""
-    if text:
-        return None, "tokenized text (bag of tokens for X)"
-    if transform is None:
-        config = probe_transform_config(first_model, first_path, default_transform)
-        return config, build_image_transform(config, train=False)
-    if isinstance(transform, ImageTransformConfig):
-        return transform, build_image_transform(transform, train=False)
-    return None, transform
+    token_labels: bool = False
 
 
 def _run_snapshots(snapshot_list: list[Snapshot], first_model: nn.Module, batches, held_out, space: "_LabelSpace",
@@ -218,11 +195,11 @@ def extract_candidates(
 
     The arguments mean what they mean for `select_teachers`. Useful to score the same snapshots
     under several objectives or settings without running the models again:
-    `select_from_candidates(pc.candidates, pc.inputs, pc.labels, objective=...)`.
+    `select_from_candidates(pc.candidates, pc.inputs, pc.labels, objective=...,
+    token_labels=pc.token_labels)`.
     """
     settings = SelectionSettings.of(settings, **overrides)
-    max_probe_samples, seed, batch_size = settings.max_probe_samples, settings.seed, settings.batch_size
-    label_column, image_column = settings.label_column, settings.image_column
+    batch_size = settings.batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise SelectionError(f"batch_size must be a positive integer, got {batch_size!r}")
     snapshot_list, snapshot_dir = _as_snapshots(snapshots)
@@ -230,54 +207,36 @@ def extract_candidates(
         raise SelectionError("there are no snapshots to select from; train with snapshot_strategy='epoch' (or "
                              "'steps') so that the run keeps snapshots")
     device = torch.device(device) if device is not None else default_device()
-    label_column = resolve_label_column(probe_dataset, label_column)
-    columns = ImageColumns(image=image_column, label=label_column)
-    labels_all = labels_of(probe_dataset, label_column)
-    probe_classes = int(labels_all.max()) + 1 if labels_all.size else 0
 
-    # The first snapshot's model fixes the transform and the label space.
+    # The first snapshot's model fixes the kind of probe (images, text, token positions) and the label space.
     first_model = snapshot_list[0].load_model(verify=True)
-    text = is_text_model(first_model)
-    transform_config, transform_fn = _probe_transform(first_model, snapshot_list[0].path, text, settings.transform,
-                                                      settings.default_transform)
+    source = probe_source(settings, probe_dataset, first_model, snapshot_list[0].path)
+    space = _LabelSpace(*source.label_space(probe_dataset))
 
     t0 = time.perf_counter()
-
-    def probe_of(dataset):
-        """(model-input batches, inputs X for the kernel, labels) of a probe drawn from `dataset`."""
-        own_columns = replace(columns, label=resolve_label_column(dataset, label_column))
-        if text:
-            pad = getattr(unwrap(first_model).config, "pad_token_id", None) or 0
-            return draw_text_probe(dataset, max_probe_samples, seed, own_columns.label, batch_size, pad)
-        check_image_columns(dataset, own_columns)
-        images, image_labels, _ = draw_probe(dataset, max_probe_samples, seed, transform_fn, own_columns)
-        return image_batches(images, batch_size), images, image_labels
-
-    batches, inputs, labels = probe_of(probe_dataset)
-    check_probe_classes(labels, max(num_labels_of(first_model), int(labels.max()) + 1))
+    probe = source.draw(probe_dataset)
+    batches, inputs, labels = probe.batches, probe.inputs, probe.labels
+    check_probe_classes(labels, max(num_labels_of(first_model), int(labels.max()) + 1),
+                        token_labels=source.token_labels)
     held_out = None
     if held_out_probe is not None:
-        h_batches, _, h_labels = probe_of(held_out_probe)
-        held_out = (h_batches, h_labels.to(device))
+        h = source.draw(held_out_probe)
+        held_out = (h.batches, h.labels.to(device))
     probe_s = time.perf_counter() - t0
 
-    space = _LabelSpace(dataset_label_names(probe_dataset, label_column), probe_classes)
     t0 = time.perf_counter()
     candidates = _run_snapshots(snapshot_list, first_model, batches, held_out, space, device, progress)
     forward_s = time.perf_counter() - t0
 
     info = {
-        "probe": {
-            "size": int(labels.numel()), "seed": int(seed), "max_probe_samples": max_probe_samples,
-            "source_size": int(labels_all.size), "class_counts": torch.bincount(labels).tolist(),
-            "label_column": label_column, "image_column": image_column,
-            "held_out_size": int(held_out[1].numel()) if held_out else None,
-            "transform": asdict(transform_config) if transform_config is not None else repr(transform_fn),
-        },
+        "probe": {"size": int(labels.numel()), "seed": int(settings.seed),
+                  "max_probe_samples": settings.max_probe_samples, **source.describe(probe),
+                  "held_out_size": int(held_out[1].numel()) if held_out else None},
         "device": str(device),
         "timing_s": {"probe": round(probe_s, 3), "forward": round(forward_s, 3)},
     }
-    return ProbeCandidates(candidates, inputs.to(device), labels.to(device), snapshot_dir, device, info)
+    return ProbeCandidates(candidates, inputs.to(device), labels.to(device), snapshot_dir, device, info,
+                           token_labels=source.token_labels)
 
 
 def select_teachers(
@@ -297,7 +256,10 @@ def select_teachers(
             or a list of `Snapshot`s, in training order. Snapshots at global step 0 are the
             initialisation: scored, never chosen.
         probe_dataset: a `datasets.Dataset` with raw images and integer labels (e.g.
-            `load_fashion_mnist("train")`), normally the teachers' training data.
+            `load_fashion_mnist("train")`), normally the teachers' training data; for text
+            classifiers tokenized texts with labels; for causal LMs tokenized text (`input_ids`,
+            e.g. `lm_blocks(...)`), whose seeded positions are the probe (`probe_context` tokens of
+            context each, Y the next token).
         k: how many teachers (1 <= k <= number of non-initial snapshots); default `settings.k` (1).
         settings: a `SelectionSettings`: the probe (max_probe_samples, seed, batch_size,
             label_column, image_column; `label` and `labels` stand for each other when the dataset
@@ -345,7 +307,7 @@ def select_teachers(
 
     t0 = time.perf_counter()
     report = select_from_candidates(probe.candidates, probe.inputs, probe.labels, settings, device=probe.device,
-                                    progress=progress)
+                                    progress=progress, token_labels=probe.token_labels)
     report.snapshot_dir = probe.snapshot_dir
     report.extra.update(probe.info)
     report.extra["timing_s"].update({"scoring": round(time.perf_counter() - t0, 3),
