@@ -207,6 +207,12 @@ def is_causal_lm(model: nn.Module) -> bool:
     return isinstance(model, PreTrainedModel) and type(model).__name__ in CAUSAL_LM_CLASSES
 
 
+def folder_holds_causal_lm(folder: str | Path) -> bool:
+    """Whether a saved model folder holds a causal LM, read from its config.json (no weights are loaded)."""
+    config = _read_folder_config(Path(folder))
+    return "architecture" not in config and any(a in CAUSAL_LM_CLASSES for a in config.get("architectures") or [])
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model itself, without DDP/compile wrappers."""
     while True:

@@ -33,15 +33,22 @@ def _real_tokens(ids, mask) -> np.ndarray:
 
 
 def _row_lengths(dataset) -> np.ndarray:
-    """The number of real tokens of every row (numpy-formatted columns: one array when rows are equal)."""
+    """The number of real tokens of every row: the sums of the attention masks, else the rows' lengths.
+
+    Read from the Arrow list column's offsets in one go (formatting rows one by one takes seconds per
+    thousand rows); a dataset that is not a `datasets.Dataset` is read row by row.
+    """
     column = "attention_mask" if "attention_mask" in dataset.column_names else "input_ids"
-    values = dataset.with_format("numpy")[column] if hasattr(dataset, "with_format") else list(dataset[column])
-    if isinstance(values, np.ndarray) and values.dtype != object and values.ndim == 2:
-        return values.sum(axis=1).astype(np.int64) if column == "attention_mask" else \
-            np.full(values.shape[0], values.shape[1], dtype=np.int64)
-    if column == "attention_mask":
-        return np.asarray([int(np.sum(r)) for r in values], dtype=np.int64)
-    return np.asarray([len(r) for r in values], dtype=np.int64)
+    if not hasattr(dataset, "with_format"):
+        return np.asarray([int(np.sum(r)) if column == "attention_mask" else len(r) for r in dataset[column]],
+                          dtype=np.int64)
+    values = dataset.with_format("arrow")[column]
+    values = values.combine_chunks() if hasattr(values, "combine_chunks") else values
+    offsets = np.asarray(values.offsets, dtype=np.int64)
+    if column == "input_ids":
+        return np.diff(offsets)
+    running = np.concatenate([[0], np.cumsum(np.asarray(values.values, dtype=np.int64))])
+    return running[offsets[1:]] - running[offsets[:-1]]
 
 
 def probe_positions(lengths: np.ndarray, size: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
