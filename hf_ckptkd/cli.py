@@ -192,9 +192,9 @@ def _select_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_length", type=int, default=128,
                         help="Truncate probe texts to this many tokens (causal LMs: the probe text is cut into "
                              "blocks of this many tokens).")
-    parser.add_argument("--probe_context", type=int, default=DEFAULT_PROBE_CONTEXT,
-                        help="Causal LMs: tokens of context before each probe position (at most the snapshots' "
-                             "positions).")
+    parser.add_argument("--probe_context", type=int, default=None,
+                        help=f"Causal LMs: tokens of context up to each probe position (default {DEFAULT_PROBE_CONTEXT}, "
+                             "or the snapshots' positions if fewer; at most those).")
     parser.add_argument("--disable_tqdm", action="store_true", help="No progress bars.")
     return parser
 

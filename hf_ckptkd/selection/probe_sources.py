@@ -29,7 +29,7 @@ from .probe import (
     labels_of,
     probe_transform_config,
 )
-from .settings import SelectionSettings
+from .settings import DEFAULT_PROBE_CONTEXT, SelectionSettings
 
 
 @dataclass
@@ -123,9 +123,12 @@ class TokenProbe:
         config = unwrap(first_model).config
         positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
         context = settings.probe_context
-        if positions is not None and isinstance(context, int) and context > positions:
+        if context is None:  # the default window, shortened for a model with fewer positions
+            context = min(DEFAULT_PROBE_CONTEXT, positions or DEFAULT_PROBE_CONTEXT)
+        elif positions is not None and isinstance(context, int) and context > positions:
             raise SelectionError(f"probe_context={context} is longer than the snapshots' {positions} positions; pass "
-                                 f"probe_context <= {positions} (e.g. {min(positions, 64)})")
+                                 f"probe_context <= {positions} (e.g. {min(positions, DEFAULT_PROBE_CONTEXT)})")
+        self.context = context
 
     def label_space(self, dataset) -> tuple[list[str] | None, int]:
         # The labels are token ids, checked against the vocabulary when the probe is drawn.
@@ -134,7 +137,7 @@ class TokenProbe:
 
     def draw(self, dataset) -> DrawnProbe:
         s = self.settings
-        probe = DrawnProbe(*draw_lm_probe(dataset, s.max_probe_samples, s.seed, s.probe_context, s.batch_size,
+        probe = DrawnProbe(*draw_lm_probe(dataset, s.max_probe_samples, s.seed, self.context, s.batch_size,
                                           self.pad_token_id))
         top = max(int(probe.labels.max()), max(int(b["input_ids"].max()) for b in probe.batches))
         if top >= self.vocabulary:
@@ -147,7 +150,7 @@ class TokenProbe:
     def describe(self, probe: DrawnProbe) -> dict[str, Any]:
         return {"labels": "next tokens", "source_rows": self._source_rows,
                 "distinct_next_tokens": int(torch.unique(probe.labels).numel()),
-                "probe_context": self.settings.probe_context, "vocabulary": self.vocabulary}
+                "probe_context": self.context, "vocabulary": self.vocabulary}
 
 
 ProbeSource = ImageProbe | TextProbe | TokenProbe

@@ -44,7 +44,8 @@ class SelectionSettings:
     default derived from the first snapshot's model) and `default_transform` (what to assume for
     what the model does not record: transformers models record channels and size, not the
     normalisation); for causal LMs `probe_context` (each probe position is the window of at most
-    this many tokens ending at it, and the model predicts the token after it).
+    this many tokens ending at it, and the model predicts the token after it; None: 64, or the
+    snapshots' number of positions when that is smaller).
     Choice: `k` teachers by `objective` ("outputs", "features", or the trivial "final", "accuracy")
     at `temperature`, with `beta` weighing the input term, `kappa` the kernel width, `estimator`
     ("renyi2" or "binning"); `chunk_size` rows per Gram block (None: dense up to 20k examples);
@@ -65,7 +66,7 @@ class SelectionSettings:
     label_column: str = "label"
     image_column: str = "image"
     transform: Any = None
-    probe_context: int = DEFAULT_PROBE_CONTEXT
+    probe_context: int | None = None
     default_transform: Any = None
     chunk_size: int | None = None
     exhaustive_limit: int = DEFAULT_EXHAUSTIVE_LIMIT
