@@ -69,12 +69,14 @@ def main(argv=None) -> int:
             write_snapshot(model, snapshot_dir, f"step-{step:04d}", epoch=step / 100, global_step=step,
                            processing_class=tokenizer)
         print(f"{args.snapshots} snapshots of GPT-2 {RECIPE_GPT2}, vocabulary {len(tokenizer)}: trained and written in "
-              f"{time.perf_counter() - t0:.1f} s; probe text: {len(probe_text)} blocks of {BLOCK} tokens")
+              f"{time.perf_counter() - t0:.1f} s; probe text: {len(probe_text)} blocks of {BLOCK} tokens", flush=True)
         index = SnapshotIndex.load(snapshot_dir)
 
         started = time.perf_counter()
         probe = extract_candidates(index, probe_text, max_probe_samples=args.probe_samples,
                                    probe_context=args.probe_context, progress=False)
+        print(f"probe drawn and {len(probe.candidates)} snapshots run in {time.perf_counter() - started:.1f} s",
+              flush=True)
         t0 = time.perf_counter()
         report = select_from_candidates(probe.candidates, probe.inputs, probe.labels, objective=args.objective,
                                         token_labels=probe.token_labels)
