@@ -25,6 +25,7 @@ from .data import (
     ImageTransformConfig,
     default_normalisation,
     load_dataset_split,
+    lm_blocks,
     load_tokenizer,
     tokenize_text_dataset,
 )
@@ -33,7 +34,7 @@ from .dataset_record import dataset_record
 from .hub import HubInputError, hub_revisions, push_teachers_to_hub
 from .inputs import InputMismatchError
 from .launch import exit_launched_process
-from .models import ModelSpecError, has_saved_tokenizer
+from .models import ModelSpecError, folder_holds_causal_lm, has_saved_tokenizer
 from .pipeline import run
 from .recipe import PIPELINE_STAGES, load_recipe
 from .references import TeacherReferenceError
@@ -45,6 +46,7 @@ from .selection.settings import (
     DEFAULT_BETA,
     DEFAULT_MAX_PROBE_SAMPLES,
     DEFAULT_OBJECTIVE,
+    DEFAULT_PROBE_CONTEXT,
 )
 from .snapshots import SnapshotError, SnapshotIndex
 from .study import run_study
@@ -186,7 +188,8 @@ def _select_parser() -> argparse.ArgumentParser:
                         help="'fashion_mnist' (built in) or a datasets id/path: the teachers' training data.")
     parser.add_argument("--split", default="train", help="Split the probe set is drawn from (default: train).")
     parser.add_argument("--max_probe_samples", type=int, default=DEFAULT_MAX_PROBE_SAMPLES,
-                        help="Probe set size: a label-stratified sample seeded by --seed.")
+                        help="Probe set size: a label-stratified sample seeded by --seed (causal LMs: token "
+                             "positions, each predicting the token after it).")
     parser.add_argument("--k", type=int, default=1, help="How many teachers to choose.")
     parser.add_argument("--estimator", default="renyi2", choices=sorted(ESTIMATORS), help="Information estimator.")
     parser.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=list(OBJECTIVES),
@@ -212,7 +215,12 @@ def _select_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer", default=None,
                         help="Tokenizer of the text teachers (a folder, Hub id, owner/name@revision or 'fortunes'); "
                              "default: the one saved in the snapshots.")
-    parser.add_argument("--max_length", type=int, default=128, help="Truncate probe texts to this many tokens.")
+    parser.add_argument("--max_length", type=int, default=128,
+                        help="Truncate probe texts to this many tokens (causal LMs: the probe text is cut into "
+                             "blocks of this many tokens).")
+    parser.add_argument("--probe_context", type=int, default=None,
+                        help=f"Causal LMs: tokens of context up to each probe position (default {DEFAULT_PROBE_CONTEXT}, "
+                             "or the snapshots' positions if fewer; at most those).")
     parser.add_argument("--disable_tqdm", action="store_true", help="No progress bars.")
     return parser
 
@@ -256,8 +264,9 @@ def _select_source(args):
     return args.snapshot_dir, revisions, first, args.snapshot_dir, Path("selections") / args.snapshot_dir.replace("/", "--")
 
 
-def _select_probe(args, dataset, tokenizer):
-    """The probe dataset as the selector takes it: tokenised text (with --text_column), else raw images."""
+def _select_probe(args, dataset, tokenizer, causal_lm: bool):
+    """The probe dataset as the selector takes it: tokenised text (with --text_column; blocks of --max_length
+    tokens for causal LMs), else raw images."""
     if args.text_column is None:
         if args.image_column not in dataset.column_names:
             texts = [c for c, f in dataset.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
@@ -270,6 +279,8 @@ def _select_probe(args, dataset, tokenizer):
         raise ConfigError(f"--text_column {args.text_column!r} is not a column of {args.dataset} (its columns: "
                           f"{', '.join(dataset.column_names)}); name the column that holds the texts")
     try:
+        if causal_lm:
+            return lm_blocks(dataset, tokenizer, args.text_column, args.max_length)
         return tokenize_text_dataset(dataset, tokenizer, args.text_column, args.label_column, args.max_length)
     except DataError as e:
         raise ConfigError(f"{e} (on the command line: --text_column / --label_column)") from None
@@ -285,8 +296,9 @@ def cmd_select(args) -> int:
     started = time.perf_counter()
     source, revisions, first, where, default_output = _select_source(args)
     tokenizer = _select_tokenizer(args, first, where) if args.text_column else None
-    probe = _select_probe(args, load_dataset_split(args.dataset, args.split), tokenizer)
-    held_out = _select_probe(args, load_dataset_split(args.dataset, args.held_out_split), tokenizer) \
+    causal_lm = isinstance(first, Path) and folder_holds_causal_lm(first)
+    probe = _select_probe(args, load_dataset_split(args.dataset, args.split), tokenizer, causal_lm)
+    held_out = _select_probe(args, load_dataset_split(args.dataset, args.held_out_split), tokenizer, causal_lm) \
         if args.held_out_split else None
     # What a model does not record of its input normalisation follows the training command's convention.
     mean, std = default_normalisation(args.dataset, 1)
@@ -294,7 +306,7 @@ def cmd_select(args) -> int:
     report = select_teachers(
         source, probe, k=args.k, revisions=revisions, token=args.token, temperature=args.temperature, objective=args.objective, estimator=args.estimator,
         max_probe_samples=args.max_probe_samples, seed=args.seed, batch_size=args.batch_size,
-        accuracy_margin=args.accuracy_margin, beta=args.beta,
+        accuracy_margin=args.accuracy_margin, beta=args.beta, probe_context=args.probe_context,
         label_column="labels" if args.text_column else args.label_column, image_column=args.image_column,
         held_out_probe=held_out, default_transform=default_transform, progress=not args.disable_tqdm)
     report.extra["dataset"] = {"name": args.dataset, "split": args.split, "held_out_split": args.held_out_split,

@@ -254,22 +254,31 @@ def tokenize_text_dataset(dataset: Dataset, tokenizer, text_column: str, label_c
 
 
 def lm_blocks(dataset: Dataset, tokenizer, text_column: str, block_size: int) -> Dataset:
-    """A causal-LM corpus: every text tokenized (with the tokenizer's own special tokens, which mark where
-    one text ends), concatenated in order, and cut into blocks of `block_size` tokens (`input_ids`,
-    `attention_mask`); the last partial block is dropped, as transformers' run_clm does."""
+    """Causal-LM rows from a text column: every text tokenized, all of them concatenated in order and
+    cut into blocks of `block_size` tokens (`input_ids`, and an all-ones `attention_mask`).
+
+    Texts keep the special tokens the tokenizer adds (a BERT-style tokenizer wraps each in
+    [CLS] … [SEP]); a tokenizer that adds none but has an EOS token gets one after each text, so
+    texts stay separated. The tokens after the last whole block are dropped, as transformers'
+    `run_clm` example does.
+    """
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 2:
+        raise DataError(f"block_size must be an integer >= 2 (a block holds a context and the token after it), got "
+                        f"{block_size!r} (on the command line: --max_length)")
     if text_column not in dataset.column_names:
         raise DataError(f"dataset has no text column {text_column!r}; its columns are {dataset.column_names}. Name the "
-                        "text column (text_column in the recipe, --text_column on the command line)")
-    if block_size < 2:
-        raise DataError(f"max_length={block_size} is the block length of a causal LM and must be at least 2 (a block "
-                        "needs a token and its successor)")
-    ids = [token for row in tokenizer(list(dataset[text_column]))["input_ids"] for token in row]
-    n = len(ids) // block_size
-    if n == 0:
-        raise DataError(f"the texts hold {len(ids)} tokens, fewer than one block of max_length={block_size}; use more "
-                        "text or a smaller max_length")
-    blocks = [ids[i * block_size:(i + 1) * block_size] for i in range(n)]
-    return Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block_size] * n})
+                        "column that holds the texts (text_column, or --text_column on the command line)")
+    encoded = tokenizer(list(dataset[text_column]), verbose=False)["input_ids"]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None and encoded and not (encoded[0] and encoded[0][-1] == eos):
+        encoded = [ids + [eos] for ids in encoded]
+    tokens = np.fromiter((t for ids in encoded for t in ids), dtype=np.int64)
+    n_blocks = tokens.size // block_size
+    if n_blocks == 0:
+        raise DataError(f"the {len(dataset)} texts hold {tokens.size} tokens, fewer than one block of block_size="
+                        f"{block_size}; give more text or a smaller block_size (--max_length)")
+    blocks = tokens[:n_blocks * block_size].reshape(n_blocks, block_size)
+    return Dataset.from_dict({"input_ids": blocks.tolist(), "attention_mask": np.ones_like(blocks).tolist()})
 
 
 def stratified_split(dataset: Dataset, fraction: float, seed: int, label_column: str = "label") -> tuple[Dataset, Dataset]:

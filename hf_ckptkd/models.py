@@ -219,6 +219,12 @@ def is_text_model(model: nn.Module) -> bool:
         and getattr(config, "vocab_size", None) is not None and not hasattr(config, "num_channels")
 
 
+def folder_holds_causal_lm(folder: str | Path) -> bool:
+    """Whether a saved model folder holds a causal LM, read from its config.json (no weights are loaded)."""
+    config = _read_folder_config(Path(folder))
+    return "architecture" not in config and any(a in CAUSAL_LM_CLASSES for a in config.get("architectures") or [])
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model itself, without DDP/compile wrappers."""
     while True:

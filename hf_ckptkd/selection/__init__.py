@@ -8,6 +8,8 @@
 - `objective`: `Candidate`, the objective J, the trivial baselines, the choice of k teachers
   (`select_from_candidates`).
 - `report`: `SelectionReport` (`selection.json`, `table.md`, `information_plane.png`).
+- `probe`, `lm_probe`, `probe_sources`: the probe set of images, texts or (for causal LMs) token
+  positions, chosen once from the first snapshot's model.
 - `candidates`: `ModelCandidate`, what the selector chooses among (local snapshots, Hub revisions),
   and the registry of candidate sources.
 - `processes`: the split of the candidates between processes under `accelerate launch`.

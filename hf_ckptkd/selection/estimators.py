@@ -76,6 +76,7 @@ from .label_information import (
     normalised,
     outputs_label_bits,
     shannon_entropy_bits,
+    token_features_label_bits,
 )
 
 
@@ -99,6 +100,8 @@ class Renyi2Estimator:
         dtype: float32 by default (each block is summed in `dtype`, blocks are added in float64).
         device: where to compute; default the device of `inputs`.
         num_classes: the number of classes of the outputs, if known (checked against the labels).
+        token_labels: the labels are a causal LM's next tokens (`num_classes` its vocabulary): the
+            features' label term pools the tokens too rare to fit (`token_features_label_bits`).
 
     Only the squares K∘K of the kernels ever enter the sums (sum_ij A_ij^2), so they are computed
     directly as exp(-d^2 / width^2). The examples are reordered by label once, which makes K_Y block
@@ -110,7 +113,7 @@ class Renyi2Estimator:
     def __init__(self, inputs: Tensor, labels: Tensor, *, kappa: float = DEFAULT_KAPPA,
                  output_width: float = OUTPUT_KERNEL_WIDTH, max_pairs: int = MAX_MEDIAN_PAIRS, seed: int = 0,
                  chunk_size: int | None = None, dtype: torch.dtype = torch.float32, device=None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, token_labels: bool = False):
         if kappa <= 0:
             raise ValueError(f"kappa must be positive, got {kappa}")
         if output_width <= 0:
@@ -123,6 +126,7 @@ class Renyi2Estimator:
         self.max_pairs, self.seed, self.chunk_size = int(max_pairs), int(seed), chunk_size
         self.n = n = y.numel()
         self.num_classes = _num_classes(y, num_classes)
+        self.token_labels = bool(token_labels)
         self._block = block_rows(n, chunk_size)
         self._member_scales: dict = {}
 
@@ -152,7 +156,8 @@ class Renyi2Estimator:
 
     def options(self) -> dict:
         return {"kappa": self.kappa, "output_width": self.output_width, "max_pairs": self.max_pairs,
-                "seed": self.seed, "chunk_size": self.chunk_size, "dtype": str(self.dtype).replace("torch.", "")}
+                "seed": self.seed, "chunk_size": self.chunk_size, "dtype": str(self.dtype).replace("torch.", ""),
+                **({"token_labels": True} if self.token_labels else {})}
 
     def _sorted(self, t: Tensor) -> Tensor:
         return t.index_select(0, self._order)
@@ -189,7 +194,10 @@ class Renyi2Estimator:
             s_xf += float(kf2.mul_(self._kx2_rows(a, b)).sum())
         n = self.n
         i_x = self.entropy_x + entropy_from_sum(s_f, n) - entropy_from_sum(s_xf, n)
-        i_y = features_label_bits(z, self._y, seed=self.seed, num_classes=self.num_classes)
+        if self.token_labels:
+            i_y = token_features_label_bits(z, self._y, self.num_classes, seed=self.seed)
+        else:
+            i_y = features_label_bits(z, self._y, seed=self.seed, num_classes=self.num_classes)
         return MutualInformation(x=unit(i_x / self.entropy_x), y=normalised(i_y, self.entropy_y), x_bits=i_x,
                                  y_bits=i_y)
 
@@ -248,8 +256,8 @@ class BinningEstimator:
     """Plug-in Shannon estimator on k-means cells, for cross-checking the Rényi estimator's trends.
 
     A representation T (features, or the sqrt-probability embedding of the outputs) is discretised
-    into `n_bins` k-means cells (default max(2 C, sqrt N), at most N); then, with Shannon entropies
-    of the empirical distributions in bits, I(X;T) = H(T) (deterministic network, distinct inputs)
+    into `n_bins` k-means cells (default max(2 C, sqrt N), sqrt N for next tokens; at most N);
+    then, with Shannon entropies of the empirical distributions in bits, I(X;T) = H(T) (deterministic network, distinct inputs)
     and I(Y;T) = H(Y) + H(T) - H(Y,T). Normalised: Î(X;T) = H(T) / log2(n_bins) (its largest
     value), Î(Y;T) = I(Y;T) / H(Y). Its values are not on the Rényi estimator's scale; compare
     orderings across snapshots, not numbers. Accepts (and ignores) the Rényi-only options.
@@ -259,13 +267,15 @@ class BinningEstimator:
 
     def __init__(self, inputs: Tensor, labels: Tensor, *, n_bins: int | None = None, seed: int = 0,
                  max_pairs: int = MAX_MEDIAN_PAIRS, dtype: torch.dtype = torch.float32, device=None,
-                 num_classes: int | None = None, **_ignored):
+                 num_classes: int | None = None, token_labels: bool = False, **_ignored):
         _, y = check_probe(inputs, labels)
         self.device = resolve_device(inputs, device)
         self.dtype, self.seed, self.max_pairs = dtype, int(seed), int(max_pairs)
         self.n = n = y.numel()
         self.num_classes = _num_classes(y, num_classes)
-        self.n_bins = int(min(n, n_bins if n_bins is not None else max(2 * self.num_classes, math.ceil(math.sqrt(n)))))
+        # Two cells per class would give a vocabulary of next tokens a cell per example (every I(Y;T) = H(Y)).
+        default_bins = math.ceil(math.sqrt(n)) if token_labels else max(2 * self.num_classes, math.ceil(math.sqrt(n)))
+        self.n_bins = int(min(n, n_bins if n_bins is not None else default_bins))
         if self.n_bins < 2:
             raise ValueError(f"n_bins must be at least 2, got {n_bins}")
         self._y = y.to(self.device)

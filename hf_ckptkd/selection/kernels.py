@@ -34,8 +34,17 @@ BLOCK_ELEMENTS = 1 << 25  # entries of one row block of a Gram matrix on the chu
 FeatureInput = Union[Tensor, Sequence[Tensor]]
 
 
-def check_probe_classes(labels: Tensor, num_classes: int) -> None:
-    """A probe the label terms can use: at least one example per class, and no class with exactly one."""
+def check_probe_classes(labels: Tensor, num_classes: int, *, token_labels: bool = False) -> None:
+    """A probe the label terms can use: at least one example per class, and no class with exactly one.
+
+    Next-token labels (`token_labels`, a causal LM's probe) are exempt: a vocabulary of thousands of
+    tokens is larger than any probe, and most tokens occur once or twice in one, which is what the
+    label terms then expect (the features' term pools rare tokens instead of cross-fitting each, see
+    `label_information`). They still need two distinct tokens, as every probe needs two classes
+    (`check_probe`).
+    """
+    if token_labels:
+        return
     n = labels.numel()
     if n < num_classes:
         raise ProbeTooSmallError(

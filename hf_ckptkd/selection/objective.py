@@ -297,7 +297,7 @@ class ScoredCandidates:
 
 
 def score_candidates(candidates: Sequence[Candidate], inputs: Tensor, labels: Tensor, settings: SelectionSettings, *,
-                     device=None, progress: bool = False) -> ScoredCandidates:
+                     device=None, progress: bool = False, token_labels: bool = False) -> ScoredCandidates:
     """Check the request and the probe, then estimate every candidate's information terms."""
     s = settings
     check_request(s.objective, s.estimator, s.temperature)
@@ -307,11 +307,12 @@ def score_candidates(candidates: Sequence[Candidate], inputs: Tensor, labels: Te
         raise SelectionError(f"accuracy_margin must lie in [0, 1] (a fraction of accuracy), got {s.accuracy_margin}")
     _, y = check_probe(inputs, labels)
     num_classes = _check_candidates(candidates)
-    check_probe_classes(y, num_classes)
+    check_probe_classes(y, num_classes, token_labels=token_labels)
     eligible = _eligible(candidates, s.k)
     device = _pick_device(inputs, candidates, device)
     est = build_estimator(s.estimator, inputs, labels, kappa=s.kappa, seed=s.seed, chunk_size=s.chunk_size,
-                          dtype=s.dtype, device=device, num_classes=num_classes, **(s.estimator_options or {}))
+                          dtype=s.dtype, device=device, num_classes=num_classes, token_labels=token_labels,
+                          **(s.estimator_options or {}))
     probs = _softened_outputs(candidates, eligible, s.temperature, device)
     feats, outs, accuracy = _information(candidates, probs, est, y.cpu(), progress)
     return ScoredCandidates(candidates, eligible, feats, outs, accuracy, probs, est)
@@ -374,7 +375,7 @@ def report_choice(scored: ScoredCandidates, settings: SelectionSettings, chosen:
 
 def select_from_candidates(candidates: Sequence[Candidate], inputs: Tensor, labels: Tensor,
                            settings: SelectionSettings | None = None, *, device: torch.device | str | None = None,
-                           progress: bool = False, **overrides: Any) -> SelectionReport:
+                           progress: bool = False, token_labels: bool = False, **overrides: Any) -> SelectionReport:
     """Score every candidate snapshot on the probe set and choose `settings.k` teachers.
 
     Args:
@@ -391,6 +392,10 @@ def select_from_candidates(candidates: Sequence[Candidate], inputs: Tensor, labe
         device: where to compute; default the first accelerator among the inputs and the first
             candidate's tensors, else the inputs' device.
         progress: show a progress bar over the candidates.
+        token_labels: the labels are next tokens of a causal LM (the classes are its vocabulary,
+            most seen once or twice in a probe): the probe is not refused for sparse classes or
+            for being smaller than the vocabulary, and the features' label term pools rare tokens
+            (see `label_information`).
 
     Returns:
         a `SelectionReport` (`.selected` in rank order, `.scores` in the candidates' order,
@@ -403,5 +408,6 @@ def select_from_candidates(candidates: Sequence[Candidate], inputs: Tensor, labe
     `SelectionError` for an unknown setting.
     """
     settings = SelectionSettings.of(settings, **overrides)
-    scored = score_candidates(candidates, inputs, labels, settings, device=device, progress=progress)
+    scored = score_candidates(candidates, inputs, labels, settings, device=device, progress=progress,
+                              token_labels=token_labels)
     return report_choice(scored, settings, *choose(scored, settings))

@@ -178,17 +178,28 @@ def draw_text_probe(dataset, size: int | None, seed: int, label_column: str, bat
                                     "draw the probe from a dataset with at least two classes")
     rows = dataset.select(indices)
     ids = [torch.tensor(x, dtype=torch.long) for x in rows["input_ids"]]
+    return padded_batches(ids, batch_size, pad_token_id), bag_of_tokens(ids), probe_labels
+
+
+def bag_of_tokens(ids: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Each token sequence as counts of its token ids hashed into `TEXT_INPUT_BUCKETS` buckets (N × 1024)."""
     bags = torch.zeros(len(ids), TEXT_INPUT_BUCKETS)
     for i, x in enumerate(ids):
         bags[i].index_add_(0, x % TEXT_INPUT_BUCKETS, torch.ones(len(x)))
+    return bags
+
+
+def padded_batches(ids: Sequence[torch.Tensor], batch_size: int, pad_token_id: int) -> list[dict[str, torch.Tensor]]:
+    """Token sequences right-padded per batch, with the attention mask marking the real tokens."""
     batches = []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
         padded = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True, padding_value=pad_token_id)
         mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(x) for x in chunk], batch_first=True)
         batches.append({"input_ids": padded, "attention_mask": mask})
-    return batches, bags, probe_labels
+    return batches
 
 
-__all__ = ["Transform", "dataset_label_names", "draw_probe", "draw_text_probe", "image_batches", "is_text_model",
-           "labels_of", "probe_transform_config", "stratified_probe_indices"]
+__all__ = ["TEXT_INPUT_BUCKETS", "Transform", "bag_of_tokens", "dataset_label_names", "draw_probe", "draw_text_probe",
+           "image_batches", "is_text_model", "labels_of", "padded_batches", "probe_transform_config",
+           "stratified_probe_indices"]

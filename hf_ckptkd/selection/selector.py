@@ -1,7 +1,9 @@
 """`select_teachers`: score the snapshots of a run on a probe set and choose the teachers.
 
-The probe set is a fixed, seeded, label-stratified sample of the (training) dataset, turned into
-tensors once with the deterministic evaluation transform and shared by every snapshot. Each
+The probe set is a fixed, seeded sample of the (training) dataset, turned into model inputs once
+and shared by every candidate: a label-stratified sample of images (through the deterministic
+evaluation transform) or texts for classifiers, token positions of held-out text for causal LMs
+(Y the next token); the first candidate's model decides which (`probe_sources`). Each
 candidate (a snapshot of a local run, or a revision of a Hub repo: see `candidates`) is loaded
 (weight hashes verified where it records them; one that cannot be loaded is skipped with a
 warning), put in `eval()` mode (so BatchNorm uses its running
@@ -26,20 +28,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..data import (
-    ImageColumns,
-    ImageTransformConfig,
-    build_image_transform,
-    check_image_columns,
-    resolve_label_column,
-)
-from ..models import label_names_of, num_labels_of, unwrap
+from ..models import label_names_of, num_labels_of
 from ..snapshots import Snapshot, SnapshotIndex
 from .candidates import CandidateSet, ModelCandidate, resolve_candidates
 from .errors import (
@@ -52,15 +47,7 @@ from .forward import first_loadable, notes_of, outcome_to_cpu, run_candidates
 from .kernels import check_probe_classes
 from .objective import Candidate, check_request, select_from_candidates
 from .processes import from_main, gather_in_order, process_device, selection_state, share_of
-from .probe import (
-    dataset_label_names,
-    draw_probe,
-    draw_text_probe,
-    image_batches,
-    is_text_model,
-    labels_of,
-    probe_transform_config,
-)
+from .probe_sources import probe_source
 from .report import SelectionReport
 from .settings import SelectionSettings
 
@@ -124,7 +111,8 @@ class ProbeCandidates:
     """Every snapshot's features and logits on one probe set: what `select_from_candidates` takes.
 
     `inputs` and `labels` are the probe (on `device`); `candidates` are in training order;
-    `info` describes the probe (size, seed, class counts, transform) and the time taken.
+    `info` describes the probe (size, seed, class counts, transform) and the time taken;
+    `token_labels` says the labels are next tokens (a causal LM's probe; see `lm_probe`).
     """
 
     candidates: list[Candidate]
@@ -134,18 +122,7 @@ class ProbeCandidates:
     device: torch.device
     info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def _probe_transform(first_model: nn.Module, first_path, text: bool, transform, default_transform):
-    """(the transform's config or None, the PIL image → tensor callable, or a description for text)."""
-    if text:
-        return None, "tokenized text (bag of tokens for X)"
-    if transform is None:
-        config = probe_transform_config(first_model, first_path, default_transform)
-        return config, build_image_transform(config, train=False)
-    if isinstance(transform, ImageTransformConfig):
-        return transform, build_image_transform(transform, train=False)
-    return None, transform
+    token_labels: bool = False
 
 
 def extract_candidates(
@@ -164,7 +141,7 @@ def extract_candidates(
 
     The arguments mean what they mean for `select_teachers`. Useful to score the same snapshots
     under several objectives or settings without running the models again:
-    `select_from_candidates(pc.candidates, pc.inputs, pc.labels, objective=...)`. Under
+    `select_from_candidates(pc.candidates, pc.inputs, pc.labels, objective=..., token_labels=pc.token_labels)`. Under
     `accelerate launch` each process runs its share and every process gets all the candidates.
     """
     settings = SelectionSettings.of(settings, **overrides)
@@ -174,8 +151,7 @@ def extract_candidates(
 
 def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, held_out_probe, device,
              progress: bool) -> ProbeCandidates:
-    max_probe_samples, seed, batch_size = settings.max_probe_samples, settings.seed, settings.batch_size
-    label_column, image_column = settings.label_column, settings.image_column
+    batch_size = settings.batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise SelectionError(f"batch_size must be a positive integer, got {batch_size!r}")
     candidates = source.candidates
@@ -185,39 +161,25 @@ def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, h
     state = selection_state()
     device = process_device(state, device, default_device())
     progress = progress and state.is_main_process
-    label_column = resolve_label_column(probe_dataset, label_column)
-    columns = ImageColumns(image=image_column, label=label_column)
-    labels_all = labels_of(probe_dataset, label_column)
-    probe_classes = int(labels_all.max()) + 1 if labels_all.size else 0
 
-    # The first model that loads fixes the transform and the label space (on every process alike).
+    # The first model that loads fixes the kind of probe (images, text, token positions) and the label
+    # space, on every process alike.
     first = first_loadable(candidates)
     first_index, first_model, _ = first
-    text = is_text_model(first_model)
-    transform_config, transform_fn = _probe_transform(first_model, candidates[first_index].path, text,
-                                                      settings.transform, settings.default_transform)
+    drawing = probe_source(settings, probe_dataset, first_model, candidates[first_index].path)
+    space = _LabelSpace(*drawing.label_space(probe_dataset))
 
     t0 = time.perf_counter()
-
-    def probe_of(dataset):
-        """(model-input batches, inputs X for the kernel, labels) of a probe drawn from `dataset`."""
-        own_columns = replace(columns, label=resolve_label_column(dataset, label_column))
-        if text:
-            pad = getattr(unwrap(first_model).config, "pad_token_id", None) or 0
-            return draw_text_probe(dataset, max_probe_samples, seed, own_columns.label, batch_size, pad)
-        check_image_columns(dataset, own_columns)
-        images, image_labels, _ = draw_probe(dataset, max_probe_samples, seed, transform_fn, own_columns)
-        return image_batches(images, batch_size), images, image_labels
-
-    batches, inputs, labels = probe_of(probe_dataset)
-    check_probe_classes(labels, max(num_labels_of(first_model), int(labels.max()) + 1))
+    probe = drawing.draw(probe_dataset)
+    batches, inputs, labels = probe.batches, probe.inputs, probe.labels
+    check_probe_classes(labels, max(num_labels_of(first_model), int(labels.max()) + 1),
+                        token_labels=drawing.token_labels)
     held_out = None
     if held_out_probe is not None:
-        h_batches, _, h_labels = probe_of(held_out_probe)
-        held_out = (h_batches, h_labels.to(device))
+        h = drawing.draw(held_out_probe)
+        held_out = (h.batches, h.labels.to(device))
     probe_s = time.perf_counter() - t0
 
-    space = _LabelSpace(dataset_label_names(probe_dataset, label_column), probe_classes)
     space.check(candidates[first_index].name, first_model)  # every process checks against the same first model
     t0 = time.perf_counter()
     mine = share_of(list(range(len(candidates))), state)
@@ -230,13 +192,9 @@ def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, h
     shares = gather_in_order([len(mine)], state, lambda n: n)
 
     info = {
-        "probe": {
-            "size": int(labels.numel()), "seed": int(seed), "max_probe_samples": max_probe_samples,
-            "source_size": int(labels_all.size), "class_counts": torch.bincount(labels).tolist(),
-            "label_column": label_column, "image_column": image_column,
-            "held_out_size": int(held_out[1].numel()) if held_out else None,
-            "transform": asdict(transform_config) if transform_config is not None else repr(transform_fn),
-        },
+        "probe": {"size": int(labels.numel()), "seed": int(settings.seed),
+                  "max_probe_samples": settings.max_probe_samples, **drawing.describe(probe),
+                  "held_out_size": int(held_out[1].numel()) if held_out else None},
         "device": str(device),
         "processes": {"count": state.num_processes, "candidates_per_process": shares},
         "timing_s": {"probe": round(probe_s, 3), "forward": round(forward_s, 3)},
@@ -245,7 +203,7 @@ def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, h
         info["source"] = source.source
     loaded = [o.candidate for o in outcomes if o.candidate is not None]
     return ProbeCandidates(loaded, inputs.to(device), labels.to(device), source.snapshot_dir, device, info,
-                           notes_of(outcomes))
+                           notes_of(outcomes), token_labels=drawing.token_labels)
 
 
 def select_teachers(
@@ -333,7 +291,7 @@ def select_teachers(
     def score() -> SelectionReport:
         t0 = time.perf_counter()
         report = select_from_candidates(probe.candidates, probe.inputs, probe.labels, settings, device=probe.device,
-                                        progress=progress and state.is_main_process)
+                                        progress=progress and state.is_main_process, token_labels=probe.token_labels)
         report.snapshot_dir = probe.snapshot_dir
         report.notes = list(probe.notes)
         report.extra.update(probe.info)

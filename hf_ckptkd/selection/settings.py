@@ -28,6 +28,10 @@ DEFAULT_EXHAUSTIVE_LIMIT = 500
 DEFAULT_ACCURACY_MARGIN = 0.05
 DEFAULT_MAX_PROBE_SAMPLES = 2000
 DEFAULT_BATCH_SIZE = 256
+# Tokens of context in front of each probe position of a causal LM: enough for a small LM's
+# predictions to depend on the text (the fortunes recipe trains on blocks of 128), short enough that
+# 2,000 windows run in seconds on a CPU.
+DEFAULT_PROBE_CONTEXT = 64
 
 
 @dataclass
@@ -39,7 +43,9 @@ class SelectionSettings:
     `ImageTransformConfig`, whose evaluation transform is used, or a callable PIL image → tensor;
     default derived from the first snapshot's model) and `default_transform` (what to assume for
     what the model does not record: transformers models record channels and size, not the
-    normalisation).
+    normalisation); for causal LMs `probe_context` (each probe position is the window of at most
+    this many tokens ending at it, and the model predicts the token after it; None: 64, or the
+    snapshots' number of positions when that is smaller).
     Choice: `k` teachers by `objective` ("outputs", "features", or the trivial "final", "accuracy")
     at `temperature`, with `beta` weighing the input term, `kappa` the kernel width, `estimator`
     ("renyi2" or "binning"); `chunk_size` rows per Gram block (None: dense up to 20k examples);
@@ -60,6 +66,7 @@ class SelectionSettings:
     label_column: str = "label"
     image_column: str = "image"
     transform: Any = None
+    probe_context: int | None = None
     default_transform: Any = None
     chunk_size: int | None = None
     exhaustive_limit: int = DEFAULT_EXHAUSTIVE_LIMIT
@@ -80,4 +87,4 @@ class SelectionSettings:
 
 
 __all__ = ["DEFAULT_ACCURACY_MARGIN", "DEFAULT_BATCH_SIZE", "DEFAULT_BETA", "DEFAULT_EXHAUSTIVE_LIMIT",
-           "DEFAULT_MAX_PROBE_SAMPLES", "DEFAULT_OBJECTIVE", "SelectionSettings"]
+           "DEFAULT_MAX_PROBE_SAMPLES", "DEFAULT_OBJECTIVE", "DEFAULT_PROBE_CONTEXT", "SelectionSettings"]
