@@ -283,7 +283,7 @@ def test_text_classifier_revisions(hub, tmp_path):
     probe = tokenize_text_dataset(raw, tokenizer, "sentence")
     report = select_teachers(repo, probe, revisions="all", max_probe_samples=100, progress=False)
     assert [s.name for s in report.scores] == [f"{repo}@step10", f"{repo}@step20"]  # main (no model) skipped
-    assert report.extra["probe"]["transform"].startswith("'tokenized text")
+    assert report.extra["probe"]["transform"].startswith("tokenized text")
     assert all(s.metadata["verified"] for s in report.scores)
     # The command tokenises the probe with the tokenizer saved with the first revision.
     out = tmp_path / "selection"
