@@ -4,7 +4,8 @@ Time, side by side in one run, with the fortunes recipe's models (teacher GPT-2 
 student 2 layers x 64, the fortunes tokenizer's 8,000 tokens), sequence length 256, batch 8:
   (a) student step alone (its own next-token loss), (b) teacher forward alone,
   (c) the KD step as the trainer runs it (TeacherEnsemble forward, student forward, the causal-LM
-      task's token-level loss, backward) -> (c) / ((a) + (b)), goal <= 1.10.
+      task's token-level loss, backward) -> (c) / ((a) + (b)), goal <= 1.10; and the same with the
+      loss's chunk math under torch.compile (what `torch_compile=True` does to it).
 Cases are timed interleaved (one repetition of each in turn); the ratio is the median over rounds
 of the ratio within a round, so load from other processes hits both sides alike.
 
@@ -86,8 +87,10 @@ def time_cases(args) -> dict:
     student.to(device).train()
     inputs = batch(args.vocab, args.seq, args.batch_size, device)
     config = CheckpointKDConfig(output_dir="unused", alpha=0.5, temperature=1.0, report_to="none")
+    compiled = CheckpointKDConfig(output_dir="unused", alpha=0.5, temperature=1.0, report_to="none", torch_compile=True)
     cases = {"student": lambda: student_step(student, inputs), "teacher": lambda: teacher_forward(teachers, inputs),
-             "kd": lambda: kd_step(student, teachers, inputs, config)}
+             "kd": lambda: kd_step(student, teachers, inputs, config),
+             "kd_compiled_loss": lambda: kd_step(student, teachers, inputs, compiled)}
     for run in cases.values():  # warm-up
         run()
     times: dict[str, list[float]] = {name: [] for name in cases}
@@ -99,10 +102,12 @@ def time_cases(args) -> dict:
             cases[name]()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
-    ratios = [k / (s + t) for s, t, k in zip(times["student"], times["teacher"], times["kd"])]
+    def ratio(kd: str) -> float:
+        return statistics.median(k / (s + t) for s, t, k in zip(times["student"], times["teacher"], times[kd]))
+
     return {"device": str(device), "vocab": args.vocab, "seq": args.seq, "batch": args.batch_size,
             "seconds": {name: statistics.median(ts) for name, ts in times.items()},
-            "kd/(student+teacher)": statistics.median(ratios)}
+            "kd/(student+teacher)": ratio("kd"), "kd_compiled_loss/(student+teacher)": ratio("kd_compiled_loss")}
 
 
 def _status_kib(field: str) -> int:

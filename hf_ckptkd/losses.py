@@ -11,6 +11,7 @@ and divide by the number of labelled tokens Trainer counted over the whole optim
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -104,8 +105,47 @@ def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return rows * seq + cols, targets[rows, cols]
 
 
+def _forward_kl_terms(s: torch.Tensor, t: torch.Tensor, alpha: float, temperature: float):
+    """(logsumexp of s, T^2 * KL(p_t || p_s) per row, d(alpha*CE + (1-alpha)*T^2*KL)/ds without the one-hot part).
+
+    Written with softmax from its parts (max, exp, sum) so that `torch.compile` fuses it into a few
+    passes over the chunk; KL(p_t || p_s) = sum p_t * (v - u) + lse(u) - lse(v) for u = s/T, v = t/T.
+    """
+    m = s.amax(-1, keepdim=True)
+    e = (s - m).exp()
+    z = e.sum(-1, keepdim=True)
+    lse_s = m + z.log()
+    p_s = e / z
+    u, v = (s, t) if temperature == 1.0 else (s / temperature, t / temperature)
+    mv = v.amax(-1, keepdim=True)
+    ev = (v - mv).exp()
+    zv = ev.sum(-1, keepdim=True)
+    p_t = ev / zv
+    if temperature == 1.0:
+        p_u, lse_u = p_s, lse_s
+    else:
+        mu = u.amax(-1, keepdim=True)
+        eu = (u - mu).exp()
+        zu = eu.sum(-1, keepdim=True)
+        p_u, lse_u = eu / zu, mu + zu.log()
+    kl_rows = (p_t * (v - u)).sum(-1) + (lse_u - mv - zv.log()).squeeze(-1)
+    grad = alpha * p_s + ((1 - alpha) * temperature) * (p_u - p_t)
+    return lse_s.squeeze(-1), kl_rows * temperature**2, grad
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled_forward_kl_terms():
+    """`_forward_kl_terms` under torch.compile, built once; None where compilation is unavailable."""
+    if "forward_kl" not in _COMPILED:
+        _COMPILED["forward_kl"] = torch.compile(_forward_kl_terms, dynamic=None)
+    return _COMPILED["forward_kl"]
+
+
 def _chunk_terms(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, alpha: float, temperature: float, kind: str,
-                 beta: float, wants_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                 beta: float, wants_grad: bool, compiled: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(CE sum, KD sum, d(alpha*CE + (1-alpha)*KD)/ds or None) of one chunk of (positions, vocab) logits.
 
     The two KL directions have closed-form gradients (CE: softmax(s) - onehot; T^2*KL(p_t||p_s):
@@ -119,6 +159,19 @@ def _chunk_terms(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, alpha:
             kd = kd_per_row(s, t, temperature, kind, beta).sum()
             grad = torch.autograd.grad(alpha * ce + (1 - alpha) * kd, s)[0] if wants_grad else None
         return ce.detach(), kd.detach(), grad
+    forward = kind == "kl" or (kind == "jsd" and beta == 0.0)
+    if compiled and forward and _COMPILED.get("failed") is None:
+        try:
+            lse_s, kl_rows, grad = _compiled_forward_kl_terms()(s, t, float(alpha), float(temperature))
+        except Exception as e:  # no C++ compiler, an unsupported platform: the eager path gives the same values
+            _COMPILED["failed"] = e
+            warnings.warn(f"torch.compile of the token-level KD loss failed ({type(e).__name__}: {e}); using the "
+                          "eager computation", RuntimeWarning, stacklevel=2)
+        else:
+            ce = (lse_s - s.gather(1, targets[:, None]).squeeze(1)).sum()
+            grad.scatter_add_(1, targets[:, None], torch.full((targets.numel(), 1), -alpha, dtype=grad.dtype,
+                                                               device=grad.device))
+            return ce, kl_rows.sum(), grad if wants_grad else None
     reverse = kind == "reverse_kl" or (kind == "jsd" and beta == 1.0)
     log_ps = F.log_softmax(s, dim=-1)
     ce = -log_ps.gather(1, targets[:, None]).sum()
@@ -163,7 +216,7 @@ class _ChunkedTokenTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student_flat, teacher_flat, index, targets, alpha, temperature, kind, beta, chunk_size):
+    def forward(ctx, student_flat, teacher_flat, index, targets, alpha, temperature, kind, beta, chunk_size, compiled):
         wants_grad = ctx.needs_input_grad[0]
         grad = None
         if wants_grad:  # every labelled row is written below; only the others need zeros
@@ -180,7 +233,7 @@ class _ChunkedTokenTerms(torch.autograd.Function):
             y = targets[start:start + chunk_size]
             correct += (t.argmax(-1) == y).sum()  # the teacher's next-token accuracy, while the chunk is at hand
             ce, kd, g = _chunk_terms(student_flat.index_select(0, part).float(), t, y, alpha, temperature, kind, beta,
-                                     wants_grad)
+                                     wants_grad, compiled)
             if wants_grad:
                 grad.index_copy_(0, part, g.to(grad.dtype))  # each position occurs once
             ce_sum += ce
@@ -192,13 +245,13 @@ class _ChunkedTokenTerms(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, grad_ce, grad_kd, grad_correct):
         grad, ctx.grad = ctx.grad, None
-        return grad.mul_(grad_total.to(grad.dtype)), None, None, None, None, None, None, None, None
+        return grad.mul_(grad_total.to(grad.dtype)), None, None, None, None, None, None, None, None, None
 
 
 def token_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
                             alpha: float, temperature: float, kind: str = "kl", beta: float = 0.5,
                             num_items_in_batch: int | torch.Tensor | None = None,
-                            chunk_size: int = 256) -> TokenDistillation:
+                            chunk_size: int = 256, compiled: bool = False) -> TokenDistillation:
     """Token-level distillation of a causal LM over the positions that carry a label.
 
     student_logits and teacher_logits are (batch, seq, vocab); labels (batch, seq) as transformers'
@@ -207,7 +260,8 @@ def token_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.
     labelled tokens over every micro-batch of the optimizer step, and over processes) or, when not
     given, this batch's labelled tokens. Both terms are computed `chunk_size` positions at a time,
     with their gradient (`_ChunkedTokenTerms`), so beyond the logits themselves (and their
-    gradient) only one chunk's (positions, vocab) probabilities are alive.
+    gradient) only one chunk's (positions, vocab) probabilities are alive. With `compiled`, the
+    forward-KL chunk math runs under `torch.compile` (fused into a few passes; the same values).
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
@@ -225,7 +279,7 @@ def token_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.
     teacher_flat = teacher_logits.reshape(-1, vocab)
     total, ce_sum, kd_sum, correct = _ChunkedTokenTerms.apply(
         student_flat, teacher_flat.detach(), index, targets, float(alpha), float(temperature), kind, float(beta),
-        max(1, int(chunk_size)))
+        max(1, int(chunk_size)), bool(compiled))
     normaliser = num_items_in_batch if num_items_in_batch is not None else tokens
     if torch.is_tensor(normaliser):
         normaliser = normaliser.to(ce_sum.device)

@@ -79,6 +79,21 @@ def test_token_loss_matches_its_definition_for_every_chunk_size(kind, beta, temp
         assert result.teacher_correct.item() == int((t[:, :-1].argmax(-1) == labels[:, 1:])[keep].sum())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_the_compiled_forward_kl_gives_the_eager_loss_and_gradient(temperature):
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(2, 9, 50, generator=g, requires_grad=True)
+    t, labels = torch.randn(2, 9, 50, generator=g), torch.randint(0, 50, (2, 9), generator=g)
+    labels[1, 4:] = -100
+    runs = [token_distillation_loss(s, t, labels, alpha=0.3, temperature=temperature, chunk_size=4, compiled=c)
+            for c in (False, True)]
+    (eager, compiled), grads = runs, [torch.autograd.grad(r.loss, s)[0] for r in runs]
+    assert compiled.loss.item() == pytest.approx(eager.loss.item(), rel=1e-5)
+    assert compiled.kd_sum.item() == pytest.approx(eager.kd_sum.item(), rel=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+
+
 def test_jsd_ends_are_the_two_kl_directions_and_identical_distributions_cost_nothing():
     s, t = torch.randn(5, 9), torch.randn(5, 9)
     assert torch.allclose(kd_per_row(s, t, 2.0, "jsd", beta=0.0), kd_per_row(s, t, 2.0, "kl"))

@@ -98,7 +98,8 @@ class CausalLanguageModeling(Task):
                           num_items_in_batch=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         terms = token_distillation_loss(student_logits, teacher_logits, labels, alpha=args.alpha,
                                         temperature=args.temperature, kind=args.kd_loss, beta=args.jsd_beta,
-                                        num_items_in_batch=num_items_in_batch, chunk_size=args.kd_chunk_size)
+                                        num_items_in_batch=num_items_in_batch, chunk_size=args.kd_chunk_size,
+                                        compiled=args.torch_compile)  # torch_compile: the loss's chunk math too
         logs = {"loss_ce": terms.ce_sum / terms.tokens, "loss_kd": terms.kd_sum / terms.tokens,
                 "teacher_accuracy": terms.teacher_correct.float() / terms.tokens}
         return terms.loss, logs
