@@ -1,7 +1,7 @@
 """What token-level distillation of a causal LM costs per step, in time and in memory.
 
-Time, side by side in one run, with the fortunes recipe's models (teacher GPT-2 4 layers x 128,
-student 2 layers x 64, the fortunes tokenizer's 8,000 tokens), sequence length 256, batch 8:
+Time, side by side in one run, with recipes/fortunes_lm.yaml's models (teacher GPT-2 3 layers x 96,
+student 1 layer x 64, the fortunes tokenizer's 8,000 tokens), sequence length 256, batch 8:
   (a) student step alone (its own next-token loss), (b) teacher forward alone,
   (c) the KD step as the trainer runs it (TeacherEnsemble forward, student forward, the causal-LM
       task's token-level loss, backward) -> (c) / ((a) + (b)), goal <= 1.10; and the same with the
@@ -36,11 +36,14 @@ import torch
 
 from hf_ckptkd.config import CheckpointKDConfig
 from hf_ckptkd.models import build_causal_lm
+from hf_ckptkd.recipe import load_recipe
 from hf_ckptkd.tasks import TASKS
 from hf_ckptkd.teachers import TeacherEnsemble
 
-TEACHER = dict(n_layer=4, n_embd=128, n_head=4)
-STUDENT = dict(n_layer=2, n_embd=64, n_head=2)
+# The fortunes recipe's teacher and student (their position count follows the benchmark's sequence length).
+RECIPE = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "fortunes_lm.yaml")
+TEACHER = {k: v for k, v in RECIPE.teacher.model_kwargs.items() if k != "n_positions"}
+STUDENT = {k: v for k, v in RECIPE.student.model_kwargs.items() if k != "n_positions"}
 LM = TASKS["causal-lm"]
 
 

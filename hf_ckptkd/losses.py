@@ -105,12 +105,17 @@ def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return rows * seq + cols, targets[rows, cols]
 
 
-def _forward_kl_terms(s: torch.Tensor, t: torch.Tensor, alpha: float, temperature: float):
-    """(logsumexp of s, T^2 * KL(p_t || p_s) per row, d(alpha*CE + (1-alpha)*T^2*KL)/ds without the one-hot part).
+def _forward_kl_terms(student_flat: torch.Tensor, teacher_flat: torch.Tensor, part: torch.Tensor, alpha: float,
+                      temperature: float):
+    """(logsumexp of s, T^2 * KL(p_t || p_s) per row, d(alpha*CE + (1-alpha)*T^2*KL)/ds without the one-hot
+    part, the teacher's top token) of the rows `part` of the logits.
 
-    Written with softmax from its parts (max, exp, sum) so that `torch.compile` fuses it into a few
-    passes over the chunk; KL(p_t || p_s) = sum p_t * (v - u) + lse(u) - lse(v) for u = s/T, v = t/T.
+    Written with softmax from its parts (max, exp, sum) so that `torch.compile` fuses it, the rows'
+    gather included, into a few passes over the chunk; KL(p_t || p_s) = sum p_t * (v - u) + lse(u) -
+    lse(v) for u = s/T, v = t/T.
     """
+    s = student_flat[part].float()
+    t = teacher_flat[part].float()
     m = s.amax(-1, keepdim=True)
     e = (s - m).exp()
     z = e.sum(-1, keepdim=True)
@@ -130,7 +135,7 @@ def _forward_kl_terms(s: torch.Tensor, t: torch.Tensor, alpha: float, temperatur
         p_u, lse_u = eu / zu, mu + zu.log()
     kl_rows = (p_t * (v - u)).sum(-1) + (lse_u - mv - zv.log()).squeeze(-1)
     grad = alpha * p_s + ((1 - alpha) * temperature) * (p_u - p_t)
-    return lse_s.squeeze(-1), kl_rows * temperature**2, grad
+    return lse_s.squeeze(-1), kl_rows * temperature**2, grad, t.argmax(-1)
 
 
 _COMPILED: dict[str, object] = {}
@@ -143,36 +148,46 @@ def _compiled_forward_kl_terms():
     return _COMPILED["forward_kl"]
 
 
-def _chunk_terms(s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, alpha: float, temperature: float, kind: str,
-                 beta: float, wants_grad: bool, compiled: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(CE sum, KD sum, d(alpha*CE + (1-alpha)*KD)/ds or None) of one chunk of (positions, vocab) logits.
+def _chunk_terms(student_flat: torch.Tensor, teacher_flat: torch.Tensor, part: torch.Tensor, targets: torch.Tensor,
+                 alpha: float, temperature: float, kind: str, beta: float, wants_grad: bool, compiled: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(CE sum, KD sum, d(alpha*CE + (1-alpha)*KD)/ds or None, the teacher's correct next tokens) of the
+    logits' rows `part`, one chunk of positions.
 
     The two KL directions have closed-form gradients (CE: softmax(s) - onehot; T^2*KL(p_t||p_s):
     T*(p_s - p_t); T^2*KL(p_s||p_t): T*p_s*(log p_s - log p_t - KL)), computed here without an
     autograd graph, which saves a third of the passes over the chunk; jsd and mse go through autograd.
     """
+    forward = kind == "kl" or (kind == "jsd" and beta == 0.0)
+    if compiled and forward and _COMPILED.get("failed") is None:
+        try:
+            lse_s, kl_rows, grad, top = _compiled_forward_kl_terms()(student_flat, teacher_flat, part, float(alpha),
+                                                                     float(temperature))
+        except Exception as e:  # no C++ compiler, an unsupported platform: the eager path gives the same values
+            _COMPILED["failed"] = e
+            warnings.warn(f"torch.compile of the token-level KD loss failed ({type(e).__name__}: {e}); using the "
+                          "eager computation", RuntimeWarning, stacklevel=2)
+        else:
+            ce = (lse_s - student_flat[part, targets].float()).sum()
+            grad.scatter_add_(1, targets[:, None], torch.full((targets.numel(), 1), -alpha, dtype=grad.dtype,
+                                                               device=grad.device))
+            return ce, kl_rows.sum(), grad if wants_grad else None, (top == targets).sum()
+    s = student_flat.index_select(0, part).float()
+    t = teacher_flat.index_select(0, part).float()
+    correct = (t.argmax(-1) == targets).sum()
     if kind in ("jsd", "mse") and not (kind == "jsd" and beta in (0.0, 1.0)):
         with torch.enable_grad():
             s = s.requires_grad_(wants_grad)
             ce = F.cross_entropy(s, targets, reduction="sum")
             kd = kd_per_row(s, t, temperature, kind, beta).sum()
             grad = torch.autograd.grad(alpha * ce + (1 - alpha) * kd, s)[0] if wants_grad else None
-        return ce.detach(), kd.detach(), grad
-    forward = kind == "kl" or (kind == "jsd" and beta == 0.0)
-    if compiled and forward and _COMPILED.get("failed") is None:
-        try:
-            lse_s, kl_rows, grad = _compiled_forward_kl_terms()(s, t, float(alpha), float(temperature))
-        except Exception as e:  # no C++ compiler, an unsupported platform: the eager path gives the same values
-            _COMPILED["failed"] = e
-            warnings.warn(f"torch.compile of the token-level KD loss failed ({type(e).__name__}: {e}); using the "
-                          "eager computation", RuntimeWarning, stacklevel=2)
-        else:
-            ce = (lse_s - s.gather(1, targets[:, None]).squeeze(1)).sum()
-            grad.scatter_add_(1, targets[:, None], torch.full((targets.numel(), 1), -alpha, dtype=grad.dtype,
-                                                               device=grad.device))
-            return ce, kl_rows.sum(), grad if wants_grad else None
-    reverse = kind == "reverse_kl" or (kind == "jsd" and beta == 1.0)
+        return ce.detach(), kd.detach(), grad, correct
+    ce, kd, grad = _kl_terms(s, t, targets, alpha, temperature, reverse=not forward, wants_grad=wants_grad)
+    return ce, kd, grad, correct
+
+
+def _kl_terms(s, t, targets, alpha, temperature, *, reverse: bool, wants_grad: bool):
+    """`_chunk_terms` of the two KL directions, eager, on gathered (positions, vocab) logits."""
     log_ps = F.log_softmax(s, dim=-1)
     ce = -log_ps.gather(1, targets[:, None]).sum()
     log_ps_t = log_ps if temperature == 1.0 else F.log_softmax(s / temperature, dim=-1)
@@ -229,11 +244,9 @@ class _ChunkedTokenTerms(torch.autograd.Function):
         correct = torch.zeros((), dtype=torch.long, device=student_flat.device)
         for start in range(0, index.numel(), chunk_size):
             part = index[start:start + chunk_size]
-            t = teacher_flat.index_select(0, part).float()
-            y = targets[start:start + chunk_size]
-            correct += (t.argmax(-1) == y).sum()  # the teacher's next-token accuracy, while the chunk is at hand
-            ce, kd, g = _chunk_terms(student_flat.index_select(0, part).float(), t, y, alpha, temperature, kind, beta,
-                                     wants_grad, compiled)
+            ce, kd, g, right = _chunk_terms(student_flat, teacher_flat, part, targets[start:start + chunk_size], alpha,
+                                            temperature, kind, beta, wants_grad, compiled)
+            correct += right  # the teacher's next-token accuracy, while the chunk is at hand
             if wants_grad:
                 grad.index_copy_(0, part, g.to(grad.dtype))  # each position occurs once
             ce_sum += ce
