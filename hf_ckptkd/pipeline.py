@@ -23,6 +23,7 @@ from .config import CheckpointKDConfig, ConfigError
 from .data_config import carved_splits
 from .dataset_record import dataset_record
 from .hub import push_teachers_to_hub
+from .files import write_json_atomic
 from .metrics import load_metric
 from .models import model_inputs
 from .recipe import PIPELINE_STAGES, Recipe
@@ -61,8 +62,8 @@ def check_run_dir(recipe: Recipe, output_dir: Path) -> None:
 
 def _write_recipe_record(recipe: Recipe, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / RECIPE_RECORD).write_text(json.dumps({"fingerprint": recipe.fingerprint, "source": recipe.source,
-                                                        "recipe": recipe.to_dict()}, indent=2, default=str))
+    write_json_atomic(output_dir / RECIPE_RECORD, {"fingerprint": recipe.fingerprint, "source": recipe.source,
+                                                   "recipe": recipe.to_dict()}, default=str)
 
 
 def load_run_data(recipe: Recipe) -> RunData:
@@ -304,6 +305,7 @@ def run(recipe: Recipe, output_dir: str | Path, *, stages: list[str] | None = No
     output_dir = Path(output_dir)
     state = PartialState()
     check_run_dir(recipe, output_dir)
+    state.wait_for_everyone()  # every process has read the old record before the main one replaces it
     if state.is_main_process:
         _write_recipe_record(recipe, output_dir)
     state.wait_for_everyone()

@@ -7,14 +7,26 @@ from hf_ckptkd.config import ConfigError
 from hf_ckptkd.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from hf_ckptkd.data_config import DataConfig, cli_splits
 from hf_ckptkd.models import label_names_of
-from hf_ckptkd.tasks import TASKS, ImageClassification, TextClassification, prepare_run_data, task_for
+from hf_ckptkd.metrics import compute_metrics
+from hf_ckptkd.tasks import (
+    TASKS,
+    CausalLanguageModeling,
+    ImageClassification,
+    TextClassification,
+    prepare_run_data,
+    task_for,
+)
 from text_data import write_tiny_text_set
 
 
 def test_the_data_configuration_names_its_task():
     assert isinstance(task_for(DataConfig()), ImageClassification)
     assert isinstance(task_for(DataConfig(text_column="sentence", tokenizer="fortunes")), TextClassification)
-    assert set(TASKS) == {"image-classification", "text-classification"}
+    assert isinstance(task_for(DataConfig(text_column="text", tokenizer="fortunes", task="causal-lm")),
+                      CausalLanguageModeling)
+    assert set(TASKS) == {"image-classification", "text-classification", "causal-lm"}
+    with pytest.raises(ConfigError, match="task='translation' is not one of"):
+        task_for(DataConfig(task="translation"))
 
 
 def test_image_run_data_feeds_normalised_tensors_and_builds_a_model_that_records_them():
@@ -30,7 +42,7 @@ def test_image_run_data_feeds_normalised_tensors_and_builds_a_model_that_records
     model = run.build_model("timm:cifar_resnet8")
     assert label_names_of(model) == run.label_names and len(run.label_names) == 10
     assert model.model.pretrained_cfg["mean"] == FASHION_MNIST_MEAN
-    assert run.trainer_kwargs(distilling=False) == {}
+    assert run.trainer_kwargs(distilling=False) == {"compute_metrics": compute_metrics}  # accuracy, top-5
     spec = run.trainer_kwargs(distilling=True)["student_input"]
     assert spec.in_chans == 1 and spec.image_size == (28, 28) and spec.mean == FASHION_MNIST_MEAN
     assert run.task.cache_safe(run)  # no crop, no flip: the same tensors every epoch
