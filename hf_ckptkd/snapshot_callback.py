@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -42,7 +43,7 @@ class SnapshotCallback(TrainerCallback):
     model is always a snapshot, flagged `final`.
 
     Writing happens in a background thread from a CPU copy of the weights, so training goes on
-    meanwhile; every pending write is finished before any checkpoint is saved and at the end of
+    meanwhile (with `keep_top`, writing and scoring happen in the main thread instead: see `_write`); every pending write is finished before any checkpoint is saved and at the end of
     training, which keeps the resume guarantee. A failed write raises `SnapshotError` there.
 
     The Trainer's `processing_class` (a text model's tokenizer), when it has one, is saved in every
@@ -153,7 +154,10 @@ class SnapshotCallback(TrainerCallback):
                       train_loss=loss_entry.get("loss"), eval_metrics=eval_metrics, final=final,
                       processing_class=self._processing_class, dataset=self.dataset_record)
         model = unwrap(self._model)
-        if background:
+        # Scoring loads the snapshot as a new model, whose construction draws random initial weights from the
+        # global generator that training's augmentation and dropout draw from: a keep-top run scores in the main
+        # thread with that generator forked (see _store), so it trains exactly as it would without keep_top.
+        if background and self.keep_top is None:
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-writer")
             self._writes.append(self._writer.submit(self._store, _cpu_copy(model), self._dir(args), name, **kwargs))
@@ -166,7 +170,8 @@ class SnapshotCallback(TrainerCallback):
         """Write the snapshot; with keep_top, score it and delete what falls out of the best."""
         write_snapshot(model, snapshot_dir, name, **kwargs)
         if self.keep_top is not None:
-            removed = keep_top_pass(snapshot_dir, self.keep_top, self._scorer)
+            with torch.random.fork_rng():
+                removed = keep_top_pass(snapshot_dir, self.keep_top, self._scorer)
             if removed:
                 logger.info("keep_top=%d: removed snapshot(s) %s from %s", self.keep_top, removed, snapshot_dir)
 

@@ -18,7 +18,7 @@ from hf_ckptkd.data import (
     load_fashion_mnist,
     with_image_transform,
 )
-from hf_ckptkd.models import build_model
+from hf_ckptkd.models import build_model, load_model
 from hf_ckptkd.selection import SelectionError
 from hf_ckptkd.selection.online import SnapshotScorer, keep_top_settings
 from hf_ckptkd.snapshot_pruning import best_names
@@ -194,3 +194,16 @@ def test_other_bad_keep_top_settings(tmp_path, data, capsys):
     assert main(["train-teacher", "--model", "timm:test_resnet", "--snapshot_keep_top", "0", "--snapshot_strategy",
                  "epoch", "--output_dir", str(tmp_path), "--max_train_samples", "32"]) == 2
     assert "snapshot_keep_top=0 must be a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_keep_top_trains_exactly_as_a_run_that_keeps_everything_under_random_augmentation(tmp_path, data):
+    """Scoring loads each snapshot as a new model, whose random initial weights are drawn from the global
+    generator that the training augmentation draws from: a keep-top run must not move that stream."""
+    raw, _, names = data
+    augmented = (raw, with_image_transform(raw, build_image_transform(ImageTransformConfig(), train=True)), names)
+    pruned_run = _train(tmp_path / "pruned", augmented, snapshot_keep_top=1)
+    complete_run = _train(tmp_path / "complete", augmented)
+    final = {k: v for k, v in load_model(pruned_run.final.path).state_dict().items()}
+    for key, value in load_model(complete_run.final.path).state_dict().items():
+        assert torch.equal(value, final[key]), key
