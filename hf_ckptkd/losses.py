@@ -142,7 +142,7 @@ _COMPILED: dict[str, object] = {}
 
 
 def _compiled_forward_kl_terms():
-    """`_forward_kl_terms` under torch.compile, built once; None where compilation is unavailable."""
+    """`_forward_kl_terms` under torch.compile, built once (a failure shows at the first call: see `_chunk_terms`)."""
     if "forward_kl" not in _COMPILED:
         _COMPILED["forward_kl"] = torch.compile(_forward_kl_terms, dynamic=None)
     return _COMPILED["forward_kl"]
