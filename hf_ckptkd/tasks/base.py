@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import ConfigError
+from ..data import DataError, load_tokenizer
 from ..data_config import DataConfig, Splits
 from ..losses import distillation_loss
 from ..metrics import compute_metrics
@@ -50,6 +52,14 @@ class RunData:
     def trainer_kwargs(self, distilling: bool) -> dict[str, Any]:
         """What `CheckpointKDTrainer` needs beyond model, args and data, for this task (its metrics included)."""
         return {**self.task.metric_kwargs(), **self.task.trainer_kwargs(self, distilling)}
+
+
+def shared_tokenizer(data: DataConfig, where: str):
+    """The tokenizer `data` names, which teachers and student share; `where` names the source of `data` in errors."""
+    try:
+        return load_tokenizer(data.tokenizer)
+    except (OSError, ValueError, DataError) as e:
+        raise ConfigError(f"{where}: tokenizer {data.tokenizer!r} could not be loaded ({e})") from e
 
 
 class Task(ABC):

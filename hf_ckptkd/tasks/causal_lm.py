@@ -18,11 +18,11 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling
 
 from ..config import ConfigError
-from ..data import DataError, lm_blocks, load_tokenizer
+from ..data import DataError, lm_blocks
 from ..data_config import DataConfig, Splits
 from ..losses import IGNORE_INDEX, token_distillation_loss
 from ..models import build_causal_lm
-from .base import RunData, Task
+from .base import RunData, Task, shared_tokenizer
 
 LM_LABEL_COLUMN = "labels"  # made by the collator from input_ids
 
@@ -62,10 +62,7 @@ class CausalLanguageModeling(Task):
         if not data.text_column or not data.tokenizer:
             raise ConfigError(f"{where}: task causal-lm needs text_column (the corpus column) and tokenizer (a folder, "
                               "Hub id or 'fortunes') that teachers and student share")
-        try:
-            tokenizer = load_tokenizer(data.tokenizer)
-        except (OSError, ValueError, DataError) as e:
-            raise ConfigError(f"{where}: tokenizer {data.tokenizer!r} could not be loaded ({e})") from e
+        tokenizer = shared_tokenizer(data, where)
         try:
             train, validation, test = (lm_blocks(ds, tokenizer, data.text_column, data.max_length)
                                        for ds in (splits.train, splits.validation, splits.test))

@@ -8,10 +8,10 @@ from torch import nn
 from transformers import DataCollatorWithPadding
 
 from ..config import ConfigError
-from ..data import DataError, load_tokenizer, tokenize_text_dataset
+from ..data import tokenize_text_dataset
 from ..data_config import DataConfig, Splits
 from ..models import build_model
-from .base import RunData, Task
+from .base import RunData, Task, shared_tokenizer
 
 # `tokenize_text_dataset` keeps the labels under the name transformers models take.
 TOKENIZED_LABEL_COLUMN = "labels"
@@ -24,10 +24,7 @@ class TextClassification(Task):
         if not data.tokenizer:
             raise ConfigError(f"{where}: --text_column needs --tokenizer (in a recipe: text_column needs "
                               "`tokenizer`): a tokenizer folder, Hub id or 'fortunes' that teachers and student share")
-        try:
-            tokenizer = load_tokenizer(data.tokenizer)
-        except (OSError, ValueError, DataError) as e:
-            raise ConfigError(f"{where}: tokenizer {data.tokenizer!r} could not be loaded ({e})") from e
+        tokenizer = shared_tokenizer(data, where)
         train, validation, test = (
             tokenize_text_dataset(ds, tokenizer, data.text_column, splits.label_column, data.max_length)
             for ds in (splits.train, splits.validation, splits.test))
