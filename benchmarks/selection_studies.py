@@ -54,7 +54,10 @@ def finished_runs(min_seeds: int) -> list[tuple[str, object, Path, list[int]]]:
     found: dict[str, tuple[str, object, Path, list[int]]] = {}
     candidates = [(p.stem, load_recipe(p), Path("runs/cells") / p.stem) for p in sorted(CELLS.glob("*.yaml"))]
     for study in sorted(STUDIES.glob("*.yaml")):
-        candidates += [(f"{study.stem}: {name}", recipe, run_dir) for name, recipe, run_dir in study_cells(study)[2]]
+        base_recipe, base_dir, cells = study_cells(study)
+        # A study whose cells all differ from its base (`fixed:`) still has the base run as its reference.
+        candidates += [(f"{study.stem}: {name}", recipe, run_dir) for name, recipe, run_dir in cells]
+        candidates.append((f"{base_recipe.name} (base)", base_recipe, base_dir))
     for name, recipe, run_dir in candidates:
         if str(run_dir) in found or not is_run_of(recipe, run_dir):
             continue

@@ -27,7 +27,7 @@ from .files import write_json_atomic
 from .metrics import load_metric
 from .models import model_inputs
 from .recipe import PIPELINE_STAGES, Recipe
-from .results import NO_TEACHER, RESULT_NAME, StudentCell, write_report
+from .results import NO_TEACHER, RESULT_NAME, StudentCell, best_other_teacher, is_close, write_report
 from .runlog import RUN_LOG, log_to_file, say, stage_bar
 from .selection import SelectionReport, select_teachers
 from .selection.online import run_probe_settings
@@ -331,6 +331,13 @@ def run(recipe: Recipe, output_dir: str | Path, *, stages: list[str] | None = No
     if later("select"):
         cells = student_cells(recipe, indexes, reports)
         results = train_students(recipe, run_data, output_dir, cells, recipe.seeds, state) if stage("students") else None
+        best = best_other_teacher(cells, results) if results is not None and recipe.seeds_if_close else None
+        if best and recipe.seeds_if_close > recipe.seeds and is_close(best["paired_vs_final"]):
+            # Every process reads the same result files, so all of them take this branch together.
+            _say(state, f"  {best['teacher']} is within two standard errors of the final teacher: "
+                        f"{recipe.seeds_if_close} seeds")
+            recipe.seeds = recipe.seeds_if_close
+            results = train_students(recipe, run_data, output_dir, cells, recipe.seeds, state)
     if stage("report") and state.is_main_process:
         if results is None:
             results = _load_student_results(output_dir, cells, recipe.seeds)

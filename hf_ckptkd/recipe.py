@@ -46,6 +46,7 @@ class Recipe(DataConfig):
     validation_samples: int = 2000        # carved from the training data, stratified: selection probe, choices
     test_samples: int | None = None       # None = the whole test split; accuracy is reported on it
     seeds: int = 1                        # student seeds per cell
+    seeds_if_close: int | None = None     # more seeds when the best other snapshot is within 2 SE of the final one
     full_ensemble: int = 2                # independently trained teachers in the "full ensemble"
     ensemble_k: int = 2                   # members of the selected snapshot ensemble
     oracle: bool = False                  # distil from every snapshot too
@@ -57,19 +58,23 @@ class Recipe(DataConfig):
     @property
     def fingerprint(self) -> str:
         """A hash of everything that changes results (not seeds/oracle, which only add runs)."""
-        return self._hash_without("seeds", "oracle", "source")
+        return self._hash_without("seeds", "seeds_if_close", "oracle", "source")
 
     @property
     def teacher_fingerprint(self) -> str:
-        """A hash of what the teachers depend on: everything but the student, the selection and the seeds."""
-        return self._hash_without("student", "selection", "ensemble_k", "seeds", "oracle", "source")
+        """A hash of what the teachers depend on: everything but the student, the selection and the seeds.
+
+        Not the number of teachers either: teacher i is trained with seed i however many there are."""
+        return self._hash_without("student", "selection", "full_ensemble", "ensemble_k", "seeds", "seeds_if_close",
+                                  "oracle", "source")
 
     @property
     def no_teacher_fingerprint(self) -> str:
         """A hash of what a student trained without a teacher depends on: the data and the student's own settings."""
         student = self.to_dict()["student"]
         student["training"] = {k: v for k, v in student["training"].items() if k not in DISTILLATION_FIELDS}
-        return self._hash_without("teacher", "selection", "full_ensemble", "ensemble_k", "seeds", "oracle", "source",
+        return self._hash_without("teacher", "selection", "full_ensemble", "ensemble_k", "seeds", "seeds_if_close",
+                                  "oracle", "source",
                                   student=student)
 
     def _hash_without(self, *keys: str, **replaced: Any) -> str:
@@ -164,6 +169,9 @@ def recipe_from_dict(values: dict[str, Any], source: str | None = None) -> Recip
     recipe.source = source
     if recipe.seeds < 1 or recipe.full_ensemble < 1 or recipe.ensemble_k < 1:
         raise ConfigError(f"{where}: seeds, full_ensemble and ensemble_k must be at least 1")
+    if recipe.seeds_if_close is not None and recipe.seeds_if_close <= recipe.seeds:
+        raise ConfigError(f"{where}: seeds_if_close={recipe.seeds_if_close} must be above seeds ({recipe.seeds}), "
+                          "e.g. 5 (or leave it out)")
     if not 0 <= recipe.label_noise < 1:
         raise ConfigError(f"{where}: label_noise={recipe.label_noise} must lie in [0, 1) (the share of training "
                           "labels replaced by another class, e.g. 0.2)")

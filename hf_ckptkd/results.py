@@ -66,10 +66,27 @@ def paired_difference(runs: list[dict], baseline: list[dict], key: str = "test_a
     lo, hi = mean - half, mean + half
     higher, lower = ("worse", "better") if lower_is_better else ("better", "worse")
     verdict = higher if lo > 0 else lower if hi < 0 else "no difference"
-    return {"mean_pp": mean, "ci95_pp": [lo, hi], "seeds": n, "verdict": verdict}
+    return {"mean_pp": mean, "ci95_pp": [lo, hi], "se_pp": sd / n ** 0.5, "seeds": n, "verdict": verdict}
 
 
-def _paired_text(paired: dict[str, Any] | None) -> str:
+def is_close(paired: dict[str, Any] | None) -> bool:
+    """A paired difference within two standard errors of zero, or too few seeds for an interval."""
+    return paired is None or abs(paired["mean_pp"]) < 2 * paired["se_pp"]
+
+
+def best_other_teacher(cells: list[StudentCell], results: dict[str, list[dict]]) -> dict[str, Any] | None:
+    """The single teacher other than the final one whose students did best on average, paired with the
+    final teacher's students by seed (None when there is no such teacher)."""
+    final = next((c for c in cells if c.name == "final"), None)
+    others = {c.teachers: results[c.name] for c in cells
+              if final and len(c.teachers) == 1 and c.teachers != final.teachers and results.get(c.name)}
+    if not others:
+        return None
+    teachers, runs = max(others.items(), key=lambda kv: mean_std([r["test_accuracy"] for r in kv[1]])[0])
+    return {"teacher": teachers[0], "paired_vs_final": paired_difference(runs, results.get("final", []))}
+
+
+def paired_text(paired: dict[str, Any] | None) -> str:
     if not paired:
         return "–"
     lo, hi = paired["ci95_pp"]
@@ -112,6 +129,14 @@ def write_report(recipe, output_dir: Path, cells: list[StudentCell], results: di
         if other and "student_test_best_of_last" in row and "student_test_best_of_last" in final:
             row["paired_vs_final_best_of_last"] = paired_difference(
                 results.get(row["cell"], []), results.get("final", []), key="test_accuracy_best_of_last")
+    # The paper's second claim: a snapshot ensemble of one run against independently trained teachers.
+    ensemble = next((r for r in rows if r["cell"] == "selected_ensemble"), None)
+    if ensemble and "full_ensemble" in results:
+        ensemble["paired_vs_full_ensemble"] = paired_difference(results.get("selected_ensemble", []),
+                                                                results["full_ensemble"])
+        if "student_test_best_of_last" in ensemble:
+            ensemble["paired_vs_full_ensemble_best_of_last"] = paired_difference(
+                results.get("selected_ensemble", []), results["full_ensemble"], key="test_accuracy_best_of_last")
     summary: dict[str, Any] = {"recipe": recipe.source, "name": recipe.name, "rows": rows,
                                "selected": {k: r.selected for k, r in reports.items()},
                                "objective": reports[1].objective}
@@ -142,7 +167,7 @@ def _table(rows: list[dict], summary: dict) -> str:
         epochs = ", ".join(f"{e:g}" for e in r["teacher_epochs"]) or "–"
         lines.append(f"| {r['description']} | {epochs} | {teacher} | {_pp(r['student_test_accuracy'])} ± "
                      f"{_pp(r['student_test_std'])} | {r['gain_vs_final_pp']:+.2f} | "
-                     f"{_paired_text(r.get('paired_vs_final'))} | {r['seeds']} |")
+                     f"{paired_text(r.get('paired_vs_final'))} | {r['seeds']} |")
     lm = [r for r in rows if "student_test_perplexity" in r]
     if lm:
         lines += ["", "Held-out perplexity of the students (lower is better; the accuracies above are next-token "
@@ -151,7 +176,7 @@ def _table(rows: list[dict], summary: dict) -> str:
         for r in lm:
             lines.append(f"| {r['description']} | {r['student_test_perplexity']:.2f} ± "
                          f"{r['student_test_perplexity_std']:.2f} | "
-                         f"{_paired_text(r.get('paired_vs_final_perplexity'))} |")
+                         f"{paired_text(r.get('paired_vs_final_perplexity'))} |")
     last = [r for r in rows if "student_test_best_of_last" in r]
     if last:
         lines += ["", "Best test accuracy of the last epochs (the paper's measure; the table above is the final epoch):",
@@ -160,7 +185,13 @@ def _table(rows: list[dict], summary: dict) -> str:
         for r in last:
             lines.append(f"| {r['description']} | {_pp(r['student_test_best_of_last'])} ± "
                          f"{_pp(r['student_test_best_of_last_std'])} | "
-                         f"{_paired_text(r.get('paired_vs_final_best_of_last'))} |")
+                         f"{paired_text(r.get('paired_vs_final_best_of_last'))} |")
+    ensemble = next((r for r in rows if r.get("paired_vs_full_ensemble")), None)
+    if ensemble:
+        lines.append(f"\nSelected snapshot ensemble − independently trained teachers' ensemble, paired by student seed: "
+                     f"{paired_text(ensemble['paired_vs_full_ensemble'])} pp (final epoch)"
+                     + (f", {paired_text(ensemble['paired_vs_full_ensemble_best_of_last'])} pp (best of last epochs)"
+                        if ensemble.get("paired_vs_full_ensemble_best_of_last") else "") + ".")
     if "oracle" in summary:
         o = summary["oracle"]
         lines.append(f"\nOracle (best snapshot as teacher, by test accuracy): {o['cell']} at "

@@ -12,8 +12,14 @@ Settings that only make sense together vary as one: the key is a section and eac
 of that section's keys (`teacher: [{lr_scheduler_type: cosine_with_min_lr, lr_scheduler_kwargs:
 {min_lr_rate: 0.1}}]`); such a cell is named by its dotted keys, `teacher.lr_scheduler_type=...`.
 
+`fixed` (optional) sets keys in every cell, beside its vary value, e.g. `fixed: {full_ensemble: 1,
+ensemble_k: 1}` for cells that only ask about single snapshots and should not pay for a second
+teacher and the ensemble students.
+
 The cell whose recipe is the base recipe itself runs in the base's own run directory
-(`runs/<name>`, where `hf-ckptkd run` puts it), so a study and the base run share that work.
+(`runs/<name>`, where `hf-ckptkd run` puts it), so a study and the base run share that work. When
+no cell is the base recipe, a finished base run (with the oracle) heads the table as its reference
+row, so a study of "what changes if ..." can leave the unchanged case to the base run.
 Cells whose teachers would be trained alike (a study of a student setting) train them once: a
 later cell starts from a copy of an earlier cell's finished teachers. Likewise the students trained
 without a teacher, which depend on neither the teachers nor `alpha` and `temperature`.
@@ -36,7 +42,7 @@ import yaml
 
 from .config import ConfigError
 from .pipeline import RECIPE_RECORD, finished_teacher, run
-from .results import NO_TEACHER, RESULT_NAME
+from .results import NO_TEACHER, RESULT_NAME, paired_text
 from .recipe import recipe_from_dict
 from .selection.objective import OBJECTIVES, j_from_scores
 
@@ -46,11 +52,14 @@ def load_study(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"study {path} does not exist; the studies that ship are in recipes/studies/")
     study = yaml.safe_load(path.read_text()) or {}
-    unknown = set(study) - {"base", "seeds", "vary", "name"}
+    unknown = set(study) - {"base", "seeds", "vary", "fixed", "name"}
     if unknown:
-        raise ConfigError(f"study {path}: unknown key(s) {sorted(unknown)}; a study has base, seeds, vary and name")
+        raise ConfigError(f"study {path}: unknown key(s) {sorted(unknown)}; a study has base, seeds, vary, fixed and name")
     if "base" not in study or not isinstance(study.get("vary"), dict) or len(study["vary"]) != 1:
         raise ConfigError(f"study {path} needs `base` (a recipe path) and `vary` with exactly one key and its values")
+    if not isinstance(study.setdefault("fixed", {}), dict):
+        raise ConfigError(f"study {path}: `fixed` must map recipe keys to the value every cell takes, "
+                          f"e.g. {{full_ensemble: 1}}; got {study['fixed']!r}")
     study["base_path"] = (path.parent / study["base"]).resolve()
     study.setdefault("name", path.stem)
     return study
@@ -79,9 +88,12 @@ def _cell_name(key: str, value: Any) -> str:
     return ",".join(parts)
 
 
-def _cell_recipe(base: dict[str, Any], key: str, value: Any, source: str):
+def _cell_recipe(base: dict[str, Any], key: str, value: Any, source: str, fixed: dict[str, Any] | None = None):
     values = copy.deepcopy(base)
-    for dotted, v in _settings(key, value).items():
+    settings = {}
+    for k, v in {**(fixed or {}), key: value}.items():
+        settings.update(_settings(k, v))
+    for dotted, v in settings.items():
         section, _, field = dotted.rpartition(".")
         if section and section not in _SECTIONS:
             raise ConfigError(f"vary key {key!r}: the sections are {', '.join(_SECTIONS)}")
@@ -102,10 +114,16 @@ def _finished_teachers(recipe, run_dir: Path) -> bool:
         finished_teacher(run_dir / "teachers" / f"teacher-{i}") for i in range(recipe.full_ensemble))
 
 
-def _copy_teachers(source: Path, cell_dir: Path) -> None:
-    # The test-accuracy cache is keyed by snapshot paths, which differ in the copy: recomputed.
+def _copy_teachers(source: Path, cell_dir: Path, count: int) -> None:
+    """Copy the cell's first `count` teachers (teacher i is seeded with i, whatever the ensemble's size);
+    those the source lacks, the cell trains."""
     print(f"   teachers copied from {source} (same teacher settings)", flush=True)
-    shutil.copytree(source / "teachers", cell_dir / "teachers", ignore=shutil.ignore_patterns("test_accuracy.json"))
+    for i in range(count):
+        teacher = source / "teachers" / f"teacher-{i}"
+        if finished_teacher(teacher):
+            # The test-accuracy cache is keyed by snapshot paths, which differ in the copy: recomputed.
+            shutil.copytree(teacher, cell_dir / "teachers" / teacher.name,
+                            ignore=shutil.ignore_patterns("test_accuracy.json"))
 
 
 def _copy_no_teacher_students(source: Path, cell_dir: Path) -> None:
@@ -116,6 +134,13 @@ def _copy_no_teacher_students(source: Path, cell_dir: Path) -> None:
         print(f"   {len(missing)} no-teacher student(s) copied from {source} (same student settings)", flush=True)
     for d in missing:
         shutil.copytree(d, cell_dir / "students" / NO_TEACHER / d.name)
+
+
+def _has_oracle_report(recipe, run_dir: Path) -> bool:
+    """run_dir holds a finished run of this recipe that distilled from every snapshot."""
+    report = run_dir / "results.json"
+    return is_run_of(recipe, run_dir) and report.is_file() and any(
+        r["cell"].startswith("snapshot:") for r in json.loads(report.read_text())["rows"])
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -161,6 +186,15 @@ def summarise_cell(run_dir: Path) -> dict[str, Any]:
         "best_intermediate_paired": rows[f"snapshot:{max(intermediate, key=intermediate.get)}"].get("paired_vs_final")
         if intermediate else None,
     }
+    # Every intermediate snapshot against the final teacher, paired by student seed (95 % t intervals),
+    # on the final-epoch accuracy and on the paper's best of the last epochs.
+    cell["paired_vs_final"] = {n: rows[f"snapshot:{n}"].get("paired_vs_final") for n in intermediate}
+    cell["paired_vs_final_best_of_last"] = {n: rows[f"snapshot:{n}"].get("paired_vs_final_best_of_last")
+                                            for n in intermediate}
+    # Whether a winning snapshot is itself the more accurate model (early stopping) or a better teacher only.
+    cell["snapshot_test_accuracy"] = {c.split(":", 1)[1]: r["teacher_test_accuracy"] for c, r in rows.items()
+                                      if c.startswith("snapshot:")}
+    cell["ensemble_vs_full_ensemble"] = rows.get("selected_ensemble", {}).get("paired_vs_full_ensemble")
     for objective in OBJECTIVES:
         j = j_from_scores(scores, objective)
         names = [n for n in j if n in snap_acc]
@@ -184,7 +218,7 @@ def study_cells(path: str | Path, output_dir: str | Path | None = None):
     cells = []
     for value in values:
         name = _cell_name(key, value)
-        recipe = _cell_recipe(base, key, value, source=f"{path} [{name}]")
+        recipe = _cell_recipe(base, key, value, source=f"{path} [{name}]", fixed=study["fixed"])
         cell_dir = base_dir if recipe.fingerprint == base_recipe.fingerprint else output_dir / name.replace("/", "_")
         cells.append((name, recipe, cell_dir))
     return base_recipe, base_dir, cells
@@ -205,7 +239,7 @@ def run_study(path: str | Path, output_dir: str | Path | None = None, seeds: int
         print(f"== {study['name']}: {name}", flush=True)
         source = trained.get(recipe.teacher_fingerprint)
         if source is not None and source != cell_dir and not (cell_dir / "teachers").exists():
-            _copy_teachers(source, cell_dir)
+            _copy_teachers(source, cell_dir, recipe.full_ensemble)
         source = alone.get(recipe.no_teacher_fingerprint)
         if source is not None and source != cell_dir:
             _copy_no_teacher_students(source, cell_dir)
@@ -213,6 +247,8 @@ def run_study(path: str | Path, output_dir: str | Path | None = None, seeds: int
         trained.setdefault(recipe.teacher_fingerprint, cell_dir)
         alone.setdefault(recipe.no_teacher_fingerprint, cell_dir)
         summaries[name] = summarise_cell(cell_dir)
+    if base_dir not in [d for _, _, d in cells] and _has_oracle_report(base_recipe, base_dir):
+        summaries = {f"base ({base_recipe.name})": summarise_cell(base_dir), **summaries}
     table = study_table(study["name"], summaries)
     (output_dir / "study.json").write_text(json.dumps(summaries, indent=2))
     (output_dir / "study.md").write_text(table + "\n")
@@ -236,7 +272,30 @@ def study_table(name: str, cells: dict[str, dict]) -> str:
             f"| {cell} | {pp(c['final_teacher_test_accuracy'])} | {pp(c['no_kd'])} | {pp(c['final'])} | {pp(c['halfway'])} | "
             f"{pp(c['selected'])} | {pp(c['oracle'])} ({c['oracle_snapshot']}) | {c['best_intermediate_minus_final_pp']:+.2f} | "
             f"{pp(c['selected_ensemble'])} | {pp(c['full_ensemble'])} | {regret} | {rho} |")
+    lines += _paired_table(cells, "paired_vs_final", "final-epoch test accuracy")
+    if any(any(c.get("paired_vs_final_best_of_last", {}).values()) for c in cells.values()):
+        lines += _paired_table(cells, "paired_vs_final_best_of_last", "best test accuracy of the last epochs")
+    snapshots = sorted({n for c in cells.values() for n in c.get("snapshot_test_accuracy", {})})
+    lines += ["", "Each snapshot's own test accuracy (%), as a model:", "",
+              "| cell | " + " | ".join(snapshots) + " |", "|---|" + "---|" * len(snapshots)]
+    lines += [f"| {cell} | " + " | ".join(pp(c.get("snapshot_test_accuracy", {}).get(n)) for n in snapshots) + " |"
+              for cell, c in cells.items()]
+    ensembles = {cell: c["ensemble_vs_full_ensemble"] for cell, c in cells.items() if c.get("ensemble_vs_full_ensemble")}
+    if ensembles:
+        lines += ["", "Selected snapshot ensemble − independently trained teachers' ensemble (pp, paired, 95% CI):", "",
+                  "| cell | difference |", "|---|---|"]
+        lines += [f"| {cell} | {paired_text(p)} |" for cell, p in ensembles.items()]
     return "\n".join(lines)
+
+
+def _paired_table(cells: dict[str, dict], key: str, measure: str) -> list[str]:
+    snapshots = sorted({n for c in cells.values() for n in c.get(key, {})})
+    lines = ["", f"Each intermediate snapshot's student − the final teacher's student, {measure} (pp, mean over "
+                 "student seeds paired by seed, 95% t interval; better/worse only where it excludes 0):", "",
+             "| cell | " + " | ".join(snapshots) + " |", "|---|" + "---|" * len(snapshots)]
+    for cell, c in cells.items():
+        lines.append(f"| {cell} | " + " | ".join(paired_text(c.get(key, {}).get(n)) for n in snapshots) + " |")
+    return lines
 
 
 __all__ = ["load_study", "study_cells", "is_run_of", "run_study", "spearman", "summarise_cell", "study_table"]

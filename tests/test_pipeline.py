@@ -63,13 +63,26 @@ def test_tiny_recipe_end_to_end_and_resume(tmp_path, capsys):
     run(_tiny(), out, stages=["students"], seeds=2)
     assert "seed 1" in capsys.readouterr().out
     assert (out / "students" / "no_kd" / "seed-1" / "result.json").is_file()
+    # The report pairs the selected snapshot ensemble with the independently trained teachers' ensemble by seed.
+    rows = {r["cell"]: r for r in run(_tiny(), out, stages=["report"], seeds=2)["rows"]}
+    accuracy = {}
+    for path in (out / "students").glob("*/seed-*/result.json"):
+        r = json.loads(path.read_text())
+        accuracy[(tuple(r["teachers"]), r["seed"])] = r["test_accuracy"]
+    ensemble, full = tuple(rows["selected_ensemble"]["teachers"]), tuple(rows["full_ensemble"]["teachers"])
+    expected = 50 * sum(accuracy[(ensemble, s)] - accuracy[(full, s)] for s in (0, 1))
+    assert rows["selected_ensemble"]["paired_vs_full_ensemble"]["mean_pp"] == pytest.approx(expected)
+    assert "independently trained teachers' ensemble, paired by student seed" in (out / "results.md").read_text()
 
 
-def test_best_of_last_epochs_and_paired_differences(tmp_path):
+def test_best_of_last_epochs_and_paired_differences(tmp_path, capsys):
     tiny = yaml.safe_load(TINY.read_text())
-    recipe = _tiny(full_ensemble=1, ensemble_k=1, best_of_last_epochs=2,
+    # One seed gives no interval, so seeds_if_close adds the second before the report.
+    recipe = _tiny(full_ensemble=1, ensemble_k=1, best_of_last_epochs=2, seeds_if_close=2,
                    student={**tiny["student"], "num_train_epochs": 3})
-    summary = run(recipe, tmp_path / "run", seeds=2)
+    summary = run(recipe, tmp_path / "run")
+    assert "is within two standard errors of the final teacher: 2 seeds" in capsys.readouterr().out
+    assert all(row["seeds"] == 2 for row in summary["rows"])
     result = json.loads((tmp_path / "run" / "students" / "no_kd" / "seed-1" / "result.json").read_text())
     assert sorted(result["test_accuracy_by_epoch"]) == ["2", "3"]  # the last two epochs only
     assert result["test_accuracy_by_epoch"]["3"] == pytest.approx(result["test_accuracy"])
@@ -89,6 +102,7 @@ def test_best_of_last_epochs_and_paired_differences(tmp_path):
     assert "paired vs final, 95% CI (pp)" in table and "best of last epochs" in table
     # A recipe without the key keeps the fingerprint it had before the key existed; setting it retrains.
     assert _tiny().fingerprint == _tiny(best_of_last_epochs=0).fingerprint != _tiny(best_of_last_epochs=2).fingerprint
+    assert _tiny(seeds_if_close=5).fingerprint == _tiny().fingerprint  # like seeds, it only adds runs
 
 
 def test_symmetric_label_noise_changes_an_exact_seeded_share_of_training_labels():
@@ -125,6 +139,8 @@ def test_fingerprints_say_what_a_change_retrains():
     assert _tiny(seeds=3, oracle=True).fingerprint == base.fingerprint  # seeds and the oracle only add runs
     assert student_change.fingerprint != base.fingerprint and student_change.teacher_fingerprint == base.teacher_fingerprint
     assert teacher_change.teacher_fingerprint != base.teacher_fingerprint
+    # Teacher i is seeded with i whatever the ensemble's size: fewer teachers are a prefix of the same ones.
+    assert _tiny(full_ensemble=1).teacher_fingerprint == base.teacher_fingerprint
     assert _tiny(train_samples=150).teacher_fingerprint != base.teacher_fingerprint
     # A student without a teacher depends on neither the teachers nor the distillation settings.
     kd_change = _tiny(student={**tiny["student"], "alpha": 0.9, "temperature": 2.0})
@@ -145,6 +161,7 @@ def test_distillation_fields_are_config_fields():
 @pytest.mark.parametrize("changes,message", [
     ({"train_sampels": 100}, r"unknown key 'train_sampels'; did you mean 'train_samples'\?"),
     ({"seeds": "three"}, r"seeds='three' has the wrong type"),
+    ({"seeds": 3, "seeds_if_close": 3}, r"seeds_if_close=3 must be above seeds \(3\)"),
     ({"teacher": {"model": "timm:test_resnet", "num_train_epoch": 2}},
      r"teacher: unknown key 'num_train_epoch'; did you mean 'num_train_epochs'\?"),
     ({"student": {"model": "timm:test_resnet", "learning_rate": "fast"}}, r"student: learning_rate='fast' has the wrong type"),
@@ -222,8 +239,10 @@ def test_shipped_studies_parse():
         base = yaml.safe_load(study["base_path"].read_text())
         (key, values), = study["vary"].items()
         for value in values:
-            recipe = _cell_recipe(base, key, value, source=str(path))
+            recipe = _cell_recipe(base, key, value, source=str(path), fixed=study["fixed"])
             assert recipe.oracle, path
+            for dotted, fixed in study["fixed"].items():  # e.g. full_ensemble: 1
+                assert getattr(recipe, dotted) == fixed, (path, dotted)
 
 
 def test_study_cell_varies_a_section(tmp_path):
@@ -245,6 +264,17 @@ def test_study_cell_varies_a_section(tmp_path):
         _cell_recipe(base, "optimizer.lr", 0.1, source="study")
 
 
+def test_a_difference_within_two_standard_errors_is_close():
+    from hf_ckptkd.results import is_close, paired_difference
+
+    final = [{"seed": s, "test_accuracy": a} for s, a in enumerate([0.80, 0.81, 0.79])]
+    clear = paired_difference([{"seed": s, "test_accuracy": a + 0.01 + 0.001 * s} for s, a in enumerate([0.80, 0.81, 0.79])], final)
+    noisy = paired_difference([{"seed": s, "test_accuracy": a} for s, a in enumerate([0.81, 0.80, 0.80])], final)
+    assert clear["se_pp"] == pytest.approx(0.1 / 3 ** 0.5) and not is_close(clear)  # +1.1 pp, SE 0.06 pp
+    assert noisy["mean_pp"] == pytest.approx(1 / 3) and is_close(noisy)  # +0.33 pp, SE 0.67 pp
+    assert is_close(None)  # one seed: no interval yet
+
+
 def test_bad_study_files(tmp_path):
     from hf_ckptkd.study import load_study
 
@@ -254,6 +284,9 @@ def test_bad_study_files(tmp_path):
         load_study(bad)
     bad.write_text("base: tiny.yaml\nvary: {seeds: [1]}\nvariations: 2\n")
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['variations'\]"):
+        load_study(bad)
+    bad.write_text("base: tiny.yaml\nvary: {seeds: [1]}\nfixed: [full_ensemble, 1]\n")
+    with pytest.raises(ConfigError, match=r"`fixed` must map recipe keys to the value every cell takes"):
         load_study(bad)
 
 
@@ -280,7 +313,8 @@ def test_tiny_study_table(tmp_path, capsys, monkeypatch):
             assert cell[f"{objective}_regret_pp"] >= 0
             assert -1 <= cell[f"{objective}_spearman"] <= 1 or cell[f"{objective}_spearman"] != cell[f"{objective}_spearman"]
     table = (tmp_path / "study" / "study.md").read_text()
-    assert table.count("| student.alpha=") == 2
+    main_table = table.split("\n\n")[1]  # then the paired differences and the snapshots' own accuracy
+    assert main_table.count("| student.alpha=") == 2 and table.count("| student.alpha=") == 6
     out = capsys.readouterr().out
     assert "regret outputs / features" in out
     assert f"teachers copied from {Path('runs') / 'tiny'}" in out
@@ -295,5 +329,21 @@ def test_tiny_study_table(tmp_path, capsys, monkeypatch):
 
     base_recipe, record = load_recipe(ROOT / "tests" / "recipes" / "tiny.yaml"), tmp_path / "runs" / "tiny" / "recipe.json"
     assert _finished_teachers(base_recipe, tmp_path / "runs" / "tiny")
+    # `fixed` settings apply to every cell; with no cell equal to the base, the finished base run heads
+    # the table, and a one-teacher cell copies only the first of the base's two teachers.
+    study = tmp_path / "fixed.yaml"
+    study.write_text(f"base: {ROOT / 'tests' / 'recipes' / 'tiny.yaml'}\nseeds: 1\n"
+                     "fixed: {full_ensemble: 1, ensemble_k: 1}\nvary:\n  student.alpha: [0.3]\n")
+    capsys.readouterr()
+    fixed = run_study(study, tmp_path / "fixed")
+    assert list(fixed) == ["base (tiny)", "student.alpha=0.3"]
+    assert fixed["base (tiny)"]["final"] == cells["student.alpha=0.5"]["final"]
+    copied = tmp_path / "fixed" / "student.alpha=0.3" / "teachers"
+    assert sorted(p.name for p in copied.iterdir() if p.is_dir()) == ["teacher-0"]
+    assert "teacher-0: done, skipped" in capsys.readouterr().out
+    assert fixed["student.alpha=0.3"]["full_ensemble"] is None and fixed["student.alpha=0.3"]["selected_ensemble"] is None
+    table = (tmp_path / "fixed" / "study.md").read_text()
+    assert "| base (tiny) |" in table and "Each intermediate snapshot's student − the final teacher's student" in table
+    assert set(fixed["student.alpha=0.3"]["paired_vs_final"]) == {"epoch-0001", "epoch-0002"}
     record.write_text(json.dumps({**json.loads(record.read_text()), "fingerprint": "an-older-recipe"}))
     assert not _finished_teachers(base_recipe, tmp_path / "runs" / "tiny")
