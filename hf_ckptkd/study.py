@@ -90,14 +90,13 @@ def _cell_name(key: str, value: Any) -> str:
 
 def _cell_recipe(base: dict[str, Any], key: str, value: Any, source: str, fixed: dict[str, Any] | None = None):
     values = copy.deepcopy(base)
-    settings = {}
-    for k, v in {**(fixed or {}), key: value}.items():
-        settings.update(_settings(k, v))
-    for dotted, v in settings.items():
-        section, _, field = dotted.rpartition(".")
-        if section and section not in _SECTIONS:
-            raise ConfigError(f"vary key {key!r}: the sections are {', '.join(_SECTIONS)}")
-        (values.setdefault(section, {}) if section else values)[field] = v
+    # The fixed keys first, so that the vary value wins where both set a key.
+    for where, k, v in [*(("fixed key", k, v) for k, v in (fixed or {}).items()), ("vary key", key, value)]:
+        for dotted, setting in _settings(k, v).items():
+            section, _, field = dotted.rpartition(".")
+            if section and section not in _SECTIONS:
+                raise ConfigError(f"{where} {k!r}: the sections are {', '.join(_SECTIONS)}")
+            (values.setdefault(section, {}) if section else values)[field] = setting
     values["oracle"] = True
     return recipe_from_dict(values, source=source)
 

@@ -262,6 +262,11 @@ def test_study_cell_varies_a_section(tmp_path):
         _cell_recipe(base, "teacher", "cosine", source="study")
     with pytest.raises(ConfigError, match=r"vary key 'optimizer.lr': the sections are teacher, student, selection"):
         _cell_recipe(base, "optimizer.lr", 0.1, source="study")
+    with pytest.raises(ConfigError, match=r"fixed key 'optimizer.lr': the sections are teacher, student, selection"):
+        _cell_recipe(base, "student.alpha", 0.5, source="study", fixed={"optimizer.lr": 0.1})
+    # Fixed keys apply to every cell; where the vary key sets the same key, the vary value wins.
+    both = _cell_recipe(base, "student.alpha", 0.5, source="study", fixed={"student.alpha": 0.9, "full_ensemble": 1})
+    assert both.student.training["alpha"] == 0.5 and both.full_ensemble == 1
 
 
 def test_a_difference_within_two_standard_errors_is_close():
