@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .models import RECORDED_NORMALISATION, TimmForImageClassification, _is_image_config, unwrap
+from .model_folders import RECORDED_NORMALISATION
+from .models import TimmForImageClassification, _is_image_config, unwrap
 
 
 class InputMismatchError(ValueError):

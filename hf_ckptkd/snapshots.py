@@ -34,7 +34,8 @@ from typing import Any
 from safetensors import SafetensorError
 
 from .files import TEMP_PREFIX, sha256_of, write_json_atomic
-from .models import load_model, model_family, save_model
+from .model_folders import load_model, save_model
+from .models import model_family
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 A teacher reference is an `nn.Module` (used as is), a snapshot folder, `<snapshot_dir>:<name>`
 (e.g. `runs/t/snapshots:epoch-0012`), a saved model folder, or a Hub repo `owner/name` with an
-optional `@revision` (the forms: `hf_ckptkd.references`; Hub ones load through
-`hf_ckptkd.hub.load`). `load_teachers(refs)` turns references into one `TeacherEnsemble`, whose
+optional `@revision` (the forms: `hf_ckptkd.references`; one reference loads through
+`hf_ckptkd.teacher_loading`). `load_teachers(refs)` turns references into one `TeacherEnsemble`, whose
 forward returns ONE float32 logits tensor, (batch, labels) for classifiers and (batch, seq, vocab)
 for causal LMs (the same combination per token): the weighted mean of the members'
 logits (`mean_logits`, the paper's) or `T * log(sum_i w_i softmax(z_i / T))` (`mean_probs`, so
@@ -37,7 +37,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer
 
 from .config import ENSEMBLE_MODES, TEACHER_DTYPES, TEACHER_FUSIONS
 from .fused_teachers import (
@@ -48,23 +47,11 @@ from .fused_teachers import (
     logits_of,
     synchronize,
 )
-from .hub.load import load_hub_teacher
 from .inputs import describe_remap, match_inputs, recorded_input
-from .models import (
-    ModelSpecError,
-    TimmForImageClassification,
-    has_saved_tokenizer,
-    label_names_of,
-    load_model,
-    model_family,
-    model_inputs,
-    num_labels_of,
-    unwrap,
-)
+from .models import label_names_of, model_inputs, num_labels_of
 # The reference forms and their error are defined in references.py and re-exported here, where
 # callers of load_teachers look for them.
 from .references import REFERENCE_FORMS, TeacherReferenceError, is_hub_reference, parse_hub_reference
-from .snapshots import SnapshotError, resolve_snapshot_reference
 # The checks are re-exported here, where callers of load_teachers look for them.
 from .teacher_checks import (
     LabelSpaceError,
@@ -75,6 +62,7 @@ from .teacher_checks import (
     model_kind,
     vocab_size_of,
 )
+from .teacher_loading import as_teacher_model, load_teacher, teacher_folder
 
 logger = logging.getLogger(__name__)
 
@@ -83,57 +71,6 @@ assert set(DTYPES) == set(TEACHER_DTYPES)
 
 class TeacherFusionError(ValueError):
     """`fusion="fused"` asked for with members that cannot run as one batched forward."""
-
-
-# --- loading ---------------------------------------------------------------------------
-
-def _as_member(model: nn.Module, reference: str) -> nn.Module:
-    """A teacher model in a form the project understands (a bare timm model gets the project's wrapper)."""
-    inner = unwrap(model)
-    if not isinstance(inner, TimmForImageClassification) and hasattr(inner, "forward_features") \
-            and hasattr(inner, "num_classes") and hasattr(inner, "pretrained_cfg"):
-        inner = TimmForImageClassification(inner)
-    try:
-        model_family(inner)
-    except ModelSpecError as e:
-        raise TeacherReferenceError(f"teacher {reference} is not a model hf-ckptkd can distil from: {e}") from e
-    return inner
-
-
-def load_teacher(reference: str | Path | nn.Module) -> nn.Module:
-    """One teacher model from a reference (see the module docstring); weights of snapshots are verified.
-
-    A snapshot whose weight files no longer match the SHA-256 in its `snapshot.json` raises the
-    snapshot's own `SnapshotError` (naming the snapshot): it is refused, not loaded.
-    """
-    if isinstance(reference, nn.Module):
-        return _as_member(reference, describe_module(reference))
-    if not isinstance(reference, (str, Path)):
-        raise TeacherReferenceError(f"teacher reference {reference!r} ({type(reference).__name__}) is not "
-                                    f"{REFERENCE_FORMS}")
-    ref = str(reference)
-    path = Path(ref).expanduser()
-    try:
-        snapshot = resolve_snapshot_reference(str(path) if path.exists() else ref)
-    except SnapshotError as e:
-        raise TeacherReferenceError(f"teacher reference {ref!r} looks like a snapshot reference but cannot be "
-                                    f"resolved: {e}") from e
-    if snapshot is not None:
-        return _as_member(snapshot.load_model(verify=True), ref)  # SnapshotError if the weights were altered
-    if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise TeacherReferenceError(
-                f"teacher reference {ref!r} exists but is neither a snapshot folder (no snapshot.json) nor a saved "
-                f"model folder (no config.json); a teacher reference is {REFERENCE_FORMS}")
-        try:
-            return _as_member(load_model(path), ref)
-        except ModelSpecError as e:
-            raise TeacherReferenceError(f"teacher reference {ref!r}: {e}") from e
-    if is_hub_reference(ref):
-        return _as_member(load_hub_teacher(ref), ref)
-    raise TeacherReferenceError(f"teacher reference {ref!r} is not a local path that exists, nor a snapshot "
-                                f"'<snapshot_dir>:<name>' whose snapshot_dir exists, nor a Hub repo; a teacher "
-                                f"reference is {REFERENCE_FORMS}")
 
 
 # --- the ensemble ------------------------------------------------------------------------
@@ -190,7 +127,7 @@ class TeacherEnsemble(nn.Module):
         self.auto_repeats = max(1, int(auto_repeats))
         self.dtype = _resolve_dtype(dtype)
         self.weights: list[float] = _normalise_weights(weights, len(members))
-        self.members = nn.ModuleList([_as_member(m, r) for m, r in zip(members, self.references)])
+        self.members = nn.ModuleList([as_teacher_model(m, r) for m, r in zip(members, self.references)])
         for member in self.members:
             member.eval().requires_grad_(False).to(self.dtype)
         if device is not None:
@@ -444,7 +381,7 @@ def _normalise_weights(weights: Sequence[float] | None, k: int) -> list[float]:
     return [w / total for w in weights]
 
 
-# --- public helpers -------------------------------------------------------------------------
+# --- building the ensemble from references ------------------------------------------------
 
 def load_teachers(refs: str | Path | nn.Module | Sequence[str | Path | nn.Module], *,
                   device: str | torch.device | None = None, dtype: str | torch.dtype = "float32",
@@ -464,27 +401,6 @@ def load_teachers(refs: str | Path | nn.Module | Sequence[str | Path | nn.Module
     return ensemble
 
 
-def teacher_folder(reference: str | Path | nn.Module) -> Path | None:
-    """The local folder a teacher reference loads from (a snapshot or saved model), or None (a module, a Hub repo)."""
-    if isinstance(reference, nn.Module):
-        return None
-    path = Path(str(reference)).expanduser()
-    try:
-        snapshot = resolve_snapshot_reference(str(path) if path.exists() else str(reference))
-    except SnapshotError:
-        return None
-    if snapshot is not None:
-        return Path(snapshot.path)
-    return path if path.is_dir() else None
-
-
-def saved_tokenizer(folder: Path):
-    """The tokenizer saved beside a teacher's weights, or None when the folder holds none."""
-    if not has_saved_tokenizer(folder):
-        return None
-    return AutoTokenizer.from_pretrained(str(folder))
-
-
-__all__ = ["TeacherEnsemble", "load_teachers", "load_teacher", "saved_tokenizer", "teacher_folder", "parse_hub_reference", "is_hub_reference",
+__all__ = ["TeacherEnsemble", "load_teachers", "parse_hub_reference", "is_hub_reference",
            "check_finite", "check_label_space", "architecture_signature", "TeacherReferenceError",
            "TeacherFusionError", "LabelSpaceError", "TeacherOutputError", "REFERENCE_FORMS"]

@@ -29,12 +29,14 @@ from transformers import Trainer
 
 from .config import CheckpointKDConfig, ConfigError, lr_decay_milestone_steps
 from .inputs import InputSpec
-from .models import TOKENIZER_FILES, model_inputs, unwrap
+from .model_folders import TOKENIZER_FILES
+from .models import model_inputs, unwrap
 from .selection.settings import SelectionSettings
 from .snapshot_callback import SnapshotCallback
 from .tasks import task_of_model
 from .teacher_checks import check_finite, check_label_space
-from .teachers import TeacherEnsemble, TeacherReferenceError, load_teachers, saved_tokenizer
+from .teacher_loading import saved_tokenizer
+from .teachers import TeacherEnsemble, TeacherReferenceError, load_teachers
 
 logger = logging.getLogger(__name__)
 

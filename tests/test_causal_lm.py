@@ -26,7 +26,8 @@ from hf_ckptkd.cli import main
 from hf_ckptkd.config import ConfigError
 from hf_ckptkd.data import lm_blocks
 from hf_ckptkd.losses import NoLabelledTokensError, kd_per_row, labelled_positions, token_distillation_loss
-from hf_ckptkd.models import ModelSpecError, build_causal_lm, build_model, is_causal_lm, load_model, save_model
+from hf_ckptkd.model_folders import load_model, save_model
+from hf_ckptkd.models import ModelSpecError, build_causal_lm, build_model, is_causal_lm
 from hf_ckptkd.snapshots import write_snapshot
 from hf_ckptkd.tasks import TASKS, task_of_model
 from hf_ckptkd.teacher_checks import LabelSpaceError, TeacherOutputError

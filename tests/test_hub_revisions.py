@@ -20,7 +20,8 @@ from hf_ckptkd.cli import main
 from hf_ckptkd.data import FASHION_MNIST_LABELS as LABELS
 from hf_ckptkd.data import ImageTransformConfig, build_image_transform, load_fashion_mnist, tokenize_text_dataset
 from hf_ckptkd.hub import HubInputError, hub_revisions
-from hf_ckptkd.models import build_model, save_model
+from hf_ckptkd.model_folders import save_model
+from hf_ckptkd.models import build_model
 from hf_ckptkd.selection import SelectionError
 from hf_ckptkd.snapshots import write_snapshot
 

@@ -18,7 +18,8 @@ from hf_ckptkd.data import (
     load_fashion_mnist,
     with_image_transform,
 )
-from hf_ckptkd.models import build_model, load_model
+from hf_ckptkd.model_folders import load_model
+from hf_ckptkd.models import build_model
 from hf_ckptkd.selection import SelectionError
 from hf_ckptkd.selection.online import SnapshotScorer, keep_top_settings
 from hf_ckptkd.snapshot_pruning import best_names

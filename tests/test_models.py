@@ -11,16 +11,15 @@ from transformers import AutoModelForImageClassification, Trainer, TrainingArgum
 
 from capabilities import TIMM_ALONE_LOADS_LOCAL_FOLDERS
 from hf_ckptkd.data import ImageTransformConfig, build_image_transform, image_collator, label_names, load_fashion_mnist, with_image_transform
+from hf_ckptkd.model_folders import load_model, save_model
 from hf_ckptkd.models import (
     ModelSpecError,
     build_model,
     forward_with_features,
     label_names_of,
-    load_model,
     model_family,
     num_labels_of,
     penultimate_features,
-    save_model,
 )
 
 LABELS = [f"class-{i}" for i in range(10)]

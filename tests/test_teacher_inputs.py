@@ -11,7 +11,8 @@ from hf_ckptkd.cli import main
 from hf_ckptkd.config import CheckpointKDConfig
 from hf_ckptkd.data import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 from hf_ckptkd.inputs import InputMismatchError, InputSpec, recorded_input
-from hf_ckptkd.models import build_model, load_model, save_model
+from hf_ckptkd.model_folders import load_model, save_model
+from hf_ckptkd.models import build_model
 from hf_ckptkd.teachers import load_teachers
 from hf_ckptkd.trainer import CheckpointKDTrainer
 

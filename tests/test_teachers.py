@@ -8,7 +8,8 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-from hf_ckptkd.models import build_model, save_model
+from hf_ckptkd.model_folders import save_model
+from hf_ckptkd.models import build_model
 from hf_ckptkd.snapshots import SnapshotError, write_snapshot
 from hf_ckptkd.teachers import (
     LabelSpaceError,

@@ -30,7 +30,8 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATIO
 from ..architectures import REGISTERED_ARCHITECTURES
 from ..data import default_normalisation
 from ..dataset_record import DatasetIdentity, identity, split_phrase
-from ..models import CAUSAL_LM_CLASSES, has_saved_tokenizer
+from ..model_folders import has_saved_tokenizer
+from ..models import CAUSAL_LM_CLASSES
 from ..selection.objective import INFORMATION_OBJECTIVES, OBJECTIVES, j_from_scores
 from ..selection.report import OBJECTIVE_DESCRIPTIONS, PLANE_PNG, SelectionReport, SnapshotScore, format_epoch
 from ..snapshots import METADATA_NAME, Snapshot

@@ -12,7 +12,7 @@ its aliases), since scoring the same weights twice says nothing.
 Each `HubRevision` is pinned to the commit its ref pointed to when listed, downloads only the files
 loading needs (`LOAD_PATTERNS`: config, safetensors weights, snapshot.json, image processor and
 tokenizer files) into the ordinary Hub cache, and loads with the family's own loader
-(`hf_ckptkd.models.load_model`). With a `snapshot.json` (a repo pushed by hf-ckptkd) the weights are
+(`hf_ckptkd.model_folders.load_model`). With a `snapshot.json` (a repo pushed by hf-ckptkd) the weights are
 checked against its SHA-256 and its epoch, step and metrics are used; a third-party revision has
 none, so it is loaded without that check and the report records its commit id instead and says so.
 
@@ -33,7 +33,8 @@ from huggingface_hub.errors import RevisionNotFoundError
 from safetensors import SafetensorError
 from torch import nn
 
-from ..models import ModelSpecError, load_model
+from ..model_folders import load_model
+from ..models import ModelSpecError
 from ..references import TeacherReferenceError, parse_hub_reference
 from ..selection.candidates import CandidateSet, register_candidate_source
 from ..selection.errors import UnloadableCandidateError
