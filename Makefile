@@ -30,5 +30,6 @@ data:
 demo: setup
 	$(BIN)/hf-ckptkd run recipes/fashion_mnist.yaml --output_dir runs/demo
 
+# Two workers, each test file on one of them (its module fixtures are built once).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
