@@ -166,7 +166,6 @@ def _read_folder_config(folder: Path) -> dict:
         raise ModelSpecError(f"{config_path} is not valid JSON ({e})") from e
 
 
-
 def folder_holds_causal_lm(folder: str | Path) -> bool:
     """Whether a saved model folder holds a causal LM, read from its config.json (no weights are loaded)."""
     config = _read_folder_config(Path(folder))
