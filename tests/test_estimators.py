@@ -1,7 +1,6 @@
 """The mutual-information estimators: known values, invariances, closed forms, chunking, errors."""
 
 import math
-import time
 
 import pytest
 import torch
@@ -373,36 +372,3 @@ def test_error_diverged_snapshot():
     cands[2].logits[0, 0] = float("inf")
     with pytest.raises(NonFiniteError, match="snapshot 'epoch-0002'"):
         select_from_candidates(cands, x, y)
-
-
-# -- speed (printed, not asserted) ---------------------------------------------------------------
-
-
-def test_speed_per_snapshot_is_printed(capsys):
-    g = torch.Generator().manual_seed(0)
-    n, d, classes = 2000, 512, 10
-    y = torch.arange(n) % classes
-    x = torch.randn(n, 784, generator=g)
-    f = torch.randn(n, d, generator=g) + 2 * torch.randn(classes, d, generator=g)[y]
-    p = output_embedding(torch.randn(n, classes, generator=g) + 4 * nnf.one_hot(y, classes), 4.0)
-    threads = torch.get_num_threads()
-    lines = []
-    try:
-        # On cores shared with other jobs, multi-threaded small ops wait on each other; one thread
-        # shows the work itself.
-        for t in sorted({threads, 1}, reverse=True):
-            torch.set_num_threads(t)
-            start = time.perf_counter()
-            est = Renyi2Estimator(x, y)
-            setup = time.perf_counter() - start
-            times = []
-            for _ in range(3):
-                start = time.perf_counter()
-                est.features(f)
-                est.outputs(p)
-                times.append(time.perf_counter() - start)
-            lines.append(f"{t} thread(s): {min(times):.3f} s per snapshot (best of 3), {setup:.3f} s once per probe set")
-    finally:
-        torch.set_num_threads(threads)
-    with capsys.disabled():
-        print(f"\n[speed] renyi2 on CPU, N={n}, D={d}, Î(X;F), Ĩ(Y;F), Î(X;P), Ĩ(Y;P): " + "; ".join(lines))
