@@ -81,12 +81,11 @@ def score_cell(name: str, recipe, run_dir: Path, seeds: list[int]) -> dict:
     oracle = max(student, key=student.get)
     run = load_run_data(recipe)
     options = dict(recipe.selection)
-    text = run.tokenizer is not None
     index = SnapshotIndex.load(run_dir / "teachers" / "teacher-0")
     probe = extract_candidates(
         index, run.validation,
         max_probe_samples=options.pop("max_probe_samples", 2000), seed=options.pop("seed", 0), progress=False,
-        label_column="labels" if text else run.columns.label, image_column=recipe.image_column,
+        label_column=run.label_column, image_column=recipe.image_column,
         transform=run.transform)
     options.pop("objective", None)
     final = index.final.name

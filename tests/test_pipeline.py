@@ -350,5 +350,26 @@ def test_tiny_study_table(tmp_path, capsys, monkeypatch):
     table = (tmp_path / "fixed" / "study.md").read_text()
     assert "| base (tiny) |" in table and "Each intermediate snapshot's student − the final teacher's student" in table
     assert set(fixed["student.alpha=0.3"]["paired_vs_final"]) == {"epoch-0001", "epoch-0002"}
+    # benchmarks/selection_studies.py rescores the finished run with every selector, the trivial ones too.
+    bench = _load_benchmark("selection_studies")
+    run_dir = tmp_path / "runs" / "tiny"
+    scored = bench.score_cell("tiny", base_recipe, run_dir, [0])
+    assert scored["student"][scored["oracle"]] == max(scored["student"].values())
+    assert scored["selectors"]["final"]["pick"] == SnapshotIndex.load(run_dir / "teachers" / "teacher-0").final.name
+    probe_accuracy = {s["name"]: s["probe_accuracy"] for s in scored["snapshots"] if s["student"] is not None}
+    assert probe_accuracy[scored["selectors"]["accuracy"]["pick"]] == max(probe_accuracy.values())
+    for selector in scored["selectors"].values():
+        assert selector["pick"] in scored["student"] and selector["regret_pp"] >= 0
+        assert (selector["regret_pp"] == 0) == (scored["student"][selector["pick"]] == scored["student"][scored["oracle"]])
     record.write_text(json.dumps({**json.loads(record.read_text()), "fingerprint": "an-older-recipe"}))
     assert not _finished_teachers(base_recipe, tmp_path / "runs" / "tiny")
+
+
+def _load_benchmark(name: str):
+    """A script under benchmarks/ as a module (they are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
