@@ -20,7 +20,7 @@ from datasets import Dataset
 from hf_ckptkd.cli import main
 from hf_ckptkd.data import DataError, lm_blocks
 from hf_ckptkd.fortunes import FORTUNES_DIR
-from hf_ckptkd.models import build_causal_lm, forward_with_features
+from hf_ckptkd.models import build_causal_lm
 from hf_ckptkd.selection import (
     Candidate,
     ClassCountMismatchError,

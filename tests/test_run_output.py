@@ -43,7 +43,7 @@ def test_pipeline_terminal_has_stage_lines_and_bars_and_the_log_file_has_trainer
     # One bar per stage over its units, ending at all done (count shown), with the time left while running.
     assert "teachers: 100%" in done.stderr and "1/1 [" in done.stderr
     runs = len(list((out / "students").glob("*/seed-*")))
-    assert runs == 3 and f"student runs: 100%" in done.stderr and f"{runs}/{runs} [" in done.stderr
+    assert runs == 3 and "student runs: 100%" in done.stderr and f"{runs}/{runs} [" in done.stderr
     assert "<" in done.stderr.split("student runs:")[1]  # tqdm's [elapsed<remaining]
     # The selection stage keeps to its stage lines: no per-snapshot or per-batch bars of the selector.
     assert "scoring snapshots" not in terminal and "probe batches" not in terminal and "k=1: selected" in done.stdout
