@@ -14,7 +14,11 @@ The oracle and the regrets use the student seeds that every snapshot of the cell
 run still going is read as far as it got). Training is done by the runs; this only loads snapshots
 and scores them (about a minute a cell).
 
-    python benchmarks/selection_studies.py [--min_seeds 1] [--json benchmarks/results/selection_studies.json]
+    python benchmarks/selection_studies.py [--min_seeds 1] [--only paper] [--json benchmarks/results/selection_studies.json]
+
+`--only` scores only the cells whose name contains the text (`paper`: the paper-regime runs). Last, for
+each information objective, the cells where it beats both trivial selectors (lower regret than each)
+and those where it loses to either: the selector is only worth its cost where it beats both.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 from hf_ckptkd.pipeline import load_run_data
 from hf_ckptkd.recipe import load_recipe
 from hf_ckptkd.results import paired_difference
-from hf_ckptkd.selection import OBJECTIVES, select_from_candidates
+from hf_ckptkd.selection import INFORMATION_OBJECTIVES, OBJECTIVES, TRIVIAL_OBJECTIVES, select_from_candidates
 from hf_ckptkd.selection import extract_candidates
 from hf_ckptkd.snapshots import SnapshotIndex
 from hf_ckptkd.study import spearman, is_run_of, study_cells
@@ -48,9 +52,10 @@ def students_by_snapshot(run_dir: Path) -> dict[str, dict[int, float]]:
     return found
 
 
-def finished_runs(min_seeds: int) -> list[tuple[str, object, Path, list[int]]]:
+def finished_runs(min_seeds: int, only: str = "") -> list[tuple[str, object, Path, list[int]]]:
     """(name, recipe, run directory, seeds) of every run whose every snapshot taught students of `min_seeds`
-    common seeds (only seeds that every snapshot has are used, so comparisons stay paired)."""
+    common seeds (only seeds that every snapshot has are used, so comparisons stay paired); with `only`,
+    just the runs whose name contains it."""
     found: dict[str, tuple[str, object, Path, list[int]]] = {}
     candidates = [(p.stem, load_recipe(p), Path("runs/cells") / p.stem) for p in sorted(CELLS.glob("*.yaml"))]
     for study in sorted(STUDIES.glob("*.yaml")):
@@ -59,7 +64,7 @@ def finished_runs(min_seeds: int) -> list[tuple[str, object, Path, list[int]]]:
         candidates += [(f"{study.stem}: {name}", recipe, run_dir) for name, recipe, run_dir in cells]
         candidates.append((f"{base_recipe.name} (base)", base_recipe, base_dir))
     for name, recipe, run_dir in candidates:
-        if str(run_dir) in found or not is_run_of(recipe, run_dir):
+        if only not in name or str(run_dir) in found or not is_run_of(recipe, run_dir):
             continue
         try:
             index = SnapshotIndex.load(run_dir / "teachers" / "teacher-0")
@@ -119,14 +124,33 @@ def print_cell(cell: dict) -> None:
               f"{s['i_yf']:.3f} | {s['i_xf']:.3f} | {acc} |")
 
 
+def against_baselines(cells: list[dict]) -> dict[str, dict[str, list[str]]]:
+    """For each information objective, the cells where its regret is below both trivial selectors' and
+    those where it is above either's (a cell where it ties with both is in neither list)."""
+    verdicts = {}
+    for objective in INFORMATION_OBJECTIVES:
+        beats, loses = [], []
+        for c in cells:
+            mine = c["selectors"][objective]["regret_pp"]
+            theirs = [c["selectors"][b]["regret_pp"] for b in TRIVIAL_OBJECTIVES]
+            if all(mine < r - 1e-9 for r in theirs):
+                beats.append(c["name"])
+            elif any(mine > r + 1e-9 for r in theirs):
+                loses.append(c["name"])
+        verdicts[objective] = {"beats_both": beats, "loses_to_either": loses}
+    return verdicts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min_seeds", type=int, default=1)
+    parser.add_argument("--only", default="", help="Score only the cells whose name contains this text.")
     parser.add_argument("--json", default=None, help="Also write every figure to this JSON file.")
     args = parser.parse_args()
-    runs = finished_runs(args.min_seeds)
+    runs = finished_runs(args.min_seeds, args.only)
     if not runs:
-        raise SystemExit(f"no run under runs/ has students of {args.min_seeds} seed(s) for every snapshot; run "
+        named = f" named *{args.only}*" if args.only else ""
+        raise SystemExit(f"no run{named} under runs/ has students of {args.min_seeds} seed(s) for every snapshot; run "
                          "`hf-ckptkd run recipes/selector_cells/<name>.yaml --output_dir runs/cells/<name>` first "
                          "(from the repository root)")
     cells = [score_cell(*r) for r in runs]
@@ -154,8 +178,13 @@ def main() -> None:
               f"lowest {min(rho):+.2f}")
     best = min(OBJECTIVES, key=lambda o: (worst[o], OBJECTIVES.index(o)))
     print(f"\nlowest worst-case regret over {len(cells)} cells: {best} ({worst[best]:.2f} pp)")
+    against = against_baselines(cells)
+    for objective, verdict in against.items():
+        print(f"{objective:9s} beats both `final` and `accuracy` in: {', '.join(verdict['beats_both']) or 'no cell'}; "
+              f"loses to either in: {', '.join(verdict['loses_to_either']) or 'no cell'}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cells": cells, "lowest_worst_case": best}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"cells": cells, "lowest_worst_case": best,
+                                               "against_baselines": against}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -361,8 +361,29 @@ def test_tiny_study_table(tmp_path, capsys, monkeypatch):
     for selector in scored["selectors"].values():
         assert selector["pick"] in scored["student"] and selector["regret_pp"] >= 0
         assert (selector["regret_pp"] == 0) == (scored["student"][selector["pick"]] == scored["student"][scored["oracle"]])
+    verdict = bench.against_baselines([scored])
+    for objective in ("outputs", "features"):
+        mine = scored["selectors"][objective]["regret_pp"]
+        trivial = [scored["selectors"][b]["regret_pp"] for b in ("final", "accuracy")]
+        assert (verdict[objective]["beats_both"] == ["tiny"]) == (mine < min(trivial))
+        assert (verdict[objective]["loses_to_either"] == ["tiny"]) == (mine > min(trivial))
     record.write_text(json.dumps({**json.loads(record.read_text()), "fingerprint": "an-older-recipe"}))
     assert not _finished_teachers(base_recipe, tmp_path / "runs" / "tiny")
+
+
+def test_selector_against_both_trivial_baselines():
+    """An information objective is credited with a cell only where its regret is below both trivial
+    selectors', and blamed where it is above either's; a tie with both counts as neither."""
+    bench = _load_benchmark("selection_studies")
+
+    def cell(name, outputs, features, final, accuracy):
+        regrets = {"outputs": outputs, "features": features, "final": final, "accuracy": accuracy}
+        return {"name": name, "selectors": {o: {"regret_pp": r} for o, r in regrets.items()}}
+
+    verdict = bench.against_baselines([cell("wins", 0.0, 0.5, 0.3, 0.2), cell("ties", 0.0, 0.0, 0.0, 0.0),
+                                       cell("between", 0.25, 0.3, 0.3, 0.2)])
+    assert verdict["outputs"] == {"beats_both": ["wins"], "loses_to_either": ["between"]}
+    assert verdict["features"] == {"beats_both": [], "loses_to_either": ["wins", "between"]}
 
 
 def _load_benchmark(name: str):
