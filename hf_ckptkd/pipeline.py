@@ -1,9 +1,9 @@
 """Run a recipe end to end: teachers with snapshots → selection → students → report.
 
 Every stage writes its outputs under the run directory and is skipped when they are complete, so
-an interrupted run continues where it stopped (a teacher run also resumes from its last
-checkpoint). Under `accelerate launch` every process runs the same stages; training is
-data-parallel through `Trainer`, and only the main process selects, writes results and reports.
+an interrupted run continues where it stopped (a teacher or student run also resumes from its
+last complete checkpoint, one per epoch). Under `accelerate launch` every process runs the same
+stages; training is data-parallel through `Trainer`, and only the main process selects, writes results and reports.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from transformers import TrainerCallback, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
 
 from .config import CheckpointKDConfig, ConfigError
 from .data_config import carved_splits
@@ -103,6 +105,37 @@ def teacher_dataset_record(recipe: Recipe, run: RunData) -> dict[str, Any]:
         tokenizer=recipe.tokenizer, max_length=recipe.max_length, label_noise=recipe.label_noise)
 
 
+def train_resumably(trainer, folder: Path, state: PartialState) -> bool:
+    """Train, resuming from the last complete checkpoint in `folder` if there is one; returns whether it
+    resumed. Call `drop_checkpoints` once what the run is for has been written.
+
+    `Trainer` writes a checkpoint's files in place and its `trainer_state.json` last, so a run killed while
+    saving leaves a folder without it, which `resume_from_checkpoint=True` would pick and fail on: such
+    folders are discarded, and the run resumes from the complete one before (or starts afresh)."""
+    if state.is_main_process:
+        for partial in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            if not (partial / TRAINER_STATE_NAME).is_file():
+                logger.warning("discarded partially written checkpoint %s", partial)
+                shutil.rmtree(partial, ignore_errors=True)
+    state.wait_for_everyone()
+    last = get_last_checkpoint(folder) if folder.is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    return last is not None
+
+
+def drop_checkpoints(folder: Path, state: PartialState) -> None:
+    """Delete a finished run's checkpoints: they only served resumption."""
+    state.wait_for_everyone()
+    if state.is_main_process:
+        for checkpoint in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def _resumable(training: dict[str, Any]) -> dict[str, Any]:
+    """A section's training settings with a checkpoint at every epoch (one kept), unless it says otherwise."""
+    return {"save_strategy": "epoch", "save_total_limit": 1, **training}
+
+
 # --- stage 1: teachers ------------------------------------------------------------------------
 def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: PartialState) -> list[SnapshotIndex]:
     train, validation, _ = run.model_ready()
@@ -114,10 +147,7 @@ def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: Partia
             _say(state, f"  teacher-{i}: done, skipped")
         else:
             start = time.time()
-            training = {"snapshot_strategy": "epoch", "eval_strategy": "epoch", **recipe.teacher.training}
-            # Checkpoints make an interrupted teacher resumable; one is enough.
-            training.setdefault("save_strategy", "epoch")
-            training.setdefault("save_total_limit", 1)
+            training = _resumable({"snapshot_strategy": "epoch", "eval_strategy": "epoch", **recipe.teacher.training})
             config = _config(training, teacher_dir, seed=i)
             # snapshot_keep_top scores on the selection stage's probe set: the validation carve.
             keep_top = {"probe_dataset": run.validation, "probe_settings": run_probe_settings(run)} \
@@ -125,12 +155,8 @@ def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: Partia
             trainer = _trainer(run, _build(recipe.teacher, run, seed=i), config, train, eval_dataset=validation,
                                dataset_record=teacher_dataset_record(recipe, run),
                                run_log=output_dir / RUN_LOG, unit=f"teachers/teacher-{i}", **keep_top)
-            resume = any(teacher_dir.glob("checkpoint-*"))
-            trainer.train(resume_from_checkpoint=True if resume else None)
-            state.wait_for_everyone()
-            if state.is_main_process:  # checkpoints only served resumption
-                for checkpoint in teacher_dir.glob("checkpoint-*"):
-                    shutil.rmtree(checkpoint, ignore_errors=True)
+            resume = train_resumably(trainer, teacher_dir, state)
+            drop_checkpoints(teacher_dir, state)  # the final snapshot marks the teacher finished
             _say(state, f"  teacher-{i}: trained in {time.time() - start:.0f}s"
                         f"{' (resumed)' if resume else ''}, final validation accuracy "
                         f"{SnapshotIndex.load(teacher_dir).final.accuracy}")
@@ -229,17 +255,19 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
         run_dir = output_dir / "students" / _run_slug(teachers) / f"seed-{seed}"
         if not (run_dir / RESULT_NAME).is_file():
             start = time.time()
-            config = _config(recipe.student.training, run_dir, seed=seed, teachers=list(teachers) or None)
+            config = _config(_resumable(recipe.student.training), run_dir, seed=seed, teachers=list(teachers) or None)
             last = recipe.best_of_last_epochs
             extra = {"eval_dataset": test, "callbacks": [EvaluateLastEpochs(last)]} if last else {}
             trainer = _trainer(run, _build(recipe.student, run, seed=seed), config, train, **extra,
                                run_log=output_dir / RUN_LOG, unit=f"students/{_run_slug(teachers)}/seed-{seed}")
-            trainer.train()
+            resumed = train_resumably(trainer, run_dir, state)
             val = trainer.evaluate(validation, metric_key_prefix="validation")
             tst = trainer.evaluate(test, metric_key_prefix="test")
             result = {"teachers": list(teachers), "seed": seed, "validation_accuracy": val["validation_accuracy"],
                       "test_accuracy": tst["test_accuracy"], "test_loss": tst["test_loss"],
                       "seconds": round(time.time() - start, 1)}
+            if resumed:  # `seconds` then counts only what this process trained
+                result["resumed"] = True
             if run.task.token_level:  # a causal LM: its test loss is the mean next-token cross-entropy
                 result["test_perplexity"] = perplexity(tst["test_loss"])
             if last:
@@ -249,10 +277,10 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
                               test_accuracy_best_of_last=max([*per_epoch.values(), tst["test_accuracy"]]))
             if state.is_main_process:
                 run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / RESULT_NAME).write_text(json.dumps(result, indent=2))
-            state.wait_for_everyone()
+                write_json_atomic(run_dir / RESULT_NAME, result)  # a run killed mid-write leaves no half result
+            drop_checkpoints(run_dir, state)
             _say(state, f"  student {n}/{len(runs)} [{_run_slug(teachers)}, seed {seed}]: test accuracy "
-                        f"{tst['test_accuracy']:.4f} ({time.time() - start:.0f}s)")
+                        f"{tst['test_accuracy']:.4f} ({time.time() - start:.0f}s{', resumed' if resumed else ''})")
         result = json.loads((run_dir / RESULT_NAME).read_text())
         for cell in cells:
             if cell.teachers == teachers:

@@ -3,7 +3,10 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -204,6 +207,59 @@ def test_tiny_recipe_under_two_processes(tmp_path, accelerate_launch):
     assert {r["cell"] for r in summary["rows"]} >= {"no_kd", "final", "selected", "full_ensemble"}
     snapshots = json.loads((tmp_path / "run" / "teachers" / "teacher-0" / "snapshots" / "index.json").read_text())
     assert [s["name"] for s in snapshots["snapshots"]] == ["epoch-0001", "epoch-0002", "epoch-0003"]
+
+
+@pytest.mark.slow
+def test_a_killed_student_run_resumes_from_its_last_complete_checkpoint(tmp_path):
+    """A run killed in the middle of a student (a session ending, SIGKILL) resumes that student from its
+    last per-epoch checkpoint, ignores one a kill left half written, and reports what an uninterrupted
+    run reports; no checkpoint is left behind."""
+    values = yaml.safe_load(TINY.read_text())
+    values.update(full_ensemble=1, ensemble_k=1, best_of_last_epochs=3)
+    values["student"].update(num_train_epochs=6)
+    recipe = tmp_path / "resume.yaml"
+    recipe.write_text(yaml.safe_dump(values))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def command(out):  # the report is not under test
+        return [sys.executable, "-m", "hf_ckptkd.cli", "run", str(recipe), "--output_dir", str(out),
+                "--stages", "teachers", "select", "students"]
+
+    student = tmp_path / "run" / "students" / "no_kd" / "seed-0"  # the first student run
+    killed = subprocess.Popen(command(tmp_path / "run"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 600
+        while not list(student.glob("checkpoint-*/trainer_state.json")) and killed.poll() is None:
+            assert time.time() < deadline, "no student checkpoint appeared"
+            time.sleep(0.05)
+    finally:
+        killed.kill()
+        killed.wait()
+    assert not (student / "result.json").exists(), "the student finished before it could be killed"
+    epochs_done = json.loads(next(student.glob("checkpoint-*/trainer_state.json")).read_text())["epoch"]
+    assert 1 <= epochs_done < 6
+    partial = student / "checkpoint-99999"  # what a kill while saving leaves: no trainer_state.json
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"\0" * 100)
+
+    resumed = subprocess.run(command(tmp_path / "run"), capture_output=True, text=True, timeout=900, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[no_kd, seed 0]: test accuracy" in resumed.stdout and "resumed)" in resumed.stdout
+    assert "discarded partially written checkpoint" in resumed.stderr
+    assert not list((tmp_path / "run").rglob("checkpoint-*"))
+    result = json.loads((student / "result.json").read_text())
+    assert result["resumed"] is True and sorted(result["test_accuracy_by_epoch"]) == ["4", "5", "6"]
+
+    # The same student uninterrupted, beside the same teachers and selection (copied: they are not under test).
+    for done in ("teachers", "selection", "recipe.json"):
+        copy = shutil.copytree if (tmp_path / "run" / done).is_dir() else shutil.copy
+        copy(tmp_path / "run" / done, tmp_path / "whole" / done)
+    uninterrupted = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, timeout=900, env=env)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    whole = json.loads((tmp_path / "whole" / "students" / "no_kd" / "seed-0" / "result.json").read_text())
+    assert "resumed" not in whole
+    assert result["test_accuracy_by_epoch"] == whole["test_accuracy_by_epoch"]
+    assert result["test_loss"] == pytest.approx(whole["test_loss"], rel=1e-5)
 
 
 @pytest.mark.slow
