@@ -110,17 +110,26 @@ def train_resumably(trainer, folder: Path, state: PartialState) -> bool:
     resumed. Call `drop_checkpoints` once what the run is for has been written.
 
     `Trainer` writes a checkpoint's files in place and its `trainer_state.json` last, so a run killed while
-    saving leaves a folder without it, which `resume_from_checkpoint=True` would pick and fail on: such
-    folders are discarded, and the run resumes from the complete one before (or starts afresh)."""
+    saving leaves a folder without it (or with it cut short), which `resume_from_checkpoint=True` would pick
+    and fail on: such folders are discarded, and the run resumes from the complete one before (or starts
+    afresh)."""
     if state.is_main_process:
         for partial in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-            if not (partial / TRAINER_STATE_NAME).is_file():
+            if not _complete_checkpoint(partial):
                 logger.warning("discarded partially written checkpoint %s", partial)
                 shutil.rmtree(partial, ignore_errors=True)
     state.wait_for_everyone()
     last = get_last_checkpoint(folder) if folder.is_dir() else None
     trainer.train(resume_from_checkpoint=last)
     return last is not None
+
+
+def _complete_checkpoint(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+        return True
+    except (OSError, ValueError):  # missing, or cut short by the kill
+        return False
 
 
 def drop_checkpoints(folder: Path, state: PartialState) -> None:

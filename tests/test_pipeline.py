@@ -226,21 +226,33 @@ def test_a_killed_student_run_resumes_from_its_last_complete_checkpoint(tmp_path
                 "--stages", "teachers", "select", "students"]
 
     student = tmp_path / "run" / "students" / "no_kd" / "seed-0"  # the first student run
+
+    def epochs_checkpointed():  # a checkpoint is complete once its trainer_state.json, written last, reads
+        done = []
+        for state in student.glob("checkpoint-*/trainer_state.json"):
+            try:
+                done.append(json.loads(state.read_text())["epoch"])
+            except ValueError:
+                pass
+        return done
+
     killed = subprocess.Popen(command(tmp_path / "run"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.time() + 600
-        while not list(student.glob("checkpoint-*/trainer_state.json")) and killed.poll() is None:
+        while not epochs_checkpointed() and killed.poll() is None:
             assert time.time() < deadline, "no student checkpoint appeared"
             time.sleep(0.05)
     finally:
         killed.kill()
         killed.wait()
     assert not (student / "result.json").exists(), "the student finished before it could be killed"
-    epochs_done = json.loads(next(student.glob("checkpoint-*/trainer_state.json")).read_text())["epoch"]
-    assert 1 <= epochs_done < 6
-    partial = student / "checkpoint-99999"  # what a kill while saving leaves: no trainer_state.json
-    partial.mkdir()
-    (partial / "model.safetensors").write_bytes(b"\0" * 100)
+    assert 1 <= max(epochs_checkpointed()) < 6
+    # What kills while saving leave: a folder without trainer_state.json, and one with it cut short.
+    for partial, state in ((student / "checkpoint-99998", None), (student / "checkpoint-99999", '{"epoch": 5')):
+        partial.mkdir()
+        (partial / "model.safetensors").write_bytes(b"\0" * 100)
+        if state:
+            (partial / "trainer_state.json").write_text(state)
 
     resumed = subprocess.run(command(tmp_path / "run"), capture_output=True, text=True, timeout=900, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
