@@ -49,7 +49,7 @@ from hf_ckptkd.data import (  # noqa: E402
     load_fashion_mnist,
 )
 from hf_ckptkd.hub import hub_revisions  # noqa: E402
-from hf_ckptkd.model_folders import save_model  # noqa: E402
+from hf_ckptkd.models.folders import save_model  # noqa: E402
 from hf_ckptkd.models import build_model  # noqa: E402
 
 

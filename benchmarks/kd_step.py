@@ -8,7 +8,7 @@ Side by side in one run (GPU when there is one, CPU otherwise):
       teacher_fusion='auto' chose, and the ensemble's forward / the sum of its members' single
       forwards, goal <= 1.05 (and, on a GPU, fused >= 1.5x the loop);
   (e) a KD epoch with cached teacher logits vs a plain student epoch -> goal <= 1.10.
-The KD step is the project's loss, `hf_ckptkd.losses.distillation_loss` (alpha*CE +
+The KD step is the project's loss, `hf_ckptkd.tasks.losses.distillation_loss` (alpha*CE +
 (1-alpha)*T^2*KL). Inputs are Fashion-MNIST-shaped random tensors (1x28x28, 10 classes): the
 timings do not depend on the pixel values. Cases are timed interleaved (one repetition of each in
 turn, alternating the order); a ratio is the median over rounds of the ratio within one round, so
@@ -31,10 +31,10 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hf_ckptkd.losses import distillation_loss
+from hf_ckptkd.tasks.losses import distillation_loss
 from hf_ckptkd.models import build_model
 from hf_ckptkd.snapshots import write_snapshot
-from hf_ckptkd.teachers import check_finite, load_teachers
+from hf_ckptkd.training.teachers import check_finite, load_teachers
 
 NUM_LABELS = 10
 ALPHA, TEMPERATURE = 0.5, 4.0

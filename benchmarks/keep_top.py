@@ -33,7 +33,7 @@ from hf_ckptkd.data import ImageTransformConfig, build_image_transform, image_co
 from hf_ckptkd.models import build_model
 from hf_ckptkd.selection import extract_candidates
 from hf_ckptkd.selection.online import SnapshotScorer, keep_top_settings
-from hf_ckptkd.snapshot_pruning import best_names
+from hf_ckptkd.training.snapshot_pruning import best_names
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ROOT / "benchmarks" / "results" / "selection_studies.json"

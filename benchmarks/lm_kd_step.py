@@ -36,9 +36,9 @@ import torch
 
 from hf_ckptkd.config import CheckpointKDConfig
 from hf_ckptkd.models import build_causal_lm
-from hf_ckptkd.recipe import load_recipe
+from hf_ckptkd.pipeline.recipe import load_recipe
 from hf_ckptkd.tasks import TASKS
-from hf_ckptkd.teachers import TeacherEnsemble
+from hf_ckptkd.training.teachers import TeacherEnsemble
 
 # The fortunes recipe's teacher and student (their position count follows the benchmark's sequence length).
 RECIPE = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "fortunes_lm.yaml")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from hf_ckptkd.data import lm_blocks
-from hf_ckptkd.fortunes import FORTUNES_DIR, fortunes_tokenizer, load_fortunes_topics
+from hf_ckptkd.data.fortunes import FORTUNES_DIR, fortunes_tokenizer, load_fortunes_topics
 from hf_ckptkd.models import build_causal_lm
 from hf_ckptkd.selection import select_from_candidates
 from hf_ckptkd.selection.selector import extract_candidates

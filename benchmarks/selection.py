@@ -49,7 +49,7 @@ import torch
 from transformers import PrinterCallback
 
 from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer, SnapshotIndex
-from hf_ckptkd.data import (
+from hf_ckptkd.data.loading import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     ImageTransformConfig,

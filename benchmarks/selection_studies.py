@@ -27,13 +27,13 @@ import argparse
 import json
 from pathlib import Path
 
-from hf_ckptkd.pipeline import load_run_data
-from hf_ckptkd.recipe import load_recipe
-from hf_ckptkd.results import paired_difference
+from hf_ckptkd.pipeline.stages import load_run_data
+from hf_ckptkd.pipeline.recipe import load_recipe
+from hf_ckptkd.pipeline.results import paired_difference
 from hf_ckptkd.selection import INFORMATION_OBJECTIVES, OBJECTIVES, TRIVIAL_OBJECTIVES, select_from_candidates
 from hf_ckptkd.selection import extract_candidates
 from hf_ckptkd.snapshots import SnapshotIndex
-from hf_ckptkd.study import spearman, is_run_of, study_cells
+from hf_ckptkd.pipeline.study import spearman, is_run_of, study_cells
 
 ROOT = Path(__file__).resolve().parent.parent
 CELLS = ROOT / "recipes" / "selector_cells"

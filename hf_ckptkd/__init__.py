@@ -3,11 +3,9 @@
 from .config import CheckpointKDConfig
 from .hub import push_teachers_to_hub
 from .launch import exit_launched_process
-from .snapshot_callback import SnapshotCallback
-from .snapshots import SnapshotIndex
 from .selection import SelectionReport, select_teachers
-from .teachers import TeacherEnsemble, load_teachers
-from .trainer import CheckpointKDMixin, CheckpointKDTrainer
+from .snapshots import SnapshotIndex
+from .training import CheckpointKDMixin, CheckpointKDTrainer, SnapshotCallback, TeacherEnsemble, load_teachers
 
 __all__ = ["CheckpointKDConfig", "CheckpointKDMixin", "CheckpointKDTrainer", "SelectionReport", "SnapshotCallback", "SnapshotIndex",
            "TeacherEnsemble", "exit_launched_process", "load_teachers", "push_teachers_to_hub", "select_teachers"]

@@ -3,7 +3,7 @@
 A teacher reference is an `nn.Module` (used as is), a snapshot folder, `<snapshot_dir>:<name>`
 (e.g. `runs/t/snapshots:epoch-0012`), a saved model folder, or a Hub repo `owner/name` with an
 optional `@revision`. This module knows the forms and their errors only; loading lives in
-`hf_ckptkd.teachers` (local references) and `hf_ckptkd.hub.load` (Hub references), which both
+`hf_ckptkd.training.teachers` (local references) and `hf_ckptkd.hub.load` (Hub references), which both
 build on it.
 """
 

@@ -16,8 +16,8 @@ import yaml
 
 from hf_ckptkd.hub import build_model_card
 from hf_ckptkd.hub.sources import resolve_push_source
-from hf_ckptkd.pipeline import run
-from hf_ckptkd.recipe import recipe_from_dict
+from hf_ckptkd.pipeline.stages import run
+from hf_ckptkd.pipeline.recipe import recipe_from_dict
 from hf_ckptkd.selection.report import PLANE_PNG
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -27,14 +27,14 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
-from ..architectures import REGISTERED_ARCHITECTURES
-from ..data import default_normalisation
-from ..dataset_record import DatasetIdentity, identity, split_phrase
-from ..model_folders import has_saved_tokenizer
-from ..models import CAUSAL_LM_CLASSES
+from ..models.architectures import REGISTERED_ARCHITECTURES
+from ..data.loading import default_normalisation
+from ..data.record import DatasetIdentity, identity, split_phrase
+from ..models.folders import has_saved_tokenizer
+from ..models.build import CAUSAL_LM_CLASSES
 from ..selection.objective import INFORMATION_OBJECTIVES, OBJECTIVES, j_from_scores
 from ..selection.report import OBJECTIVE_DESCRIPTIONS, PLANE_PNG, SelectionReport, SnapshotScore, format_epoch
-from ..snapshots import METADATA_NAME, Snapshot
+from ..snapshots.folders import METADATA_NAME, Snapshot
 
 TEMPLATE = Path(__file__).with_name("card_template.md")  # the card's Markdown, with Jinja2 fields
 CARD_NAME = "README.md"  # the file the Hub shows as a repo's card

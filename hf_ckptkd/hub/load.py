@@ -19,10 +19,10 @@ from huggingface_hub.errors import EntryNotFoundError
 from torch import nn
 
 from ..files import sha256_of
-from ..model_folders import transformers_auto_class
-from ..models import TimmForImageClassification
+from ..models.folders import transformers_auto_class
+from ..models.build import TimmForImageClassification
 from ..references import COMMIT_SHA_RE, parse_hub_reference
-from ..snapshots import METADATA_NAME
+from ..snapshots.folders import METADATA_NAME
 from .errors import HubError, HubReferenceError, HubUnavailableError, download_errors
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
 from ..files import file_hashes
 from ..selection.report import PLANE_PNG, SelectionReport, format_epoch
-from ..snapshots import Snapshot
+from ..snapshots.folders import Snapshot
 from .card import CARD_NAME, build_model_card
 from .errors import HubInputError, endpoint, push_errors
 from .sources import PushMember, plan_targets, resolve_push_source

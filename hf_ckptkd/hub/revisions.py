@@ -12,7 +12,7 @@ its aliases), since scoring the same weights twice says nothing.
 Each `HubRevision` is pinned to the commit its ref pointed to when listed, downloads only the files
 loading needs (`LOAD_PATTERNS`: config, safetensors weights, snapshot.json, image processor and
 tokenizer files) into the ordinary Hub cache, and loads with the family's own loader
-(`hf_ckptkd.model_folders.load_model`). With a `snapshot.json` (a repo pushed by hf-ckptkd) the weights are
+(`hf_ckptkd.models.folders.load_model`). With a `snapshot.json` (a repo pushed by hf-ckptkd) the weights are
 checked against its SHA-256 and its epoch, step and metrics are used; a third-party revision has
 none, so it is loaded without that check and the report records its commit id instead and says so.
 
@@ -33,12 +33,12 @@ from huggingface_hub.errors import RevisionNotFoundError
 from safetensors import SafetensorError
 from torch import nn
 
-from ..model_folders import load_model
-from ..models import ModelSpecError
+from ..models.folders import load_model
+from ..models.build import ModelSpecError
 from ..references import TeacherReferenceError, parse_hub_reference
 from ..selection.candidates import CandidateSet, register_candidate_source
 from ..selection.errors import UnloadableCandidateError
-from ..snapshots import METADATA_NAME, Snapshot, SnapshotError
+from ..snapshots.folders import METADATA_NAME, Snapshot, SnapshotError
 from .errors import HubInputError, endpoint, repo_errors
 
 # What loading a model needs, and nothing else a checkpoint repo may hold (optimizer states,

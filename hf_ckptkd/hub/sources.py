@@ -18,7 +18,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from ..references import COMMIT_SHA_RE, TeacherReferenceError, parse_hub_reference
 from ..selection.report import SELECTION_JSON, SelectionReport, SnapshotScore
-from ..snapshots import INDEX_NAME, METADATA_NAME, Snapshot, SnapshotIndex, resolve_snapshot_reference
+from ..snapshots.folders import INDEX_NAME, METADATA_NAME, Snapshot, SnapshotIndex, resolve_snapshot_reference
 from .errors import HubInputError
 
 

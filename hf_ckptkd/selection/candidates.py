@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
-from ..snapshots import Snapshot, SnapshotIndex
+from ..snapshots.folders import Snapshot, SnapshotIndex
 from .errors import SelectionError
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models import forward_with_features
+from ..models.build import forward_with_features
 from .candidates import ModelCandidate
 from .errors import SelectionError, UnloadableCandidateError
 from .objective import Candidate

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data import DataError
+from ..data.loading import DataError
 from .errors import EmptyProbeError, SelectionError, SingleClassProbeError
 from .probe import bag_of_tokens, padded_batches
 

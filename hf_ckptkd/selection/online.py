@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from ..data import resolve_label_column
-from ..models import forward_with_features
-from ..snapshots import Snapshot
+from ..data.loading import resolve_label_column
+from ..models.build import forward_with_features
+from ..snapshots.folders import Snapshot
 from .errors import ClassCountMismatchError, SelectionError
 from .estimators import build_estimator
 from .kernels import output_embedding

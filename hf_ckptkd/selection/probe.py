@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import (
+from ..data.loading import (
     DataError,
     ImageColumns,
     ImageTransformConfig,
     _as_pil,
     check_image_columns,
 )
-from ..models import TimmForImageClassification, is_text_model, unwrap
+from ..models.build import TimmForImageClassification, is_text_model, unwrap
 from .errors import (
     EmptyProbeError,
     SingleClassProbeError,

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import ImageColumns, ImageTransformConfig, build_image_transform, check_image_columns, resolve_label_column
-from ..models import is_causal_lm, num_labels_of, unwrap
+from ..data.loading import ImageColumns, ImageTransformConfig, build_image_transform, check_image_columns, resolve_label_column
+from ..models.build import is_causal_lm, num_labels_of, unwrap
 from .errors import ClassCountMismatchError, SelectionError
 from .lm_probe import draw_lm_probe
 from .probe import (

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import label_names_of, num_labels_of
-from ..snapshots import Snapshot, SnapshotIndex
+from ..models.build import label_names_of, num_labels_of
+from ..snapshots.folders import Snapshot, SnapshotIndex
 from .candidates import CandidateSet, ModelCandidate, resolve_candidates
 from .errors import (
     ClassCountMismatchError,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..config import ConfigError
-from ..data_config import DataConfig, Splits
-from ..models import is_causal_lm, is_text_model
+from ..data.config import DataConfig, Splits
+from ..models.build import is_causal_lm, is_text_model
 from .base import RunData, Task
 from .causal_lm import CausalLanguageModeling, perplexity
 from .image_classification import ImageClassification

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
-from ..data import DataError, load_tokenizer
-from ..data_config import DataConfig, Splits
-from ..losses import distillation_loss
+from ..data.loading import DataError, load_tokenizer
+from ..data.config import DataConfig, Splits
+from .losses import distillation_loss
 from ..metrics import compute_metrics
 
 

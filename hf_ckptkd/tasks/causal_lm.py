@@ -18,10 +18,10 @@ from torch import nn
 from transformers import DataCollatorForLanguageModeling
 
 from ..config import ConfigError
-from ..data import DataError, lm_blocks
-from ..data_config import DataConfig, Splits
-from ..losses import IGNORE_INDEX, token_distillation_loss
-from ..models import build_causal_lm
+from ..data.loading import DataError, lm_blocks
+from ..data.config import DataConfig, Splits
+from .losses import IGNORE_INDEX, token_distillation_loss
+from ..models.build import build_causal_lm
 from .base import RunData, Task, shared_tokenizer
 
 LM_LABEL_COLUMN = "labels"  # made by the collator from input_ids

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from ..data import (
+from ..data.loading import (
     ImageColumns,
     ImageTransformConfig,
     build_image_transform,
@@ -15,9 +15,9 @@ from ..data import (
     is_random_transform,
     with_image_transform,
 )
-from ..data_config import DataConfig, Splits
-from ..inputs import InputSpec
-from ..models import build_model
+from ..data.config import DataConfig, Splits
+from ..models.inputs import InputSpec
+from ..models.build import build_model
 from .base import RunData, Task
 
 

@@ -8,9 +8,9 @@ from torch import nn
 from transformers import DataCollatorWithPadding
 
 from ..config import ConfigError
-from ..data import tokenize_text_dataset
-from ..data_config import DataConfig, Splits
-from ..models import build_model
+from ..data.loading import tokenize_text_dataset
+from ..data.config import DataConfig, Splits
+from ..models.build import build_model
 from .base import RunData, Task, shared_tokenizer
 
 # `tokenize_text_dataset` keeps the labels under the name transformers models take.

@@ -1,0 +1,193 @@
+"""`hf-ckptkd select`: score a teacher run's snapshots (or a Hub repo's revisions) on a probe set
+drawn from the training data and choose the teacher(s); the command line over `select_teachers`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from ..config import ConfigError
+from ..data.loading import (
+    DataError,
+    ImageTransformConfig,
+    default_normalisation,
+    lm_blocks,
+    load_dataset_split,
+    load_tokenizer,
+    tokenize_text_dataset,
+)
+from ..hub import hub_revisions
+from ..models.folders import folder_holds_causal_lm, has_saved_tokenizer
+from ..selection import ESTIMATORS, OBJECTIVES, select_teachers
+from ..selection.processes import selection_state
+from ..selection.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BETA,
+    DEFAULT_MAX_PROBE_SAMPLES,
+    DEFAULT_OBJECTIVE,
+    DEFAULT_PROBE_CONTEXT,
+)
+from ..snapshots.folders import SnapshotIndex
+
+
+def select_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-ckptkd select",
+        description="Score every snapshot of a teacher run (or the published revisions of a Hub model repo) on a "
+                    "probe set drawn from the training data and choose the teacher(s) with the most task-related "
+                    "information. Under `accelerate launch` the processes share the snapshots.")
+    parser.add_argument("snapshot_dir", metavar="SOURCE",
+                        help="A run's snapshot folder (or its output_dir holding snapshots/), or with --revisions a "
+                             "Hub model repo OWNER/NAME.")
+    parser.add_argument("--revisions", nargs="+", default=None, metavar="REVISION",
+                        help="Select among the branches and tags of the Hub repo SOURCE: one glob ('step*'), several "
+                             "names, or 'all'.")
+    parser.add_argument("--token", default=None, help="A Hub token for a private or gated repo (default: HF_TOKEN or "
+                                                      "`hf auth login`; prefer those, a flag shows in the process list).")
+    parser.add_argument("--dataset", required=True,
+                        help="'fashion_mnist' (built in) or a datasets id/path: the teachers' training data.")
+    parser.add_argument("--split", default="train", help="Split the probe set is drawn from (default: train).")
+    parser.add_argument("--max_probe_samples", type=int, default=DEFAULT_MAX_PROBE_SAMPLES,
+                        help="Probe set size: a label-stratified sample seeded by --seed (causal LMs: token "
+                             "positions, each predicting the token after it).")
+    parser.add_argument("--k", type=int, default=1, help="How many teachers to choose.")
+    parser.add_argument("--estimator", default="renyi2", choices=sorted(ESTIMATORS), help="Information estimator.")
+    parser.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=list(OBJECTIVES),
+                        help="J = label + beta * input information on the softened outputs or the penultimate "
+                             "features, or a trivial baseline: 'final' (last snapshot), 'accuracy' (best validation "
+                             "accuracy).")
+    parser.add_argument("--accuracy_margin", type=float, default=0.05,
+                        help="Warn when a chosen snapshot's probe accuracy is more than this below the best one's.")
+    parser.add_argument("--temperature", type=float, default=4.0, help="Distillation temperature T.")
+    parser.add_argument("--beta", type=float, default=DEFAULT_BETA,
+                        help="Weight β of the input information in J = Ĩ(Y;·) + β·Î(X;·) (a number >= 0; the "
+                             "information objectives only).")
+    parser.add_argument("--output", default=None, help="Report folder (default: <snapshot_dir>/../selection, or "
+                                                       "selections/OWNER--NAME for a Hub repo).")
+    parser.add_argument("--seed", type=int, default=0, help="Seeds the probe draw and the estimator.")
+    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="Probe examples per forward pass.")
+    parser.add_argument("--held_out_split", default=None,
+                        help="Also report each snapshot's accuracy on this split (e.g. test); it does not enter J.")
+    parser.add_argument("--image_column", default="image", help="The dataset's image column.")
+    parser.add_argument("--label_column", default="label", help="The dataset's label column.")
+    parser.add_argument("--text_column", default=None,
+                        help="For text teachers: the dataset's text column (the probe is tokenised with --tokenizer).")
+    parser.add_argument("--tokenizer", default=None,
+                        help="Tokenizer of the text teachers (a folder, Hub id, owner/name@revision or 'fortunes'); "
+                             "default: the one saved in the snapshots.")
+    parser.add_argument("--max_length", type=int, default=128,
+                        help="Truncate probe texts to this many tokens (causal LMs: the probe text is cut into "
+                             "blocks of this many tokens).")
+    parser.add_argument("--probe_context", type=int, default=None,
+                        help=f"Causal LMs: tokens of context up to each probe position (default {DEFAULT_PROBE_CONTEXT}, "
+                             "or the snapshots' positions if fewer; at most those).")
+    parser.add_argument("--disable_tqdm", action="store_true", help="No progress bars.")
+    return parser
+
+
+def _select_tokenizer(args, first: Path | str | None, where: str):
+    """The text teachers' tokenizer: --tokenizer, else the one saved with the first candidate (a
+    snapshot folder, or the first Hub revision's `owner/name@revision`)."""
+    source = args.tokenizer
+    if source is None:
+        holds = first is not None and (not isinstance(first, Path) or has_saved_tokenizer(first))
+        if not holds:
+            raise ConfigError(f"--text_column needs --tokenizer: the snapshots in {where} hold no tokenizer "
+                              "(they were written before snapshots saved one, or by a run without processing_class); "
+                              "pass the tokenizer the teachers were trained with (a folder, Hub id or 'fortunes')")
+        source = str(first)
+    try:
+        tokenizer = load_tokenizer(source)
+    except (OSError, ValueError, DataError) as e:
+        raise ConfigError(f"--tokenizer {source}: could not be loaded ({e}); give a tokenizer folder, a Hub id, "
+                          "owner/name@revision or 'fortunes'") from e
+    config = first / "config.json" if isinstance(first, Path) else None
+    vocab = json.loads(config.read_text()).get("vocab_size") if config is not None and config.is_file() else None
+    if vocab and len(tokenizer) > vocab:  # its ids would index past the teachers' embeddings
+        raise ConfigError(f"--tokenizer {source} has {len(tokenizer)} tokens but the teachers' vocabulary has {vocab}; "
+                          "pass the tokenizer the teachers were trained with")
+    return tokenizer
+
+
+def _select_source(args):
+    """(what select_teachers takes, the revisions, the first candidate's folder or reference, where the
+    candidates are, the default report folder)."""
+    if args.revisions is None:
+        index = SnapshotIndex.load(args.snapshot_dir)
+        first = index.snapshots[0].path if len(index) else None
+        return index, None, first, str(index.snapshot_dir), index.snapshot_dir.parent / "selection"
+    revisions = args.revisions[0] if len(args.revisions) == 1 else list(args.revisions)
+    first = None
+    if args.text_column and args.tokenizer is None:  # the tokenizer saved with the first revision
+        listed = hub_revisions(args.snapshot_dir, revisions, token=args.token)
+        first = listed[0].reference if listed else None
+    return args.snapshot_dir, revisions, first, args.snapshot_dir, Path("selections") / args.snapshot_dir.replace("/", "--")
+
+
+def _select_probe(args, dataset, tokenizer, causal_lm: bool):
+    """The probe dataset as the selector takes it: tokenised text (with --text_column; blocks of --max_length
+    tokens for causal LMs), else raw images."""
+    if args.text_column is None:
+        if args.image_column not in dataset.column_names:
+            texts = [c for c, f in dataset.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+            hint = (f"; for text teachers add --text_column {texts[0]} (and --tokenizer unless the snapshots hold "
+                    "theirs)") if texts else ""
+            raise ConfigError(f"--image_column {args.image_column!r} is not a column of {args.dataset} (its columns: "
+                              f"{', '.join(dataset.column_names)}); name the image column with --image_column{hint}")
+        return dataset
+    if args.text_column not in dataset.column_names:
+        raise ConfigError(f"--text_column {args.text_column!r} is not a column of {args.dataset} (its columns: "
+                          f"{', '.join(dataset.column_names)}); name the column that holds the texts")
+    try:
+        if causal_lm:
+            return lm_blocks(dataset, tokenizer, args.text_column, args.max_length)
+        return tokenize_text_dataset(dataset, tokenizer, args.text_column, args.label_column, args.max_length)
+    except DataError as e:
+        raise ConfigError(f"{e} (on the command line: --text_column / --label_column)") from None
+
+
+def cmd_select(args) -> int:
+    if not (math.isfinite(args.beta) and args.beta >= 0):
+        raise ConfigError(f"--beta {args.beta}: β weighs the input information in J and must be a finite number >= 0 "
+                          "(1 is the default; 0 scores the label information alone)")
+    if args.tokenizer is not None and args.text_column is None:
+        raise ConfigError("--tokenizer is for text teachers: add --text_column NAME (the dataset's text column), or "
+                          "drop --tokenizer for image teachers")
+    started = time.perf_counter()
+    source, revisions, first, where, default_output = _select_source(args)
+    tokenizer = _select_tokenizer(args, first, where) if args.text_column else None
+    causal_lm = isinstance(first, Path) and folder_holds_causal_lm(first)
+    probe = _select_probe(args, load_dataset_split(args.dataset, args.split), tokenizer, causal_lm)
+    held_out = _select_probe(args, load_dataset_split(args.dataset, args.held_out_split), tokenizer, causal_lm) \
+        if args.held_out_split else None
+    # What a model does not record of its input normalisation follows the training command's convention.
+    mean, std = default_normalisation(args.dataset, 1)
+    default_transform = ImageTransformConfig(mean=mean, std=std)
+    report = select_teachers(
+        source, probe, k=args.k, revisions=revisions, token=args.token, temperature=args.temperature, objective=args.objective, estimator=args.estimator,
+        max_probe_samples=args.max_probe_samples, seed=args.seed, batch_size=args.batch_size,
+        accuracy_margin=args.accuracy_margin, beta=args.beta, probe_context=args.probe_context,
+        label_column="labels" if args.text_column else args.label_column, image_column=args.image_column,
+        held_out_probe=held_out, default_transform=default_transform, progress=not args.disable_tqdm)
+    report.extra["dataset"] = {"name": args.dataset, "split": args.split, "held_out_split": args.held_out_split,
+                               **({"text_column": args.text_column} if args.text_column else {})}
+    if not selection_state().is_main_process:  # every process has the report; one writes and prints it
+        return 0
+    output = Path(args.output) if args.output else default_output
+    report.save(output)
+    print(report.to_markdown())
+    for name in report.selected:
+        print(report.explain(name))
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"chosen: {', '.join(report.selected)}")
+    if revisions is not None:
+        print("distil from it: hf-ckptkd distill --model SPEC --teachers " + " ".join(report.selected))
+    print(f"report: {output} (selection.json, table.md, information_plane.png); "
+          f"took {time.perf_counter() - started:.1f} s")
+    return 0
