@@ -30,7 +30,7 @@ from pathlib import Path
 from hf_ckptkd.pipeline.stages import load_run_data
 from hf_ckptkd.pipeline.recipe import load_recipe
 from hf_ckptkd.pipeline.results import paired_difference
-from hf_ckptkd.selection import INFORMATION_OBJECTIVES, OBJECTIVES, TRIVIAL_OBJECTIVES, select_from_candidates
+from hf_ckptkd.selection import OBJECTIVES, select_from_candidates
 from hf_ckptkd.selection import extract_candidates
 from hf_ckptkd.snapshots import SnapshotIndex
 from hf_ckptkd.pipeline.study import spearman, is_run_of, study_cells
@@ -128,11 +128,11 @@ def against_baselines(cells: list[dict]) -> dict[str, dict[str, list[str]]]:
     """For each information objective, the cells where its regret is below both trivial selectors' and
     those where it is above either's (a cell where it ties with both is in neither list)."""
     verdicts = {}
-    for objective in INFORMATION_OBJECTIVES:
+    for objective in [o.name for o in OBJECTIVES.values() if not o.trivial]:
         beats, loses = [], []
         for c in cells:
             mine = c["selectors"][objective]["regret_pp"]
-            theirs = [c["selectors"][b]["regret_pp"] for b in TRIVIAL_OBJECTIVES]
+            theirs = [c["selectors"][b]["regret_pp"] for b in OBJECTIVES if OBJECTIVES[b].trivial]
             if all(mine < r - 1e-9 for r in theirs):
                 beats.append(c["name"])
             elif any(mine > r + 1e-9 for r in theirs):
@@ -176,7 +176,7 @@ def main() -> None:
         print(f"{o:9s} regret mean {sum(regret) / len(cells):.2f} pp, worst {max(regret):.2f} pp, zero in "
               f"{sum(r == 0 for r in regret)}/{len(cells)} cells; Spearman mean {sum(rho) / len(rho):+.2f}, "
               f"lowest {min(rho):+.2f}")
-    best = min(OBJECTIVES, key=lambda o: (worst[o], OBJECTIVES.index(o)))
+    best = min(OBJECTIVES, key=lambda o: (worst[o], list(OBJECTIVES).index(o)))
     print(f"\nlowest worst-case regret over {len(cells)} cells: {best} ({worst[best]:.2f} pp)")
     against = against_baselines(cells)
     for objective, verdict in against.items():

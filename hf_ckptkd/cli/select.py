@@ -56,9 +56,8 @@ def select_parser() -> argparse.ArgumentParser:
     parser.add_argument("--k", type=int, default=1, help="How many teachers to choose.")
     parser.add_argument("--estimator", default="renyi2", choices=sorted(ESTIMATORS), help="Information estimator.")
     parser.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=list(OBJECTIVES),
-                        help="J = label + beta * input information on the softened outputs or the penultimate "
-                             "features, or a trivial baseline: 'final' (last snapshot), 'accuracy' (best validation "
-                             "accuracy).")
+                        help="What chooses the teachers: "
+                             + "; ".join(f"'{o.name}': {o.summary}" for o in OBJECTIVES.values()) + ".")
     parser.add_argument("--accuracy_margin", type=float, default=0.05,
                         help="Warn when a chosen snapshot's probe accuracy is more than this below the best one's.")
     parser.add_argument("--temperature", type=float, default=4.0, help="Distillation temperature T.")

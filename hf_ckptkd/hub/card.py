@@ -32,8 +32,8 @@ from ..data.loading import default_normalisation
 from ..data.record import DatasetIdentity, identity, split_phrase
 from ..models.folders import has_saved_tokenizer
 from ..models.build import CAUSAL_LM_CLASSES
-from ..selection.objective import INFORMATION_OBJECTIVES, OBJECTIVES, j_from_scores
-from ..selection.report import OBJECTIVE_DESCRIPTIONS, PLANE_PNG, SelectionReport, SnapshotScore, format_epoch
+from ..selection.objectives import OBJECTIVES, describe
+from ..selection.report import PLANE_PNG, SelectionReport, SnapshotScore, format_epoch
 from ..snapshots.folders import METADATA_NAME, Snapshot
 
 TEMPLATE = Path(__file__).with_name("card_template.md")  # the card's Markdown, with Jinja2 fields
@@ -169,12 +169,12 @@ def other_selectors(report: SelectionReport) -> list[tuple[str, str, list[str]]]
     """
     scores = [asdict(s) for s in report.scores]
     picks = []
-    for objective in OBJECTIVES:
-        if objective == report.objective or (report.k > 1 and objective in INFORMATION_OBJECTIVES):
+    for objective in OBJECTIVES.values():
+        if objective.name == report.objective or (report.k > 1 and not objective.trivial):
             continue
-        values = j_from_scores(scores, objective, report.beta)
+        values = objective.values_from_scores(scores, report.beta)
         order = sorted(values, key=lambda name: -values[name])  # stable: ties go to the earlier snapshot
-        picks.append((objective, OBJECTIVE_DESCRIPTIONS.get(objective, objective), order[:report.k]))
+        picks.append((objective.name, objective.summary, order[:report.k]))
     return picks
 
 
@@ -279,7 +279,7 @@ def _selection_context(snapshot: Snapshot, report: SelectionReport | None,
     if report is None or score is None:
         return None
     return {
-        "objective": report.objective, "how": OBJECTIVE_DESCRIPTIONS.get(report.objective, report.objective),
+        "objective": report.objective, "how": describe(report.objective),
         "temperature": f"{report.temperature:g}", "beta": f"{report.beta:g}", "rank": score.rank, "k": report.k,
         "snapshots": sum(not s.init for s in report.scores), "probe_size": report.probe_size,
         "estimator": report.estimator, "explanation": report.explain(snapshot.name),

@@ -44,7 +44,7 @@ from ..config import ConfigError
 from .stages import RECIPE_RECORD, finished_teacher, run
 from .results import NO_TEACHER, RESULT_NAME, paired_text
 from .recipe import recipe_from_dict
-from ..selection.objective import OBJECTIVES, j_from_scores
+from ..selection.objectives import OBJECTIVES
 
 
 def load_study(path: str | Path) -> dict[str, Any]:
@@ -194,8 +194,8 @@ def summarise_cell(run_dir: Path) -> dict[str, Any]:
     cell["snapshot_test_accuracy"] = {c.split(":", 1)[1]: r["teacher_test_accuracy"] for c, r in rows.items()
                                       if c.startswith("snapshot:")}
     cell["ensemble_vs_full_ensemble"] = rows.get("selected_ensemble", {}).get("paired_vs_full_ensemble")
-    for objective in OBJECTIVES:
-        j = j_from_scores(scores, objective)
+    for objective, selector in OBJECTIVES.items():
+        j = selector.values_from_scores(scores)
         names = [n for n in j if n in snap_acc]
         chosen = max(names, key=lambda n: j[n])
         cell[f"{objective}_selected"] = chosen

@@ -5,8 +5,9 @@
   estimator for cross-checks, behind one interface (`ESTIMATORS`, `build_estimator`).
 - `label_information`: the label terms Ĩ(Y;P), Ĩ(Y;F), variational lower bounds in bits.
 - `settings`: `SelectionSettings`, the probe's and the objective's settings in one dataclass.
-- `objective`: `Candidate`, the objective J, the trivial baselines, the choice of k teachers
-  (`select_from_candidates`).
+- `objectives`: the registry of objectives (`OBJECTIVES`), one class each: J of a candidate and of
+  a set, whether the objective is trivial, how reports describe it.
+- `choice`: `Candidate`, scoring the candidates and choosing k teachers (`select_from_candidates`).
 - `report`: `SelectionReport` (`selection.json`, `table.md`, `information_plane.png`).
 - `probe`, `lm_probe`, `probe_sources`: the probe set of images, texts or (for causal LMs) token
   positions, chosen once from the first snapshot's model.
@@ -57,15 +58,15 @@ from .label_information import (
     outputs_label_bits,
     shannon_entropy_bits,
 )
-from .objective import (
-    INFORMATION_OBJECTIVES,
+from .choice import Candidate, choose_members, select_from_candidates
+from .objectives import (
     OBJECTIVES,
-    TRIVIAL_OBJECTIVES,
-    Candidate,
-    choose_members,
-    j_from_scores,
+    InformationObjective,
+    Objective,
+    TrivialObjective,
+    objective_named,
     objective_value,
-    select_from_candidates,
+    register_objective,
 )
 from .report import SelectionReport, SnapshotScore
 from .selector import extract_candidates, select_teachers
@@ -73,13 +74,13 @@ from .settings import DEFAULT_OBJECTIVE, SelectionSettings
 
 __all__ = [
     "BinningEstimator", "Candidate", "ClassCountMismatchError", "DEFAULT_ESTIMATOR", "DEFAULT_KAPPA",
-    "DEFAULT_OBJECTIVE", "DegenerateProbeError", "ESTIMATORS", "EmptyProbeError", "INFORMATION_OBJECTIVES",
-    "InformationEstimator", "LabelSpaceMismatchError", "MutualInformation", "NonFiniteError", "OBJECTIVES", "ProbeTooSmallError",
+    "DEFAULT_OBJECTIVE", "DegenerateProbeError", "ESTIMATORS", "EmptyProbeError", "InformationEstimator",
+    "InformationObjective", "Objective", "LabelSpaceMismatchError", "MutualInformation", "NonFiniteError", "OBJECTIVES", "ProbeTooSmallError",
     "Renyi2Estimator", "SelectionError", "SelectionReport", "SelectionSettings", "ShapeMismatchError", "SingleClassProbeError",
-    "SnapshotScore", "SparseClassError", "TRIVIAL_OBJECTIVES", "TemperatureTooHighError", "TooManyTeachersError",
+    "SnapshotScore", "SparseClassError", "TemperatureTooHighError", "TrivialObjective", "TooManyTeachersError",
     "UnknownEstimatorError", "UnknownObjectiveError", "UnloadableCandidateError", "ModelCandidate", "SnapshotCandidate",
     "register_candidate_source", "build_estimator", "choose_members", "features_label_bits",
-    "gaussian_gram", "j_from_scores", "label_gram", "median_pairwise_distance", "objective_value",
+    "gaussian_gram", "label_gram", "median_pairwise_distance", "objective_named", "objective_value", "register_objective",
     "outputs_label_bits", "renyi2_entropy", "renyi2_mutual_information", "extract_candidates", "select_from_candidates", "select_teachers",
     "shannon_entropy_bits",
 ]

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..models.build import forward_with_features
 from .candidates import ModelCandidate
 from .errors import SelectionError, UnloadableCandidateError
-from .objective import Candidate
+from .choice import Candidate
 
 logger = logging.getLogger(__name__)
 

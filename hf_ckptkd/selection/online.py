@@ -24,21 +24,17 @@ from typing import Any
 
 import torch
 
+from ..config import DEFAULT_KEEP_TOP_OBJECTIVE, DEFAULT_KEEP_TOP_PROBE_SAMPLES
 from ..data.loading import resolve_label_column
 from ..models.build import forward_with_features
 from ..snapshots.folders import Snapshot
 from .errors import ClassCountMismatchError, SelectionError
 from .estimators import build_estimator
-from .kernels import output_embedding
-from .objective import INFORMATION_OBJECTIVES, check_request, objective_value
+from .choice import check_request
+from .objectives import OBJECTIVES, objective_named, objective_value
 from .probe import image_batches, labels_of
 from .selector import extract_candidates
 from .settings import SelectionSettings
-
-DEFAULT_KEEP_TOP_OBJECTIVE = "outputs"
-# 1,000 probe examples: the forward pass costs in proportion to the probe and the estimator with its
-# square, and the overhead goal (benchmarks/keep_top.py) is set for this size.
-DEFAULT_KEEP_TOP_PROBE_SAMPLES = 1000
 
 
 def keep_top_settings(objective: str = DEFAULT_KEEP_TOP_OBJECTIVE,
@@ -78,13 +74,15 @@ class SnapshotScorer:
                  device: str | torch.device | None = None, **overrides: Any):
         self.settings = SelectionSettings.of(settings if settings is not None else keep_top_settings(), k=1, **overrides)
         s = self.settings
-        if s.objective not in INFORMATION_OBJECTIVES:
+        check_request(s.objective, s.estimator, s.temperature)
+        self.objective = objective_named(s.objective)
+        if not self.objective.scores_alone:
+            alone = [o.name for o in OBJECTIVES.values() if o.scores_alone]
             raise SelectionError(
                 f"keep_top scores snapshots with an information objective, not objective={s.objective!r}: only "
-                f"{' and '.join(map(repr, INFORMATION_OBJECTIVES))} give a score that compares across the run "
+                f"{' and '.join(map(repr, alone))} give a score that compares across the run "
                 "(the newest snapshot is kept anyway, and recorded accuracies are not on one probe); use "
-                "objective='outputs' (the default) or 'features'")
-        check_request(s.objective, s.estimator, s.temperature)
+                f"objective={DEFAULT_KEEP_TOP_OBJECTIVE!r} (the default) or another of them")
         # Fail before training on a probe set that cannot be scored, not at the first snapshot.
         labels = labels_of(probe_dataset, resolve_label_column(probe_dataset, s.label_column))
         if len(set(labels.tolist())) < 2:
@@ -120,10 +118,7 @@ class SnapshotScorer:
         if logits.shape[1] != estimator.num_classes:
             raise ClassCountMismatchError(f"the snapshot has {logits.shape[1]} classes but the run's first scored "
                                           f"snapshot has {estimator.num_classes}; keep_top scores the snapshots of one run")
-        if s.objective == "features":
-            info = estimator.features(features)
-        else:
-            info = estimator.outputs(output_embedding(logits.to(probe["device"]), s.temperature))
+        info = self.objective.score_snapshot(estimator, features, logits, s.temperature, probe["device"])
         accuracy = float((logits.argmax(dim=1).cpu() == labels.cpu()).float().mean())
         return {"value": objective_value(info, s.beta), "objective": s.objective, "i_x": info.x, "i_y": info.y,
                 "probe_accuracy": accuracy, "beta": float(s.beta), "temperature": float(s.temperature),
@@ -139,5 +134,5 @@ def _run(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], device:
     return torch.cat([f.float() for f, _ in outputs]), torch.cat([z.float() for _, z in outputs])
 
 
-__all__ = ["DEFAULT_KEEP_TOP_OBJECTIVE", "DEFAULT_KEEP_TOP_PROBE_SAMPLES", "SnapshotScorer", "keep_top_settings",
+__all__ = ["SnapshotScorer", "keep_top_settings",
            "run_probe_settings"]

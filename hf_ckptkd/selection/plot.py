@@ -21,6 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from .objectives import OBJECTIVES
+
 # The report is passed in, never imported: report.py imports this module to draw its plot.
 CHOSEN_COLOR = "#d62728"
 J_COLOR = "#1f77b4"
@@ -137,10 +139,8 @@ def plot_information_plane(report: Any, path: str | os.PathLike, *, dpi: int = 1
     ax_j.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=9,
                 frameon=False)
 
-    where = {"outputs": f"objective on the outputs P at T={report.temperature:g}, β={report.beta:g}",
-             "features": f"objective on the features F, β={report.beta:g}",
-             "final": "the last snapshot (trivial baseline)",
-             "accuracy": "the best validation accuracy (trivial baseline)"}.get(report.objective, report.objective)
+    objective = OBJECTIVES.get(report.objective)
+    where = objective.plot_label(report.temperature, report.beta) if objective else report.objective
     fig.suptitle(f"Teacher selection: {', '.join(report.selected)}  —  {where}, "
                  f"k={report.k}, estimator {report.estimator} (κ={report.kappa:g}), probe N={report.probe_size}",
                  fontsize=11)

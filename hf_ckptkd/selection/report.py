@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_text_atomic
+from .objectives import OBJECTIVES, Objective, describe
 from .plot import plot_information_plane
 
 SELECTION_JSON = "selection.json"
@@ -23,13 +24,6 @@ PLANE_PNG = "information_plane.png"
 # 2: Ĩ(Y;·) became a variational bound normalised by H(Y), J lost its min–max rescaling, and the
 # report gained `warnings`, `accuracy_margin` and `label_entropy_bits`.
 FORMAT_VERSION = 2
-
-OBJECTIVE_DESCRIPTIONS = {
-    "outputs": "J = Ĩ(Y;P) + β·Î(X;P) on the outputs softened at temperature T",
-    "features": "J = Ĩ(Y;F) + β·Î(X;F) on the penultimate features",
-    "final": "the last snapshot(s) in training order (a trivial baseline; J = position in training order)",
-    "accuracy": "the best validation accuracy (a trivial baseline; J = that accuracy)",
-}
 
 
 @dataclass
@@ -124,8 +118,9 @@ class SelectionReport:
             return f"{name} is the initialisation, excluded from the selection ({values})."
         if not s.chosen:
             return f"{name} was not chosen ({values})."
-        what = OBJECTIVE_DESCRIPTIONS.get(self.objective, self.objective)
-        if self.objective not in ("outputs", "features"):
+        what = describe(self.objective)
+        objective = OBJECTIVES.get(self.objective)
+        if objective is None or objective.trivial:
             return f"{name} is chosen by {what} ({values})."
         if self.k == 1:
             order = sorted((t for t in self.scores if not t.init), key=lambda t: -t.j)
@@ -137,9 +132,7 @@ class SelectionReport:
                 f"(ensemble J={self.ensemble.get('j', float('nan')):.3f}; {values}).")
 
     def _ensemble_representation(self) -> str:
-        if self.objective == "features":
-            return "the members' concatenated features (each scaled to unit median pairwise distance)"
-        return "the mean of the members' probabilities"
+        return OBJECTIVES.get(self.objective, Objective).ensemble_representation
 
     # -- serialisation ---------------------------------------------------------------------------
 
@@ -161,7 +154,7 @@ class SelectionReport:
 
     def to_markdown(self) -> str:
         """The table.md text: settings, then one row per snapshot."""
-        what = OBJECTIVE_DESCRIPTIONS.get(self.objective, self.objective)
+        what = describe(self.objective)
         lines = [
             "# Teacher selection",
             "",

@@ -45,7 +45,7 @@ from .errors import (
 )
 from .forward import first_loadable, notes_of, outcome_to_cpu, run_candidates
 from .kernels import check_probe_classes
-from .objective import Candidate, check_request, select_from_candidates
+from .choice import Candidate, check_request, select_from_candidates
 from .processes import from_main, gather_in_order, process_device, selection_state, share_of
 from .probe_sources import probe_source
 from .report import SelectionReport

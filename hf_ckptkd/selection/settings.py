@@ -19,11 +19,11 @@ from ..config import DEFAULT_TEMPERATURE
 from .errors import SelectionError
 from .estimators import DEFAULT_ESTIMATOR
 from .kernels import DEFAULT_KAPPA
+from .objectives import DEFAULT_BETA
 
 # The default is the selector with the lowest worst-case regret over the selector-evidence cells
 # (README, "Selector across tasks"; benchmarks/selection_studies.py), whichever it is.
 DEFAULT_OBJECTIVE = "accuracy"
-DEFAULT_BETA = 1.0
 DEFAULT_EXHAUSTIVE_LIMIT = 500
 DEFAULT_ACCURACY_MARGIN = 0.05
 DEFAULT_MAX_PROBE_SAMPLES = 2000

@@ -54,7 +54,7 @@ class SnapshotCallback(TrainerCallback):
     With `keep_top=M` the run keeps only the M best snapshots on disk, plus the newest (at the end,
     the final one): each snapshot is scored on `probe_dataset` when it is written, right after the
     write and in the same thread, with `SnapshotScorer` (J = Ĩ(Y;P) + β·Î(X;P) of that snapshot
-    alone, on the fixed scales of `selection.objective`; `probe_settings` changes the probe and
+    alone, on the fixed scales of `selection.objectives`; `probe_settings` changes the probe and
     the objective, default `selection.online.keep_top_settings()`: "outputs", 1,000 examples). The
     others are deleted crash-safely (see `snapshot_pruning`), and `index.json` keeps every
     snapshot's score and lists the deleted ones as removed. `probe_dataset` is what

@@ -247,6 +247,7 @@ def _keep_top_options(args: CheckpointKDConfig, probe_dataset, probe_settings: S
             "labels, e.g. the training split before with_image_transform, or tokenized text); the eval_dataset is not "
             "used by default. Or unset snapshot_keep_top to keep every snapshot")
     settings = SelectionSettings.of(probe_settings, objective=args.snapshot_score_objective,
+                                    temperature=args.snapshot_score_temperature,
                                     max_probe_samples=args.snapshot_probe_samples)
     return {"keep_top": args.snapshot_keep_top, "probe_dataset": probe_dataset, "probe_settings": settings}
 

@@ -19,9 +19,9 @@ from hf_ckptkd.selection import (
     TemperatureTooHighError,
     UnknownObjectiveError,
     choose_members,
-    j_from_scores,
     select_from_candidates,
 )
+from hf_ckptkd.selection.objectives import OBJECTIVES, TrivialObjective, objective_named, register_objective
 
 
 def synthetic_run(n=240, classes=6, epochs=10, d_in=96, d=12, seed=0):
@@ -334,7 +334,7 @@ def test_accuracy_objective_prefers_the_recorded_eval_accuracy(small_run):
     assert select_from_candidates(candidates, x, y, objective="accuracy").selected == [probe_best]
 
 
-def test_j_from_scores_reproduces_every_objectives_j(small_run):
+def test_values_from_scores_reproduce_every_objectives_j(small_run):
     x, y, candidates = small_run
     recorded = {"epoch-0001": 0.50, "epoch-0002": 0.93, "epoch-0003": 0.71, "epoch-0004": 0.80, "epoch-0005": 0.85}
     with_eval = _with_eval_accuracy(candidates, recorded)
@@ -344,18 +344,49 @@ def test_j_from_scores_reproduces_every_objectives_j(small_run):
     for objective, cands, beta in runs:
         report = select_from_candidates(cands, x, y, objective=objective, beta=beta)
         scores = json.loads(json.dumps(report.to_dict()))["scores"]  # as read back from selection.json
-        j = j_from_scores(scores, objective, beta=beta)
+        j = OBJECTIVES[objective].values_from_scores(scores, beta=beta)
         assert list(j) == [s.name for s in report.scores if not s.init]
         best = max(j, key=lambda name: (j[name], -list(j).index(name)))
         assert best == report.selected[0], (objective, beta)
         assert j == pytest.approx({s.name: s.j for s in report.scores if not s.init}, abs=1e-12), (objective, beta)
 
 
-def test_j_from_scores_reproduces_the_final_objectives_values(small_run):
+def test_values_from_scores_reproduce_the_final_objectives_values(small_run):
     x, y, candidates = small_run
     report = select_from_candidates(candidates, x, y, objective="final")
-    j = j_from_scores(report.to_dict()["scores"], "final")
+    j = objective_named("final").values_from_scores(report.to_dict()["scores"])
     assert j == {s.name: s.j for s in report.scores if not s.init}
+
+
+class EarliestObjective(TrivialObjective):
+    """A new objective as a user adds one: the earliest snapshot(s)."""
+
+    name = "earliest"
+    summary = "the earliest snapshot(s) in training order (J = minus the position)"
+
+    def plot_label(self, temperature, beta):
+        return "the earliest snapshot"
+
+    def ranking(self, metadata, init, probe_accuracy):
+        return [-float(i) for i in range(len(metadata))]
+
+
+def test_a_registered_objective_is_used_everywhere_an_objective_is_named(small_run, tmp_path):
+    x, y, candidates = small_run
+    with pytest.raises(UnknownObjectiveError, match="unknown objective 'earliest'"):
+        select_from_candidates(candidates, x, y, objective="earliest")
+    register_objective(EarliestObjective())
+    try:
+        report = select_from_candidates(candidates, x, y, objective="earliest", k=2)
+        assert report.selected == ["epoch-0001", "epoch-0002"] and report.search == "top-k"
+        assert "the earliest snapshot(s) in training order" in report.to_markdown()
+        assert "is chosen by the earliest snapshot(s)" in report.explain("epoch-0001")
+        report.save(tmp_path)  # the plot names it too
+        assert (tmp_path / "information_plane.png").is_file()
+        scores = report.to_dict()["scores"]
+        assert OBJECTIVES["earliest"].values_from_scores(scores) == {s.name: s.j for s in report.scores if not s.init}
+    finally:
+        OBJECTIVES.pop("earliest")
 
 
 # -- the accuracy warning -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from hf_ckptkd.data import (
 )
 from hf_ckptkd.models.folders import load_model
 from hf_ckptkd.models import build_model
-from hf_ckptkd.selection import SelectionError
+from hf_ckptkd.selection import SelectionError, UnknownObjectiveError
 from hf_ckptkd.selection.online import SnapshotScorer, keep_top_settings
 from hf_ckptkd.training.snapshot_pruning import best_names
 from hf_ckptkd.snapshots import SnapshotError
@@ -185,8 +185,20 @@ def test_other_bad_keep_top_settings(tmp_path, data, capsys):
     with pytest.raises(ConfigError, match=r"snapshot_probe_samples=1 must be an integer of at least 2"):
         CheckpointKDConfig(output_dir=str(tmp_path), snapshot_strategy="epoch", snapshot_keep_top=2,
                            snapshot_probe_samples=1)
-    with pytest.raises(ConfigError, match=r"snapshot_score_objective='accuracy' is not one of 'outputs', 'features'"):
-        CheckpointKDConfig(output_dir=str(tmp_path), snapshot_strategy="epoch", snapshot_score_objective="accuracy")
+    with pytest.raises(ConfigError, match=r"snapshot_score_temperature=0 must be > 0"):
+        CheckpointKDConfig(output_dir=str(tmp_path), snapshot_strategy="epoch", snapshot_keep_top=2,
+                           snapshot_score_temperature=0)
+    # The objective is looked up in the selection's registry when the trainer builds the scorer, before training.
+    raw, train, names = data
+    model = build_model("timm:test_resnet", 10, label_names=names)
+    for objective, error, message in (("accuracy", SelectionError, r"only 'outputs' and 'features' give a score"),
+                                      ("outptus", UnknownObjectiveError, r"unknown objective 'outptus'; choose one of "
+                                                                         r"outputs, features, final, accuracy")):
+        config = CheckpointKDConfig(output_dir=str(tmp_path), snapshot_strategy="epoch", snapshot_keep_top=2,
+                                    snapshot_score_objective=objective, report_to="none", use_cpu=True)
+        with pytest.raises(error, match=message):
+            CheckpointKDTrainer(model=model, args=config, train_dataset=train, data_collator=image_collator,
+                                probe_dataset=raw)
     with pytest.raises(SelectionError, match=r"keep_top scores snapshots with an information objective, not "
                                              r"objective='accuracy'"):
         SnapshotCallback("epoch", keep_top=2, probe_dataset=data[0], probe_settings=keep_top_settings(objective="accuracy"))

@@ -1,40 +1,15 @@
-"""The selection objective and the choice of k teachers among the snapshots of a run.
+"""Scoring the candidates and choosing k teachers among the snapshots of a run.
 
 Every candidate snapshot is scored on the probe set (see `estimators`): Î(X;F), Ĩ(Y;F) of its
 penultimate features and Î(X;P), Ĩ(Y;P) of its outputs softened at the distillation temperature T.
-The information objectives maximise the total task-related information
+The objective (`objectives`: J of a candidate and of a set, whether it is trivial) then makes the
+choice. The initialisation (`Candidate.is_init`) is scored and reported but never chosen.
 
-    J(t) = Ĩ(Y;·_t) + beta · Î(X;·_t)          (beta = 1 by default)
-
-on the outputs P (`objective="outputs"`: what the student is taught) or on the features F
-(`objective="features"`: the paper's information plane). Both terms are already on fixed scales:
-the label term is a share of the label entropy H(Y), the input term a share of a fixed bound of the
-probe set (log2 N for P, S2(K_X) for F), so a difference of 0.1 in either means the same amount of
-information whichever snapshots are compared, and beta says how many units of input information
-one unit of label information is worth. (The first version rescaled each term min–max over the
-candidates, which stretched a 0.03 difference to the range of a 0.4 one and let an uncertain, weak
-snapshot win on its input term.)
-
-Two trivial selectors stand beside them, with the same interface, so that every report and study
-can say whether the information is worth its cost: `objective="final"` takes the last snapshot(s)
-in training order (J = the position in training order), `objective="accuracy"` the snapshot(s) with
-the best validation accuracy (J = that accuracy: the `eval_accuracy` the run recorded at each
-snapshot when every candidate has one, else the accuracy on the probe set).
-
-The initialisation (`Candidate.is_init`) is scored and reported but never chosen.
-
-For k > 1 teachers the information objectives score an ensemble as a whole with the same J:
-
-- `objective="outputs"`: the ensemble's soft labels are the mean of its members' probabilities at
-  temperature T, scored like one snapshot's outputs;
-- `objective="features"`: the ensemble's representation is the concatenation of its members'
-  features, each first divided by its own median pairwise distance so that every member weighs
-  equally (a one-member ensemble scores exactly like the member).
-
-Members are distinct. The search is exhaustive when C(n, k) <= `exhaustive_limit` (500), where n is
-the number of candidates; otherwise greedy: start from the best single candidate and repeatedly add
-the candidate that raises the ensemble's J most. Ties go to the earlier snapshot in training order.
-The trivial selectors take the k best by their own J.
+Members are distinct. For an information objective the search over sets of k is exhaustive when
+C(n, k) <= `exhaustive_limit` (500), where n is the number of candidates; otherwise greedy: start
+from the best single candidate and repeatedly add the candidate that raises the ensemble's J most.
+Ties go to the earlier snapshot in training order. The trivial objectives take the k best by their
+own J.
 
 Whatever the objective, a chosen snapshot whose probe accuracy is more than `accuracy_margin`
 (5 points by default) below the best candidate's is flagged in `SelectionReport.warnings`.
@@ -59,7 +34,6 @@ from .errors import (
     TemperatureTooHighError,
     TooManyTeachersError,
     UnknownEstimatorError,
-    UnknownObjectiveError,
 )
 from .estimators import ESTIMATORS, build_estimator
 from .kernels import (
@@ -68,16 +42,13 @@ from .kernels import (
     check_probe_classes,
     output_embedding,
 )
+from .objectives import ScoredCandidates, objective_named
 from .report import SelectionReport, SnapshotScore
 from .settings import (
-    DEFAULT_BETA,
     DEFAULT_EXHAUSTIVE_LIMIT,
     SelectionSettings,
 )
 
-INFORMATION_OBJECTIVES = ("outputs", "features")
-TRIVIAL_OBJECTIVES = ("final", "accuracy")
-OBJECTIVES = INFORMATION_OBJECTIVES + TRIVIAL_OBJECTIVES
 # Softened outputs whose largest and smallest probability differ by less than this are uniform to
 # float precision: the temperature has washed out everything the snapshot says.
 UNIFORM_SPREAD = 1e-6
@@ -115,34 +86,6 @@ class Candidate:
         if self.step is not None:
             return int(self.step) == 0
         return self.epoch is not None and float(self.epoch) == 0.0
-
-
-def objective_value(info: MutualInformation, beta: float = DEFAULT_BETA) -> float:
-    """J = Ĩ(Y;·) + beta · Î(X;·) of an information objective."""
-    return info.y + beta * info.x
-
-
-def j_from_scores(scores: Sequence[dict[str, Any]], objective: str, beta: float = DEFAULT_BETA) -> dict[str, float]:
-    """J of each non-initial snapshot from a saved report's scores (`selection.json`'s "scores"), as
-    `select_from_candidates` computes it: for recomputing a run's choice under every objective."""
-    if objective in INFORMATION_OBJECTIVES:
-        x, y = ("i_xp", "i_yp") if objective == "outputs" else ("i_xf", "i_yf")
-        return {s["name"]: s[y] + beta * s[x] for s in scores if not s.get("init")}
-    as_candidates = [Candidate(s["name"], torch.zeros(0), torch.zeros(0), init=bool(s.get("init")),
-                               metadata=s.get("metadata") or {}) for s in scores]
-    values = trivial_values(as_candidates, objective, [s["accuracy"] for s in scores])
-    return {s["name"]: v for s, v in zip(scores, values) if not s.get("init")}
-
-
-def trivial_values(candidates: Sequence[Candidate], objective: str, probe_accuracy: Sequence[float]) -> list[float]:
-    """J of a trivial selector: the position in training order ("final") or the validation accuracy ("accuracy")."""
-    if objective == "final":
-        return [float(i) for i in range(len(candidates))]
-    recorded = [c.metadata.get("eval_accuracy") for c in candidates if not c.is_init]
-    if recorded and all(isinstance(a, (int, float)) for a in recorded):
-        # The initialisation, never chosen, usually has no recorded accuracy: its probe accuracy stands in.
-        return [float(c.metadata.get("eval_accuracy", a)) for c, a in zip(candidates, probe_accuracy)]
-    return [float(a) for a in probe_accuracy]
 
 
 def choose_members(single_j: Sequence[float], eligible: Sequence[int], k: int,
@@ -213,8 +156,7 @@ def _pick_device(inputs: Tensor, candidates: Sequence[Candidate], device) -> tor
 
 def check_request(objective: str, estimator: str, temperature: float) -> None:
     """Fail on a selection request that cannot succeed, before any work is done."""
-    if objective not in OBJECTIVES:
-        raise UnknownObjectiveError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    objective_named(objective)
     if estimator not in ESTIMATORS:
         raise UnknownEstimatorError(f"unknown estimator {estimator!r}; choose one of {', '.join(sorted(ESTIMATORS))}")
     if not temperature > 0:
@@ -283,19 +225,6 @@ def accuracy_warnings(candidates: Sequence[Candidate], accuracy: Sequence[float]
         for i in chosen if accuracy[i] < accuracy[best] - margin]
 
 
-@dataclass
-class ScoredCandidates:
-    """Every candidate's information and probe accuracy, and what scoring an ensemble needs."""
-
-    candidates: Sequence[Candidate]
-    eligible: list[int]          # the candidates that may be chosen (not the initialisation)
-    features: list[MutualInformation]
-    outputs: list[MutualInformation]
-    accuracy: list[float]
-    probs: list[Tensor]          # output embeddings at the temperature, for an ensemble's mean
-    estimator: Any
-
-
 def score_candidates(candidates: Sequence[Candidate], inputs: Tensor, labels: Tensor, settings: SelectionSettings, *,
                      device=None, progress: bool = False, token_labels: bool = False) -> ScoredCandidates:
     """Check the request and the probe, then estimate every candidate's information terms."""
@@ -320,34 +249,28 @@ def score_candidates(candidates: Sequence[Candidate], inputs: Tensor, labels: Te
 
 def choose(scored: ScoredCandidates, settings: SelectionSettings) -> tuple[list[int], str, MutualInformation, float,
                                                                            list[float]]:
-    """(chosen indices in rank order, search, the chosen set's information and J, every candidate's own J)."""
+    """(chosen indices in rank order, search, the chosen set's information and J, every candidate's own J).
+
+    An information objective searches the sets of k for the best J of the set as a whole; a trivial
+    one takes its k best."""
     s, c = settings, scored
-    infos = c.features if s.objective == "features" else c.outputs
-    information = s.objective in INFORMATION_OBJECTIVES
-    single_j = ([objective_value(info, s.beta) for info in infos] if information
-                else trivial_values(c.candidates, s.objective, c.accuracy))
+    objective = objective_named(s.objective)
+    single_j = objective.values(c, s.beta)
     cache: dict[tuple[int, ...], tuple[MutualInformation, float]] = {}
 
     def score(members: tuple[int, ...]) -> tuple[MutualInformation, float]:
-        """(information, J) of a set of members; an ensemble's information is estimated on its fused
-        representation, a trivial selector's J is its members' mean."""
+        """(information, J) of a set of members."""
         if members not in cache:
-            if len(members) == 1:
-                info = infos[members[0]]
-            elif s.objective == "features":
-                info = c.estimator.features([c.candidates[i].features for i in members])
-            else:
-                info = c.estimator.outputs(torch.stack([c.probs[i] for i in members]).mean(dim=0))
-            cache[members] = (info, objective_value(info, s.beta) if information else
-                              sum(single_j[i] for i in members) / len(members))
+            info = objective.information(c, members)
+            cache[members] = (info, objective.set_value(info, [single_j[i] for i in members], s.beta))
         return cache[members]
 
-    if information:
-        chosen, search, ensemble_j = choose_members(single_j, c.eligible, s.k, lambda m: score(m)[1],
-                                                    exhaustive_limit=s.exhaustive_limit)
-    else:
+    if objective.trivial:
         chosen = sorted(c.eligible, key=lambda i: (-single_j[i], i))[:s.k]
         search, ensemble_j = "top-k", score(tuple(sorted(chosen)))[1]
+    else:
+        chosen, search, ensemble_j = choose_members(single_j, c.eligible, s.k, lambda m: score(m)[1],
+                                                    exhaustive_limit=s.exhaustive_limit)
     return chosen, search, score(tuple(sorted(chosen)))[0], ensemble_j, single_j
 
 
