@@ -32,6 +32,7 @@ from hf_ckptkd.pipeline.recipe import load_recipe
 from hf_ckptkd.pipeline.results import paired_difference
 from hf_ckptkd.selection import OBJECTIVES, select_from_candidates
 from hf_ckptkd.selection import extract_candidates
+from hf_ckptkd.selection.report import held_out_loss, memorisation_signs
 from hf_ckptkd.snapshots import SnapshotIndex
 from hf_ckptkd.pipeline.study import spearman, is_run_of, study_cells
 
@@ -91,7 +92,7 @@ def score_cell(name: str, recipe, run_dir: Path, seeds: list[int]) -> dict:
         index, run.validation,
         max_probe_samples=options.pop("max_probe_samples", 2000), seed=options.pop("seed", 0), progress=False,
         label_column=run.label_column, image_column=recipe.image_column,
-        transform=run.transform)
+        transform=run.transform, training_probe=run.train)
     options.pop("objective", None)
     final = index.final.name
     as_runs = {n: [{"seed": s, "test_accuracy": per_seed[n][s]} for s in seeds] for n in student}
@@ -108,8 +109,13 @@ def score_cell(name: str, recipe, run_dir: Path, seeds: list[int]) -> dict:
             "warnings": report.warnings}
         if objective == "outputs":
             cell["snapshots"] = [{"name": s.name, "probe_accuracy": s.accuracy, "i_yp": s.i_yp, "i_xp": s.i_xp,
-                                  "i_yf": s.i_yf, "i_xf": s.i_xf, "j_outputs": s.j,
+                                  "i_yf": s.i_yf, "i_xf": s.i_xf, "j_outputs": s.j, "i_yp1": s.i_yp1,
+                                  "held_out_loss": held_out_loss(s),
+                                  "training_accuracy": s.metadata.get("training_accuracy"),
                                   "student": student.get(s.name)} for s in report.scores]
+            # A teacher memorises when its final held-out loss is well above the run's lowest while it
+            # fits its training data (see `memorisation_signs`); every other cell is regular.
+            cell["regime"] = "memorisation" if memorisation_signs(report.scores) else "regular"
     return cell
 
 
@@ -125,8 +131,8 @@ def print_cell(cell: dict) -> None:
 
 
 def against_baselines(cells: list[dict]) -> dict[str, dict[str, list[str]]]:
-    """For each information objective, the cells where its regret is below both trivial selectors' and
-    those where it is above either's (a cell where it ties with both is in neither list)."""
+    """For each information objective, the cells where its regret is below every trivial selector's
+    and those where it is above any one's (a cell where it ties with them all is in neither list)."""
     verdicts = {}
     for objective in [o.name for o in OBJECTIVES.values() if not o.trivial]:
         beats, loses = [], []
@@ -137,7 +143,7 @@ def against_baselines(cells: list[dict]) -> dict[str, dict[str, list[str]]]:
                 beats.append(c["name"])
             elif any(mine > r + 1e-9 for r in theirs):
                 loses.append(c["name"])
-        verdicts[objective] = {"beats_both": beats, "loses_to_either": loses}
+        verdicts[objective] = {"beats_every_trivial": beats, "loses_to_a_trivial": loses}
     return verdicts
 
 
@@ -166,7 +172,7 @@ def main() -> None:
         versus = "the final snapshot" if c["oracle"] == c["final"] else (
             f"{c['oracle']} ({d['mean_pp']:+.2f} [{d['ci95_pp'][0]:+.2f}, {d['ci95_pp'][1]:+.2f}])" if d
             else f"{c['oracle']} (one seed: no interval)")
-        print(f"| {c['name']} | {len(c['seeds'])} | {versus} | " + " | ".join(parts) + " |")
+        print(f"| {c['name']} ({c['regime']}) | {len(c['seeds'])} | {versus} | " + " | ".join(parts) + " |")
     print()
     worst = {}
     for o in OBJECTIVES:
@@ -180,8 +186,8 @@ def main() -> None:
     print(f"\nlowest worst-case regret over {len(cells)} cells: {best} ({worst[best]:.2f} pp)")
     against = against_baselines(cells)
     for objective, verdict in against.items():
-        print(f"{objective:9s} beats both `final` and `accuracy` in: {', '.join(verdict['beats_both']) or 'no cell'}; "
-              f"loses to either in: {', '.join(verdict['loses_to_either']) or 'no cell'}")
+        print(f"{objective:9s} beats every trivial selector in: {', '.join(verdict['beats_every_trivial']) or 'no cell'}; "
+              f"loses to one in: {', '.join(verdict['loses_to_a_trivial']) or 'no cell'}")
     if args.json:
         Path(args.json).write_text(json.dumps({"cells": cells, "lowest_worst_case": best,
                                                "against_baselines": against}, indent=2) + "\n")

@@ -32,6 +32,7 @@ from .recipe import PIPELINE_STAGES, Recipe
 from .results import NO_TEACHER, RESULT_NAME, StudentCell, best_other_teacher, is_close, write_report
 from .runlog import RUN_LOG, log_to_file, say, stage_bar
 from ..selection import SelectionReport, select_teachers
+from ..selection.report import memorisation_signs
 from ..selection.online import run_probe_settings
 from ..snapshots.folders import SnapshotIndex
 from ..tasks import RunData, perplexity, prepare_run_data
@@ -191,13 +192,17 @@ def select(recipe: Recipe, run: RunData, output_dir: Path, index: SnapshotIndex,
             # Every process selects: they share the snapshots (see selection.processes); the main one saves.
             start = time.time()
             options = dict(recipe.selection)
+            # The training split as a second probe: the report then shows the signs of memorisation.
             report = select_teachers(index, run.validation, k=k, image_column=recipe.image_column,
                                      label_column=run.label_column, progress=False, transform=run.transform,
-                                     **options)
+                                     training_probe=run.train, **options)
             if state.is_main_process:
                 report.extra["run"] = f"{recipe.name}/teacher-0"  # how a pushed teacher's card names its run
                 report.save(folder)
                 _say(state, f"  k={k}: selected {', '.join(report.selected)} in {time.time() - start:.0f}s")
+                signs = memorisation_signs(report.scores)
+                if signs:
+                    _say(state, f"  memorisation: {signs}")
                 for warning in report.warnings:
                     _say(state, f"  warning: {warning}")
         state.wait_for_everyone()

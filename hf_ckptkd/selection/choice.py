@@ -36,6 +36,7 @@ from .errors import (
     UnknownEstimatorError,
 )
 from .estimators import ESTIMATORS, build_estimator
+from .label_information import LOG2E, predictive_label_bits, shannon_entropy_bits
 from .kernels import (
     MutualInformation,
     check_probe,
@@ -194,11 +195,15 @@ def _softened_outputs(candidates: Sequence[Candidate], eligible: Sequence[int], 
 
 
 def _information(candidates: Sequence[Candidate], probs: Sequence[Tensor], est, labels: Tensor,
-                 progress: bool) -> tuple[list[MutualInformation], list[MutualInformation], list[float]]:
-    """(features' information, outputs' information, probe accuracy) of every candidate."""
+                 progress: bool) -> tuple[list[MutualInformation], list[MutualInformation], list[float], list[float],
+                                          list[float]]:
+    """(features' information, outputs' information, probe accuracy, the outputs' label information as
+    they are, probe loss) of every candidate."""
     feats: list[MutualInformation] = []
     outs: list[MutualInformation] = []
     accuracy: list[float] = []
+    predictive: list[float] = []
+    probe_loss: list[float] = []
     iterator: Any = candidates
     if progress:
         iterator = tqdm(candidates, desc="scoring snapshots", unit="snapshot")
@@ -211,7 +216,10 @@ def _information(candidates: Sequence[Candidate], probs: Sequence[Tensor], est, 
         except ShapeMismatchError as e:
             raise ShapeMismatchError(f"snapshot {c.name!r}: {e}") from None
         accuracy.append(float((c.logits.argmax(dim=1).cpu() == labels).float().mean()))
-    return feats, outs, accuracy
+        bits = predictive_label_bits(c.logits, labels)
+        predictive.append(bits / est.entropy_y if est.entropy_y > 0 else 0.0)
+        probe_loss.append((shannon_entropy_bits(labels) - bits) / LOG2E)  # nats, as Trainer's eval_loss
+    return feats, outs, accuracy, predictive, probe_loss
 
 
 def accuracy_warnings(candidates: Sequence[Candidate], accuracy: Sequence[float], eligible: Sequence[int],
@@ -243,8 +251,8 @@ def score_candidates(candidates: Sequence[Candidate], inputs: Tensor, labels: Te
                           dtype=s.dtype, device=device, num_classes=num_classes, token_labels=token_labels,
                           **(s.estimator_options or {}))
     probs = _softened_outputs(candidates, eligible, s.temperature, device)
-    feats, outs, accuracy = _information(candidates, probs, est, y.cpu(), progress)
-    return ScoredCandidates(candidates, eligible, feats, outs, accuracy, probs, est)
+    feats, outs, accuracy, predictive, probe_loss = _information(candidates, probs, est, y.cpu(), progress)
+    return ScoredCandidates(candidates, eligible, feats, outs, accuracy, probs, est, y, predictive, probe_loss)
 
 
 def choose(scored: ScoredCandidates, settings: SelectionSettings) -> tuple[list[int], str, MutualInformation, float,
@@ -283,6 +291,7 @@ def report_choice(scored: ScoredCandidates, settings: SelectionSettings, chosen:
         SnapshotScore(
             name=cand.name, epoch=cand.epoch, step=cand.step, accuracy=c.accuracy[i],
             i_xf=c.features[i].x, i_yf=c.features[i].y, i_xp=c.outputs[i].x, i_yp=c.outputs[i].y, j=single_j[i],
+            i_yp1=c.predictive[i], probe_loss=c.probe_loss[i],
             chosen=i in rank, rank=rank.get(i), init=cand.is_init, path=cand.path, metadata=dict(cand.metadata))
         for i, cand in enumerate(c.candidates)
     ]
@@ -292,7 +301,8 @@ def report_choice(scored: ScoredCandidates, settings: SelectionSettings, chosen:
         beta=float(s.beta), kappa=float(s.kappa), estimator=s.estimator, probe_size=c.estimator.n, seed=int(s.seed),
         search=search, ensemble={"members": names, "i_x": ensemble_info.x, "i_y": ensemble_info.y, "j": ensemble_j},
         label_entropy_bits=float(c.estimator.entropy_y), accuracy_margin=float(s.accuracy_margin),
-        warnings=accuracy_warnings(c.candidates, c.accuracy, c.eligible, chosen, s.accuracy_margin),
+        warnings=accuracy_warnings(c.candidates, c.accuracy, c.eligible, chosen, s.accuracy_margin)
+        + objective_named(s.objective).notes(c),
         estimator_options=c.estimator.options())
 
 

@@ -130,7 +130,7 @@ class Renyi2Estimator:
         self._block = block_rows(n, chunk_size)
         self._member_scales: dict = {}
 
-        self._y = y.to(self.device)
+        self._y = self.labels = y.to(self.device)  # `labels`: the probe's labels, for label terms outside
         self.entropy_y = shannon_entropy_bits(y)  # H(Y), the label terms' scale
         self._order = torch.argsort(y.cpu(), stable=True).to(self.device)  # examples sorted by label
 
@@ -278,7 +278,7 @@ class BinningEstimator:
         self.n_bins = int(min(n, n_bins if n_bins is not None else default_bins))
         if self.n_bins < 2:
             raise ValueError(f"n_bins must be at least 2, got {n_bins}")
-        self._y = y.to(self.device)
+        self._y = self.labels = y.to(self.device)
         self.entropy_y = shannon_entropy_bits(y)
 
     def options(self) -> dict:

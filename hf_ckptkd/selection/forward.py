@@ -67,13 +67,15 @@ def first_loadable(candidates: Sequence[ModelCandidate]) -> tuple[int, nn.Module
 
 
 def run_candidates(candidates: Sequence[ModelCandidate], indices: Sequence[int], first: tuple[int, nn.Module, dict],
-                    batches, held_out, space, device: torch.device, progress: bool) -> list[Outcome]:
+                    batches, extra_probes, space, device: torch.device, progress: bool) -> list[Outcome]:
     """The candidates at `indices` (this process's share) loaded in turn, checked against the label
-    space, and run over the probe (and the held-out probe) in eval mode: their features, logits and
-    accuracies. One that cannot be loaded is skipped with a warning naming it."""
+    space, and run over the probe in eval mode: their features and logits. `extra_probes` maps a
+    name (`held_out`, `training`) to (batches, labels) of another probe: each candidate's accuracy
+    on it goes into its `metadata[f"{name}_accuracy"]`. One that cannot be loaded is skipped with a
+    warning naming it."""
     first_index, first_model, failed = first
     outcomes: list[Outcome] = []
-    n_batches = len(batches) + (len(held_out[0]) if held_out else 0)
+    n_batches = len(batches) + sum(len(b) for b, _ in extra_probes.values())
     outer: Iterable[int] = tqdm(indices, desc="candidates", unit="model") if progress else indices
     bar = tqdm(total=n_batches, desc="probe batches", unit="batch", leave=False) if progress else None
     try:
@@ -94,9 +96,9 @@ def run_candidates(candidates: Sequence[ModelCandidate], indices: Sequence[int],
                 bar.set_description(source.name)
             features, logits = _run(model, batches, device, bar)
             metadata = dict(source.metadata)
-            if held_out is not None:
-                _, h_logits = _run(model, held_out[0], device, bar)
-                metadata["held_out_accuracy"] = float((h_logits.argmax(dim=1) == held_out[1]).float().mean())
+            for name, (extra_batches, extra_labels) in extra_probes.items():
+                _, extra_logits = _run(model, extra_batches, device, bar)
+                metadata[f"{name}_accuracy"] = float((extra_logits.argmax(dim=1) == extra_labels).float().mean())
             del model
             if i == first_index:
                 first_model = None  # one model in memory at a time

@@ -334,6 +334,8 @@ class InformationEstimator(Protocol):
     name: str
     n: int
     num_classes: int
+    labels: Tensor      # the probe's labels, on the estimator's device
+    entropy_y: float    # H(Y) of the probe's labels in bits, the label terms' unit
 
     def features(self, features: FeatureInput) -> MutualInformation:
         """Î(X;F), Î(Y;F) of an N × D feature matrix (or a list: an ensemble's features)."""

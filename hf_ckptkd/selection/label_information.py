@@ -112,6 +112,24 @@ def outputs_label_bits(probs: Tensor, labels: Tensor) -> float:
     return shannon_entropy_bits(labels) - ce
 
 
+def predictive_label_bits(logits: Tensor, labels: Tensor) -> float:
+    """H(Y) - CE(softmax(logits)) in bits: the bound with q = the outputs as they are (may be negative).
+
+    The same variational bound as `outputs_label_bits` with the snapshot's own probabilities at
+    T = 1 as the predictor, not recalibrated. Recalibration (the fitted scale s) divides out exactly
+    what marks a memorising teacher: outputs that have become near one-hot, confident where they are
+    wrong, so that the held-out cross-entropy rises while the ranking of the classes (and the
+    accuracy) barely moves. On held-out data this term falls as that happens; on the data the
+    snapshot was trained on it would not, so the probe must be held out (the pipeline's probe is
+    the validation split). A bound below zero means the outputs predict held-out labels worse than
+    the class frequencies do; it is kept as it is, so that such snapshots still rank among themselves.
+    """
+    z = logits.detach().double()
+    y = labels.reshape(-1).to(z.device)
+    cross_entropy = float(torch.nn.functional.cross_entropy(z, y)) * LOG2E
+    return shannon_entropy_bits(y) - cross_entropy
+
+
 def two_fold_split(labels: Tensor, seed: int) -> Tensor:
     """A bool mask of the first fold: every class split in two alternating halves of a seeded shuffle."""
     labels = labels.reshape(-1).cpu()
@@ -213,4 +231,5 @@ def normalised(bits: float, entropy_y: float) -> float:
 
 
 __all__ = ["calibrated_cross_entropy_bits", "features_label_bits", "normalised", "outputs_label_bits",
+           "predictive_label_bits",
            "random_halves", "shannon_entropy_bits", "token_features_label_bits", "two_fold_split"]

@@ -34,6 +34,7 @@ one `register_objective(...)` line at its end.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -42,6 +43,7 @@ from torch import Tensor
 
 from .errors import UnknownObjectiveError
 from .kernels import MutualInformation, output_embedding
+from .label_information import predictive_label_bits
 
 # How many units of input information one unit of label information is worth in J.
 DEFAULT_BETA = 1.0
@@ -59,6 +61,9 @@ class ScoredCandidates:
     accuracy: list[float]
     probs: list[Tensor]          # output embeddings at the temperature, for an ensemble's mean
     estimator: Any
+    labels: Tensor               # the probe's labels
+    predictive: list[float]      # Ĩ(Y;P₁): the outputs' label information as they are (T = 1), a share of H(Y)
+    probe_loss: list[float]      # the probe's mean cross-entropy at T = 1, in nats
 
 
 def objective_value(info: MutualInformation, beta: float = DEFAULT_BETA) -> float:
@@ -94,6 +99,10 @@ class Objective:
         """J of each non-initial snapshot from a saved report's scores (`selection.json`'s "scores"),
         as the selector computes it: for recomputing a run's choice under every objective."""
         raise NotImplementedError
+
+    def notes(self, scored: ScoredCandidates) -> list[str]:
+        """Sentences for the report about how this objective had to score these candidates."""
+        return []
 
     def information(self, scored: ScoredCandidates, members: tuple[int, ...]) -> MutualInformation:
         """The information of one candidate or of a set of them, here on the (mean) softened outputs."""
@@ -177,20 +186,20 @@ class TrivialObjective(Objective):
     trivial = True
 
     def ranking(self, metadata: Sequence[dict[str, Any]], init: Sequence[bool],
-                probe_accuracy: Sequence[float]) -> list[float]:
-        """J of every candidate from what the run recorded of it and its probe accuracy."""
+                probe_accuracy: Sequence[float], probe_loss: Sequence[float | None]) -> list[float]:
+        """J of every candidate from what the run recorded of it and its probe accuracy and loss."""
         raise NotImplementedError
 
     def values(self, scored: ScoredCandidates, beta: float) -> list[float]:
         return self.ranking([c.metadata for c in scored.candidates], [c.is_init for c in scored.candidates],
-                            scored.accuracy)
+                            scored.accuracy, scored.probe_loss)
 
     def set_value(self, info: MutualInformation, member_values: Sequence[float], beta: float) -> float:
         return sum(member_values) / len(member_values)
 
     def values_from_scores(self, scores: Sequence[dict[str, Any]], beta: float = DEFAULT_BETA) -> dict[str, float]:
         values = self.ranking([s.get("metadata") or {} for s in scores], [bool(s.get("init")) for s in scores],
-                              [s["accuracy"] for s in scores])
+                              [s["accuracy"] for s in scores], [s.get("probe_loss") for s in scores])
         return {s["name"]: v for s, v in zip(scores, values) if not s.get("init")}
 
 
@@ -203,7 +212,7 @@ class FinalObjective(TrivialObjective):
     def plot_label(self, temperature: float, beta: float) -> str:
         return "the last snapshot (trivial baseline)"
 
-    def ranking(self, metadata, init, probe_accuracy) -> list[float]:
+    def ranking(self, metadata, init, probe_accuracy, probe_loss) -> list[float]:
         return [float(i) for i in range(len(metadata))]
 
 
@@ -217,12 +226,84 @@ class AccuracyObjective(TrivialObjective):
     def plot_label(self, temperature: float, beta: float) -> str:
         return "the best validation accuracy (trivial baseline)"
 
-    def ranking(self, metadata, init, probe_accuracy) -> list[float]:
-        recorded = [m.get("eval_accuracy") for m, is_init in zip(metadata, init) if not is_init]
-        if recorded and all(isinstance(a, (int, float)) for a in recorded):
-            # The initialisation, never chosen, usually has no recorded accuracy: its probe accuracy stands in.
-            return [float(m.get("eval_accuracy", a)) for m, a in zip(metadata, probe_accuracy)]
-        return [float(a) for a in probe_accuracy]
+    def ranking(self, metadata, init, probe_accuracy, probe_loss) -> list[float]:
+        return recorded_or_probe(metadata, init, "eval_accuracy", probe_accuracy)
+
+
+def recorded_or_probe(metadata: Sequence[dict[str, Any]], init: Sequence[bool], key: str,
+                      on_probe: Sequence[float | None]) -> list[float]:
+    """The metric `key` the run recorded at each snapshot when every chosen-from candidate has one,
+    else the same metric measured on the probe (the initialisation, never chosen, usually has no
+    recorded value: its probe value stands in)."""
+    if recorded_everywhere(metadata, init, key):
+        return [float(m.get(key, p if p is not None else math.nan)) for m, p in zip(metadata, on_probe)]
+    return [float(p) if p is not None else math.nan for p in on_probe]
+
+
+def recorded_everywhere(metadata: Sequence[dict[str, Any]], init: Sequence[bool], key: str) -> bool:
+    """Whether every candidate but the initialisation has the metric `key` recorded."""
+    recorded = [m.get(key) for m, is_init in zip(metadata, init) if not is_init]
+    return bool(recorded) and all(isinstance(v, (int, float)) for v in recorded)
+
+
+class HeldOutLossObjective(TrivialObjective):
+    """The lowest held-out loss: the `eval_loss` the run recorded at each snapshot when every candidate
+    has one, else the probe's cross-entropy (which the report says). It can prefer a less accurate
+    snapshot: a memorising teacher's held-out loss rises while its accuracy still creeps up."""
+
+    name = "loss"
+    summary = ("the lowest held-out loss (a trivial baseline; J = minus the recorded eval_loss, else minus the "
+               "probe's cross-entropy)")
+
+    def plot_label(self, temperature: float, beta: float) -> str:
+        return "the lowest held-out loss (trivial baseline)"
+
+    def ranking(self, metadata, init, probe_accuracy, probe_loss) -> list[float]:
+        return [-v for v in recorded_or_probe(metadata, init, "eval_loss", probe_loss)]
+
+    def notes(self, scored: ScoredCandidates) -> list[str]:
+        if recorded_everywhere([c.metadata for c in scored.candidates], [c.is_init for c in scored.candidates],
+                               "eval_loss"):
+            return []
+        return ["objective 'loss': not every snapshot recorded an eval_loss (train with an evaluation split and "
+                "eval_strategy='epoch', or save_strategy matching it), so the snapshots were ranked by the probe's "
+                "cross-entropy instead; that is a held-out loss only if the probe set was not trained on"]
+
+
+class HeldOutInformationObjective(InformationObjective):
+    """J = Ĩ(Y;P₁) + β·Î(X;P): the label information of the outputs as they are (T = 1, not
+    recalibrated) on the held-out probe, with the input information of the outputs softened at T.
+    Where the recalibrated Ĩ(Y;P) divides out a memorising teacher's overconfidence, this term pays
+    for it; an ensemble is scored on the mean of its members' probabilities at T = 1."""
+
+    name = "held_out"
+    summary = "J = Ĩ(Y;P₁) + β·Î(X;P): the outputs' label information as they are (T = 1) on the held-out probe"
+    x_score, y_score = "i_xp", "i_yp1"
+
+    def plot_label(self, temperature: float, beta: float) -> str:
+        return f"objective on the outputs as they are (T=1) and at T={temperature:g}, β={beta:g}"
+
+    def terms(self, scored: ScoredCandidates) -> list[MutualInformation]:
+        entropy = scored.estimator.entropy_y
+        return [_with_label_term(o, y * entropy, entropy) for o, y in zip(scored.outputs, scored.predictive)]
+
+    def information(self, scored: ScoredCandidates, members: tuple[int, ...]) -> MutualInformation:
+        if len(members) == 1:
+            return self.terms(scored)[members[0]]
+        mean = torch.stack([torch.softmax(scored.candidates[i].logits.double(), dim=1) for i in members]).mean(dim=0)
+        bits = predictive_label_bits(mean.clamp(min=1e-300).log(), scored.labels)
+        return _with_label_term(super().information(scored, members), bits, scored.estimator.entropy_y)
+
+    def score_snapshot(self, estimator, features, logits, temperature, device) -> MutualInformation:
+        softened = estimator.outputs(output_embedding(logits.to(device), temperature))
+        bits = predictive_label_bits(logits.to(device), estimator.labels)
+        return _with_label_term(softened, bits, estimator.entropy_y)
+
+
+def _with_label_term(info: MutualInformation, bits: float, entropy_y: float) -> MutualInformation:
+    """`info` with its label term replaced by Ĩ(Y;P₁) = bits / H(Y), kept below zero (see
+    `predictive_label_bits`) so that snapshots worse than the class frequencies still rank."""
+    return MutualInformation(x=info.x, y=bits / entropy_y if entropy_y > 0 else 0.0, x_bits=info.x_bits, y_bits=bits)
 
 
 OBJECTIVES: dict[str, Objective] = {}
@@ -251,3 +332,5 @@ register_objective(OutputsObjective())
 register_objective(FeaturesObjective())
 register_objective(FinalObjective())
 register_objective(AccuracyObjective())
+register_objective(HeldOutLossObjective())
+register_objective(HeldOutInformationObjective())

@@ -46,9 +46,46 @@ class SnapshotScore:
     j: float
     chosen: bool = False
     rank: int | None = None
+    # Ĩ(Y;P₁): the label information of the outputs as they are (T = 1, not recalibrated; may be
+    # negative), and the probe's cross-entropy in nats; None in reports written before they existed.
+    i_yp1: float | None = None
+    probe_loss: float | None = None
     init: bool = False
     path: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# A final snapshot whose held-out loss is this much above the run's lowest shows the sign of memorisation.
+MEMORISATION_LOSS_RISE = 0.10
+MEMORISED_TRAINING_ACCURACY = 0.99
+
+
+def held_out_loss(score: SnapshotScore) -> float | None:
+    """The held-out loss the run recorded at the snapshot (`eval_loss`), else the probe's cross-entropy."""
+    recorded = score.metadata.get("eval_loss")
+    return float(recorded) if isinstance(recorded, (int, float)) else score.probe_loss
+
+
+def memorisation_signs(scores: list[SnapshotScore]) -> str | None:
+    """A sentence when the run shows the signs of a memorising teacher: the last snapshot's held-out
+    loss well above the run's lowest (and, where a training probe was run, a training accuracy near
+    100 %); None otherwise. Then a less accurate, earlier snapshot can teach better than the final one."""
+    rows = [(s, held_out_loss(s)) for s in scores if not s.init]
+    rows = [(s, loss) for s, loss in rows if loss is not None]
+    if len(rows) < 2:
+        return None
+    best, lowest = min(rows, key=lambda r: r[1])
+    last, final_loss = rows[-1]
+    if best is last or final_loss < (1 + MEMORISATION_LOSS_RISE) * lowest:
+        return None
+    trained = last.metadata.get("training_accuracy")
+    training = (f" while its training accuracy is {trained:.1%}" if isinstance(trained, (int, float)) else "")
+    if isinstance(trained, (int, float)) and trained < MEMORISED_TRAINING_ACCURACY:
+        return None
+    return (f"the held-out loss rose from {lowest:.3f} ({best.name}) to {final_loss:.3f} ({last.name}){training}, "
+            f"with held-out accuracy {best.accuracy:.1%} → {last.accuracy:.1%}: the teacher memorises its training "
+            "set, and an earlier snapshot may teach better than the final one (objectives `held_out` and `loss` "
+            "can prefer it; `accuracy` and `final` cannot)")
 
 
 @dataclass
@@ -171,20 +208,27 @@ class SelectionReport:
             lines.append(f"- the ensemble, scored as a whole on {self._ensemble_representation()}: "
                          f"Î(X;·) = {self.ensemble['i_x']:.4f}, Î(Y;·) = {self.ensemble['i_y']:.4f}, "
                          f"J = {self.ensemble['j']:.4f}")
+        signs = memorisation_signs(self.scores)
+        if signs:
+            lines += ["", f"> **Memorisation:** {signs}"]
         if self.warnings:
             lines += [""] + [f"> **Warning:** {w}" for w in self.warnings]
         if self.notes:
             lines += [""] + [f"> **Note:** {n}" for n in self.notes]
         lines += [
             "",
-            "| snapshot | epoch | step | accuracy | Î(X;F) | Ĩ(Y;F) | Î(X;P) | Ĩ(Y;P) | J | chosen |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+            "| snapshot | epoch | step | accuracy | held-out loss | training accuracy | Î(X;F) | Ĩ(Y;F) | Î(X;P) "
+            "| Ĩ(Y;P) | Ĩ(Y;P₁) | J | chosen |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
         ]
         for s in self.scores:
             chosen = f"✓ ({s.rank})" if s.chosen else ("init, excluded" if s.init else "")
+            loss, trained = held_out_loss(s), s.metadata.get("training_accuracy")
             lines.append(
                 f"| {s.name} | {format_epoch(s.epoch)} | {'' if s.step is None else s.step} | {s.accuracy:.2%} | "
-                f"{s.i_xf:.4f} | {s.i_yf:.4f} | {s.i_xp:.4f} | {s.i_yp:.4f} | {s.j:.4f} | {chosen} |")
+                f"{'' if loss is None else f'{loss:.4f}'} | {'' if trained is None else f'{trained:.2%}'} | "
+                f"{s.i_xf:.4f} | {s.i_yf:.4f} | {s.i_xp:.4f} | {s.i_yp:.4f} | "
+                f"{'' if s.i_yp1 is None else f'{s.i_yp1:.4f}'} | {s.j:.4f} | {chosen} |")
         return "\n".join(lines) + "\n"
 
     def save(self, directory: str | os.PathLike, *, plot: bool = True) -> Path:

@@ -133,6 +133,7 @@ def extract_candidates(
     revisions: str | Sequence[str] | bool | None = None,
     token: str | bool | None = None,
     held_out_probe=None,
+    training_probe=None,
     device: str | torch.device | None = None,
     progress: bool = True,
     **overrides: Any,
@@ -146,11 +147,11 @@ def extract_candidates(
     """
     settings = SelectionSettings.of(settings, **overrides)
     source = resolve_candidates(snapshots, revisions=revisions, token=token)
-    return _extract(source, probe_dataset, settings, held_out_probe, device, progress)
+    return _extract(source, probe_dataset, settings, held_out_probe, training_probe, device, progress)
 
 
-def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, held_out_probe, device,
-             progress: bool) -> ProbeCandidates:
+def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, held_out_probe, training_probe,
+             device, progress: bool) -> ProbeCandidates:
     batch_size = settings.batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise SelectionError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -174,10 +175,11 @@ def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, h
     batches, inputs, labels = probe.batches, probe.inputs, probe.labels
     check_probe_classes(labels, max(num_labels_of(first_model), int(labels.max()) + 1),
                         token_labels=drawing.token_labels)
-    held_out = None
-    if held_out_probe is not None:
-        h = drawing.draw(held_out_probe)
-        held_out = (h.batches, h.labels.to(device))
+    extra_probes = {}
+    for name, dataset in (("held_out", held_out_probe), ("training", training_probe)):
+        if dataset is not None:
+            drawn = drawing.draw(dataset)
+            extra_probes[name] = (drawn.batches, drawn.labels.to(device))
     probe_s = time.perf_counter() - t0
 
     space.check(candidates[first_index].name, first_model)  # every process checks against the same first model
@@ -186,7 +188,7 @@ def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, h
     if first_index not in mine:
         first = (first_index, None, first[2])
         first_model = None
-    outcomes = run_candidates(candidates, mine, first, batches, held_out, space, device, progress)
+    outcomes = run_candidates(candidates, mine, first, batches, extra_probes, space, device, progress)
     forward_s = time.perf_counter() - t0
     outcomes = gather_in_order(outcomes, state, outcome_to_cpu)
     shares = gather_in_order([len(mine)], state, lambda n: n)
@@ -194,7 +196,7 @@ def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, h
     info = {
         "probe": {"size": int(labels.numel()), "seed": int(settings.seed),
                   "max_probe_samples": settings.max_probe_samples, **drawing.describe(probe),
-                  "held_out_size": int(held_out[1].numel()) if held_out else None},
+                  **{f"{name}_size": int(labels.numel()) for name, (_, labels) in extra_probes.items()}},
         "device": str(device),
         "processes": {"count": state.num_processes, "candidates_per_process": shares},
         "timing_s": {"probe": round(probe_s, 3), "forward": round(forward_s, 3)},
@@ -215,6 +217,7 @@ def select_teachers(
     token: str | bool | None = None,
     settings: SelectionSettings | None = None,
     held_out_probe=None,
+    training_probe=None,
     device: str | torch.device | None = None,
     progress: bool = True,
     **overrides: Any,
@@ -249,6 +252,10 @@ def select_teachers(
         held_out_probe: an optional dataset like `probe_dataset` (e.g. the test split), drawn the
             same way; each snapshot's accuracy on it goes into `metadata["held_out_accuracy"]`.
             It does not enter J: the estimator computes every term on one probe set.
+        training_probe: an optional sample of the data the teacher trained on, drawn the same way;
+            each snapshot's accuracy on it goes into `metadata["training_accuracy"]`, which the
+            report shows beside the held-out loss: near 100 % with a rising held-out loss is the
+            sign of a memorising teacher (`table.md` then says so). It does not enter J either.
         progress: tqdm bars over the snapshots and their batches (main process only).
 
     Under `accelerate launch` the candidates are split between the processes, each runs its share
@@ -285,7 +292,7 @@ def select_teachers(
         raise TooManyTeachersError(
             f"k={k!r} teachers requested but there are {n_candidates} candidate snapshots{note}; use "
             f"1 <= k <= {n_candidates}, or keep more snapshots (e.g. a smaller snapshot_every)")
-    probe = _extract(source, probe_dataset, settings, held_out_probe, device, progress)
+    probe = _extract(source, probe_dataset, settings, held_out_probe, training_probe, device, progress)
     state = selection_state()
 
     def score() -> SelectionReport:

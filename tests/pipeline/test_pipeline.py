@@ -444,14 +444,16 @@ def test_selector_against_both_trivial_baselines():
     selectors', and blamed where it is above either's; a tie with both counts as neither."""
     bench = _load_benchmark("selection_studies")
 
-    def cell(name, outputs, features, final, accuracy):
-        regrets = {"outputs": outputs, "features": features, "final": final, "accuracy": accuracy}
+    def cell(name, outputs, features, held_out, final, accuracy, loss):
+        regrets = {"outputs": outputs, "features": features, "held_out": held_out, "final": final,
+                   "accuracy": accuracy, "loss": loss}
         return {"name": name, "selectors": {o: {"regret_pp": r} for o, r in regrets.items()}}
 
-    verdict = bench.against_baselines([cell("wins", 0.0, 0.5, 0.3, 0.2), cell("ties", 0.0, 0.0, 0.0, 0.0),
-                                       cell("between", 0.25, 0.3, 0.3, 0.2)])
-    assert verdict["outputs"] == {"beats_both": ["wins"], "loses_to_either": ["between"]}
-    assert verdict["features"] == {"beats_both": [], "loses_to_either": ["wins", "between"]}
+    verdict = bench.against_baselines([cell("wins", 0.0, 0.5, 0.0, 0.3, 0.2, 0.1), cell("ties", *[0.0] * 6),
+                                       cell("between", 0.25, 0.3, 0.0, 0.3, 0.2, 0.0)])
+    assert verdict["outputs"] == {"beats_every_trivial": ["wins"], "loses_to_a_trivial": ["between"]}
+    assert verdict["features"] == {"beats_every_trivial": [], "loses_to_a_trivial": ["wins", "between"]}
+    assert verdict["held_out"] == {"beats_every_trivial": ["wins"], "loses_to_a_trivial": []}
 
 
 def _load_benchmark(name: str):

@@ -160,8 +160,8 @@ def test_choose_members_greedy_and_exhaustive_on_a_known_function():
 
 def test_unknown_objective(run):
     x, y, candidates = run
-    with pytest.raises(UnknownObjectiveError, match="unknown objective 'loss'; choose one of outputs, features"):
-        select_from_candidates(candidates, x, y, objective="loss")
+    with pytest.raises(UnknownObjectiveError, match="unknown objective 'lowest_loss'; choose one of outputs, features"):
+        select_from_candidates(candidates, x, y, objective="lowest_loss")
 
 
 def test_selection_is_invariant_to_duplicating_the_probe_set():
