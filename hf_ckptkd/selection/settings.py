@@ -21,7 +21,7 @@ from .estimators import DEFAULT_ESTIMATOR
 from .kernels import DEFAULT_KAPPA
 
 # The default is the selector with the lowest worst-case regret over the selector-evidence cells
-# (README, "Selector across tasks"; benchmarks/selection_studies.py), whichever it is.
+# (docs/evidence.md; benchmarks/selection_studies.py), whichever it is.
 DEFAULT_OBJECTIVE = "accuracy"
 DEFAULT_BETA = 1.0
 DEFAULT_EXHAUSTIVE_LIMIT = 500
