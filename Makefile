@@ -1,4 +1,5 @@
-# `make demo` runs the offline demo, `make test` the test suite; each sets itself up first.
+# `make demo` runs the offline demo, `make test` the test suite (which builds the docs site too);
+# each sets itself up first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ setup: $(VENV)/.installed data
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,docs]'
 	touch $@
 
 # Debian's Fashion-MNIST package when we can install it (otherwise the data layer says so and

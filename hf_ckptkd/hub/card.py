@@ -56,7 +56,7 @@ TEXT_STUDENT_KWARGS = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention
 LM_STUDENT = "transformers:GPT2Config"
 LM_STUDENT_KWARGS = {"n_layer": 1, "n_embd": 64, "n_head": 2}
 LM_PROMPT = "the computer"
-POINTER = ('the hf-ckptkd README, sections "Results on Fashion-MNIST (CPU)", "Selector across tasks" and "Studies"')
+POINTER = ('the hf-ckptkd documentation, pages "Selection evidence" (docs/evidence.md) and "Studies" (docs/studies.md)')
 
 
 # --- what a card says about the model, its data and its metrics --------------------------------

@@ -39,6 +39,11 @@ def _pp(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+def mean_std_text(mean: float, std: float, seeds: int, scale: float = 100.0) -> str:
+    """`mean ± std` over seeds; one seed has no spread to show, so its std reads "–", not a made-up 0.00."""
+    return f"{scale * mean:.2f} ± " + (f"{scale * std:.2f}" if seeds > 1 else "–")
+
+
 # Two-sided 95 % quantiles of Student's t distribution, t_{0.975, df}, for df = 1..30 (beyond: 1.96).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -165,8 +170,8 @@ def _table(rows: list[dict], summary: dict) -> str:
     for r in rows:
         teacher = _pp(r["teacher_test_accuracy"]) if r["teacher_test_accuracy"] is not None else "–"
         epochs = ", ".join(f"{e:g}" for e in r["teacher_epochs"]) or "–"
-        lines.append(f"| {r['description']} | {epochs} | {teacher} | {_pp(r['student_test_accuracy'])} ± "
-                     f"{_pp(r['student_test_std'])} | {r['gain_vs_final_pp']:+.2f} | "
+        student = mean_std_text(r["student_test_accuracy"], r["student_test_std"], r["seeds"])
+        lines.append(f"| {r['description']} | {epochs} | {teacher} | {student} | {r['gain_vs_final_pp']:+.2f} | "
                      f"{paired_text(r.get('paired_vs_final'))} | {r['seeds']} |")
     lm = [r for r in rows if "student_test_perplexity" in r]
     if lm:
@@ -174,8 +179,8 @@ def _table(rows: list[dict], summary: dict) -> str:
                   "accuracies):", "", "| how the student is taught | student test perplexity | paired vs final, 95% CI |",
                   "|---|---|---|"]
         for r in lm:
-            lines.append(f"| {r['description']} | {r['student_test_perplexity']:.2f} ± "
-                         f"{r['student_test_perplexity_std']:.2f} | "
+            lines.append(f"| {r['description']} | "
+                         f"{mean_std_text(r['student_test_perplexity'], r['student_test_perplexity_std'], r['seeds'], 1.0)} | "
                          f"{paired_text(r.get('paired_vs_final_perplexity'))} |")
     last = [r for r in rows if "student_test_best_of_last" in r]
     if last:
@@ -183,8 +188,8 @@ def _table(rows: list[dict], summary: dict) -> str:
                   "", "| how the student is taught | student test acc, best of last epochs | paired vs final, 95% CI (pp) |",
                   "|---|---|---|"]
         for r in last:
-            lines.append(f"| {r['description']} | {_pp(r['student_test_best_of_last'])} ± "
-                         f"{_pp(r['student_test_best_of_last_std'])} | "
+            lines.append(f"| {r['description']} | "
+                         f"{mean_std_text(r['student_test_best_of_last'], r['student_test_best_of_last_std'], r['seeds'])} | "
                          f"{paired_text(r.get('paired_vs_final_best_of_last'))} |")
     ensemble = next((r for r in rows if r.get("paired_vs_full_ensemble")), None)
     if ensemble:

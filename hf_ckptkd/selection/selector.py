@@ -271,13 +271,14 @@ def select_teachers(
         holding the probe's description, the source, the processes and the time taken.
 
     Raises:
-        `SelectionError` subclasses (a `ValueError`) for a bad request: `TooManyTeachersError`,
-        `EmptyProbeError`, `SingleClassProbeError`, `ProbeTooSmallError`, `SparseClassError`,
-        `TemperatureTooHighError`, `ClassCountMismatchError`,
-        `LabelSpaceMismatchError`, `UnknownObjectiveError`, `UnknownEstimatorError`;
-        `SnapshotError` for a missing or altered snapshot; `DataError` for a dataset without the
-        named columns; `hf_ckptkd.hub.HubInputError` for a Hub repo that does not exist, cannot be
-        read with this token, or has no revision matching `revisions`.
+        SelectionError: (a `ValueError`, through its subclasses) for a bad request:
+            `TooManyTeachersError`, `EmptyProbeError`, `SingleClassProbeError`, `ProbeTooSmallError`,
+            `SparseClassError`, `TemperatureTooHighError`, `ClassCountMismatchError`,
+            `LabelSpaceMismatchError`, `UnknownObjectiveError`, `UnknownEstimatorError`.
+        SnapshotError: for a missing or altered snapshot.
+        DataError: for a dataset without the named columns.
+        hf_ckptkd.hub.HubInputError: for a Hub repo that does not exist, cannot be read with this
+            token, or has no revision matching `revisions`.
     """
     started = time.perf_counter()
     settings = SelectionSettings.of(settings, **overrides, **({} if k is None else {"k": k}))

@@ -22,7 +22,7 @@ from .kernels import DEFAULT_KAPPA
 from .objectives import DEFAULT_BETA
 
 # The default is the selector with the lowest worst-case regret over the selector-evidence cells
-# (README, "Selector across tasks"; benchmarks/selection_studies.py), whichever it is.
+# (docs/evidence.md; benchmarks/selection_studies.py), whichever it is.
 DEFAULT_OBJECTIVE = "accuracy"
 DEFAULT_EXHAUSTIVE_LIMIT = 500
 DEFAULT_ACCURACY_MARGIN = 0.05

@@ -112,7 +112,7 @@ def test_card_states_facts_as_facts_and_the_papers_claim_as_the_papers(tmp_path)
     assert "often the better teacher" not in text and "carries more information" not in text
     assert "Wang et al., NeurIPS 2022 (*Efficient Knowledge Distillation from Model Checkpoints*) report that" in text
     assert "That is the paper's finding, not a measurement of this teacher" in text
-    assert 'the hf-ckptkd README, sections "Results on Fashion-MNIST (CPU)", "Selector across tasks" and "Studies"' in text
+    assert 'the hf-ckptkd documentation, pages "Selection evidence" (docs/evidence.md) and "Studies" (docs/studies.md)' in text
     assert "http" not in text.split("## The method")[1].split("## Snapshot")[0]  # the pointer is link-free
     # This teacher's facts: which snapshot, not the final one, what chose it, and what the others pick.
     assert "taken at epoch 1 (global step 10)" in text and "(not its final model)" in text

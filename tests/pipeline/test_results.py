@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from hf_ckptkd.pipeline.results import paired_difference
+from hf_ckptkd.pipeline.results import _table, paired_difference
 
 
 def runs(*accuracies, start_seed=0):
@@ -39,3 +39,19 @@ def test_only_shared_seeds_count_and_one_seed_has_no_interval():
     assert d is None
     d = paired_difference(runs(0.85, 0.86, 0.9), runs(0.8, 0.8, 0.8, 0.8))
     assert d["seeds"] == 3
+
+
+def _row(description: str, seeds: int, std: float) -> dict:
+    return {"description": description, "teacher_epochs": [], "teacher_test_accuracy": None, "seeds": seeds,
+            "student_test_accuracy": 0.786, "student_test_std": std, "gain_vs_final_pp": 0.0,
+            "student_test_best_of_last": 0.79, "student_test_best_of_last_std": std}
+
+
+def test_one_seed_shows_no_spread_instead_of_zero():
+    table = _table([_row("one seed", 1, 0.0), _row("two seeds", 2, 0.0123)], {})
+    one = [line for line in table.splitlines() if line.startswith("| one seed |")]
+    two = [line for line in table.splitlines() if line.startswith("| two seeds |")]
+    # Both the final-epoch table and the best-of-last table: a single seed has no standard deviation to show.
+    assert len(one) == 2 and all("78.60 ± –" in line or "79.00 ± –" in line for line in one)
+    assert "± 0.00" not in table
+    assert "78.60 ± 1.23" in two[0] and "79.00 ± 1.23" in two[1]

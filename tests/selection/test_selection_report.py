@@ -488,7 +488,7 @@ def test_a_temperature_that_flattens_every_output_is_refused(small_run):
 
 
 def test_the_default_is_the_selector_with_the_lowest_worst_case_regret_measured(run):
-    # README "Selector across tasks": over the four selector-evidence cells "accuracy" had the lowest
+    # docs/evidence.md, "Selector across tasks": over the four selector-evidence cells "accuracy" had the lowest
     # worst-case regret; a change of default must come with new evidence and a change here.
     from hf_ckptkd.selection import DEFAULT_OBJECTIVE
 
