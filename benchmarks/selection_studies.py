@@ -33,7 +33,7 @@ from hf_ckptkd.pipeline.results import paired_difference
 from hf_ckptkd.selection import OBJECTIVES, select_from_candidates
 from hf_ckptkd.selection import extract_candidates
 from hf_ckptkd.selection.report import held_out_loss, memorisation_signs
-from hf_ckptkd.snapshots import SnapshotIndex
+from hf_ckptkd.snapshots import SnapshotError, SnapshotIndex
 from hf_ckptkd.pipeline.study import spearman, is_run_of, study_cells
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,7 +159,12 @@ def main() -> None:
         raise SystemExit(f"no run{named} under runs/ has students of {args.min_seeds} seed(s) for every snapshot; run "
                          "`hf-ckptkd run recipes/selector_cells/<name>.yaml --output_dir runs/cells/<name>` first "
                          "(from the repository root)")
-    cells = [score_cell(*r) for r in runs]
+    cells = []
+    for r in runs:
+        try:
+            cells.append(score_cell(*r))
+        except SnapshotError as e:  # a committed study whose teacher's weights are not all kept
+            print(f"cannot rescore {r[0]}: {e}")
     for cell in cells:
         print_cell(cell)
     print("\n| cell | seeds | oracle (paired vs final, 95% CI, pp) | "
