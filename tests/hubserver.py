@@ -105,6 +105,7 @@ class Fault:
     status: int | None
     delay: float
     times: int
+    after: int = 0  # matching requests to let through first
     hits: int = 0
 
 
@@ -882,11 +883,13 @@ class HubServer:
         self.stop()
 
     # -- failures on purpose --
-    def inject(self, method: str, path: str, status: int | None = 503, delay: float = 0.0, times: int = 1) -> Fault:
-        """Make the next `times` requests with `method` whose path matches the regex `path` wait `delay`
-        seconds and then, with a `status`, fail with it (503: a transient error the client may retry).
-        E.g. `inject("POST", r"/api/models/alice/x/commit/.*")` fails one commit."""
-        fault = Fault(method.upper(), re.compile(path), status, delay, times)
+    def inject(self, method: str, path: str, status: int | None = 503, delay: float = 0.0, times: int = 1,
+               after: int = 0) -> Fault:
+        """Make `times` requests with `method` whose path matches the regex `path` (after letting `after`
+        of them through) wait `delay` seconds and then, with a `status`, fail with it (503: a transient
+        error the client may retry). E.g. `inject("POST", r"/api/models/alice/x/commit/.*")` fails the
+        next commit, `after=1` the one after it."""
+        fault = Fault(method.upper(), re.compile(path), status, delay, times, after)
         with self.state.lock:
             self.faults.append(fault)
         return fault
@@ -895,7 +898,10 @@ class HubServer:
         with self.state.lock:
             fault = next((f for f in self.faults if f.times > 0 and f.method == method and f.path.fullmatch(path)),
                          None)
-            if fault is not None:
+            if fault is not None and fault.after > 0:
+                fault.after -= 1
+                fault = None
+            elif fault is not None:
                 fault.times -= 1
                 fault.hits += 1
         if fault is None:
