@@ -6,9 +6,11 @@ Each run is a real Trainer run of a tiny ViT on Fashion-MNIST that pushes to the
 conftest.py through the real huggingface_hub client; the server object is only read to count requests.
 """
 
+import importlib.util
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +34,7 @@ from hf_ckptkd.models import build_model
 from hf_ckptkd.references import TeacherReferenceError
 from hf_ckptkd.selection import SelectionError
 
+ROOT = Path(__file__).resolve().parents[1]
 PROBE = 200
 SAVES = (2, 4, 6)  # the steps at which each run saves (and pushes) a checkpoint
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
@@ -114,7 +117,8 @@ def _local_checkpoint(run: dict, step: int):
 
 
 @pytest.mark.slow
-def test_all_checkpoints_folders_are_found_ordered_downloaded_lean_and_scored(hub, runs, probe, fresh_hf_cache):
+def test_all_checkpoints_folders_are_found_ordered_downloaded_lean_and_scored(hub, runs, probe, fresh_hf_cache,
+                                                                            capsys):
     run = runs["all_checkpoints"]
     repo = run["repo"]
     api = HfApi()
@@ -159,6 +163,13 @@ def test_all_checkpoints_folders_are_found_ordered_downloaded_lean_and_scored(hu
                           atol=1e-6)
     pinned = f"{repo}@{hub.head(repo)}:checkpoint-2"  # at a revision too
     assert torch.allclose(_logits(load_hub_teacher(pinned)), _logits(_local_checkpoint(run, 2)), atol=1e-6)
+    # hub_scripts/pull_teacher.py takes the same reference and evaluates the teacher in that folder.
+    pull = importlib.util.spec_from_file_location("pull_teacher", ROOT / "hub_scripts" / "pull_teacher.py")
+    module = importlib.util.module_from_spec(pull)
+    pull.loader.exec_module(module)
+    assert module.main([f"{repo}:checkpoint-4", "--max_samples", "64", "--json"]) == 0
+    pulled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert pulled["reference"] == f"{repo}:checkpoint-4" and pulled["examples"] == 64 and 0 <= pulled["accuracy"] <= 1
 
 
 @pytest.mark.slow
