@@ -318,3 +318,37 @@ def test_private_repo_folders_need_a_token(hub, probe, tmp_path, fresh_hf_cache)
     with pytest.raises(HubInputError, match=rf"there is no model repo {repo} on .*pass a token"):
         hub_commits(repo, token=False)
     assert [c.name for c in hub_subfolders(repo, "all", token=hub.write_token)] == [f"{repo}:checkpoint-1"]
+
+
+DOC = ROOT / "docs" / "hub_trainer_checkpoints.md"
+# The page's sizes, shrunk so its code runs in a minute; each must still be found there.
+DOC_TINY = [('load_fashion_mnist("train", limit=2000)', 'load_fashion_mnist("train", limit=256)'),
+            ('load_fashion_mnist("test", limit=500)', 'load_fashion_mnist("test", limit=64)'),
+            ("num_train_epochs=2,", "num_train_epochs=1,"), ("num_train_epochs=4", "num_train_epochs=2"),
+            ("max_probe_samples=1000", "max_probe_samples=200")]
+
+
+@pytest.mark.slow
+def test_the_docs_page_runs_as_written_against_the_hub(hub, tmp_path):
+    """docs/hub_trainer_checkpoints.md: train with push_to_hub, select, distil, and push while training."""
+    import re
+    import subprocess
+    import sys
+
+    blocks = re.findall(r"^( *)```python\n(.*?)^\1```", DOC.read_text(), flags=re.M | re.S)
+    script = "\n\n".join("\n".join(line[len(indent):] for line in body.splitlines()) for indent, body in blocks)
+    for old, new in DOC_TINY:
+        assert old in script, f"the page's code no longer contains {old!r}: update DOC_TINY"
+        script = script.replace(old, new)
+    owner = hub.new_repo_id("doc")  # a namespace of alice's repos no other test uses
+    script = script.replace('"you/', f'"{owner}-')
+    (tmp_path / "doc.py").write_text(script)
+    env = {**os.environ, "HF_TOKEN": hub.write_token, "HF_HOME": str(tmp_path / "hf-home"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "doc.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    api = HfApi()
+    folders = {e.path for e in api.list_repo_tree(f"{owner}-vit-fmnist") if not e.path.startswith(".")}
+    assert {"checkpoint-4", "checkpoint-8", "model.safetensors"} <= folders
+    assert sorted(t.name for t in api.list_repo_refs(f"{owner}-vit-snapshots").tags) == ["epoch-0001"]
+    assert (tmp_path / "runs" / "vit-student").is_dir() and f"{owner}-vit-fmnist:checkpoint-" in done.stdout
