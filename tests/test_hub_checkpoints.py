@@ -203,7 +203,7 @@ def test_cli_selects_among_folders_and_distill_takes_the_reference(hub, runs, pr
 
 
 @pytest.mark.slow
-def test_every_save_commits_are_candidates_named_by_short_sha(hub, runs, probe):
+def test_every_save_commits_are_candidates_named_by_short_sha(hub, runs, probe, tmp_path, capsys):
     run = runs["every_save"]
     repo = run["repo"]
     history = HfApi().list_repo_commits(repo)  # newest first: End of training, step 6, 4, 2, initial commit
@@ -221,6 +221,18 @@ def test_every_save_commits_are_candidates_named_by_short_sha(hub, runs, probe):
     # The N most recent.
     assert [c.step for c in hub_commits(repo, 2)] == [4, 6]
     assert [c.step for c in hub_commits(repo, "1")] == [6]
+    # The command line: --commits N (or all), and its default report folder is named after the repo.
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    probe.to_parquet(str(data_dir / "train.parquet"))
+    code = main(["select", repo, "--commits", "2", "--dataset", str(data_dir), "--max_probe_samples", str(PROBE),
+                 "--objective", "final", "--output", str(tmp_path / "sel"), "--disable_tqdm"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert [s["name"] for s in saved["scores"]] == [f"{repo}@{c[:7]}" for c in expected[1:]]
+    assert saved["extra"]["source"]["hub"]["commits"] == "2"
+    assert main(["select", repo, "--commits", "0", "--dataset", str(data_dir)]) == 2
+    assert f"commits=0 for {repo}: give 'all'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
