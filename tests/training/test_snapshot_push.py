@@ -15,14 +15,14 @@ from huggingface_hub import HfApi
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer, SnapshotCallback, SnapshotIndex, select_teachers
-from hf_ckptkd import snapshot_push
+from hf_ckptkd.training import snapshot_push
 from hf_ckptkd.cli import main
 from hf_ckptkd.config import ConfigError
 from hf_ckptkd.data import ImageTransformConfig, build_image_transform, image_collator, label_names, load_fashion_mnist, with_image_transform
 from hf_ckptkd.hub import HubInputError
 from hf_ckptkd.models import build_model
 
-SCRIPT = Path(__file__).resolve().parent / "scripts" / "teacher_run.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "teacher_run.py"
 EPOCHS = ("epoch-0001", "epoch-0002", "epoch-0003")
 
 

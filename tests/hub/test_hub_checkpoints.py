@@ -29,12 +29,12 @@ from hf_ckptkd.data import (
 )
 from hf_ckptkd.hub import HubInputError, hub_commits, hub_subfolders, load_hub_teacher
 from hf_ckptkd.metrics import compute_metrics
-from hf_ckptkd.model_folders import save_model
+from hf_ckptkd.models.folders import save_model
 from hf_ckptkd.models import build_model
 from hf_ckptkd.references import TeacherReferenceError
 from hf_ckptkd.selection import SelectionError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROBE = 200
 SAVES = (2, 4, 6)  # the steps at which each run saves (and pushes) a checkpoint
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
