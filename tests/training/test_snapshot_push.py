@@ -15,12 +15,13 @@ from huggingface_hub import HfApi
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer, SnapshotCallback, SnapshotIndex, select_teachers
-from hf_ckptkd.training import snapshot_push
 from hf_ckptkd.cli import main
 from hf_ckptkd.config import ConfigError
 from hf_ckptkd.data import ImageTransformConfig, build_image_transform, image_collator, label_names, load_fashion_mnist, with_image_transform
-from hf_ckptkd.hub import HubInputError
+from hf_ckptkd.hub import HubError, HubInputError
 from hf_ckptkd.models import build_model
+from hf_ckptkd.snapshots import write_snapshot
+from hf_ckptkd.training import snapshot_push
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "teacher_run.py"
 EPOCHS = ("epoch-0001", "epoch-0002", "epoch-0003")
@@ -85,6 +86,30 @@ def test_snapshots_are_pushed_in_the_background_retried_and_the_last_awaited(hub
     assert [s.name for s in report.scores] == [f"{repo}@{e}" for e in EPOCHS]
     assert all(s.metadata["verified"] for s in report.scores)
     assert not [p for p in (tmp_path / "run" / "snapshots").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_pusher_sends_once_and_a_push_that_keeps_failing_is_raised_at_the_end(hub, fmnist, tmp_path, monkeypatch):
+    _, names, _ = fmnist
+    monkeypatch.setattr(snapshot_push, "FIRST_RETRY_S", 0.01)
+    repo = hub.new_repo_id("pusher")
+    pusher = snapshot_push.SnapshotPusher(repo, token=hub.write_token)
+    assert hub.head(repo) is not None  # made (and checked) at once, before anything is pushed
+    snapshot = write_snapshot(build_model("timm:test_resnet", 10, label_names=names), tmp_path / "snaps", "epoch-0001",
+                              epoch=1, global_step=4)
+    pusher.submit(snapshot)
+    assert pusher.wait() == ["epoch-0001"]
+    pusher.submit(snapshot)  # the same weights again: nothing is sent
+    assert pusher.wait() == [] and len(hub.server.history(repo)) == 2
+    # A Hub that fails every try: retried PUSH_ATTEMPTS times, then one error naming the snapshot and the way out.
+    other = write_snapshot(build_model("timm:test_resnet", 10, label_names=names), tmp_path / "snaps", "epoch-0002",
+                           epoch=2, global_step=8)
+    failing = hub.server.inject("GET", r"/api/whoami-v2", times=snapshot_push.PUSH_ATTEMPTS)
+    pusher.submit(other)
+    with pytest.raises(HubError, match=rf"(?s)pushing snapshot epoch-0002 to {repo} failed 4 times .* hf-ckptkd push "
+                                       rf"<snapshot_dir> --repo_id {repo} --as_revisions --names epoch-0002"):
+        pusher.wait()
+    assert failing.hits == snapshot_push.PUSH_ATTEMPTS and len(hub.server.history(repo)) == 2
+    assert not [p for p in (tmp_path / "snaps").iterdir() if p.name.startswith(".tmp-")]  # staging cleared
 
 
 def test_a_push_target_the_token_cannot_write_is_refused_before_training(hub, fmnist, tmp_path, capsys):
