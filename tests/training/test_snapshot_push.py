@@ -105,7 +105,7 @@ def test_a_pusher_sends_once_and_a_push_that_keeps_failing_is_raised_at_the_end(
                            epoch=2, global_step=8)
     failing = hub.server.inject("GET", r"/api/whoami-v2", times=snapshot_push.PUSH_ATTEMPTS)
     pusher.submit(other)
-    with pytest.raises(HubError, match=rf"(?s)pushing snapshot epoch-0002 to {repo} failed 4 times .* hf-ckptkd push "
+    with pytest.raises(HubError, match=rf"(?s)pushing snapshot epoch-0002 to {repo} failed 4 times .*`hf-ckptkd push "
                                        rf"<snapshot_dir> --repo_id {repo} --as_revisions --names epoch-0002"):
         pusher.wait()
     assert failing.hits == snapshot_push.PUSH_ATTEMPTS and len(hub.server.history(repo)) == 2
