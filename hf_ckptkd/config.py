@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
@@ -109,6 +111,13 @@ class CheckpointKDConfig(TrainingArguments):
     snapshot_probe_samples: int = help_field(DEFAULT_KEEP_TOP_PROBE_SAMPLES,
         "Probe examples snapshot_keep_top scores each snapshot on (a label-stratified, seeded sample of "
         "the probe set, drawn as select_teachers draws it).")
+    snapshot_push_to_hub: str | None = help_field(None,
+        "Hub repo 'owner/name' to push each snapshot to as it is written, as a commit tagged with the snapshot's "
+        "name (epoch-0006; what push --as_revisions makes, so select --revisions 'epoch-*' finds them): from the "
+        "main process, in the background, retried on transient Hub errors, never twice (snapshot.json's "
+        "SHA-256 decides, also after a resume); training ends once the last push is done. The token is "
+        "hub_token (else HF_TOKEN / `hf auth login`), checked for write access before training starts; "
+        "hub_private_repo makes a new repo private. With snapshot_keep_top, pruning deletes local copies only.")
     # --- distillation (student runs) ---
     teachers: list[str] | None = help_field(None,
         "Teacher references: a snapshot folder, '<snapshot_dir>:<name>' or a Hub repo "
@@ -159,6 +168,7 @@ class CheckpointKDConfig(TrainingArguments):
             raise ConfigError(f"snapshot_every={self.snapshot_every!r} must be a positive integer (epochs or steps "
                               "between snapshots)")
         _check_keep_top(self)
+        _check_snapshot_push(self)
         if self.snapshot_dir is None:
             self.snapshot_dir = str(Path(self.output_dir) / "snapshots")
         if Path(self.snapshot_dir).exists() and not Path(self.snapshot_dir).is_dir():
@@ -197,6 +207,22 @@ def _check_keep_top(config: CheckpointKDConfig) -> None:
     if isinstance(probe, bool) or not isinstance(probe, int) or probe < 2:
         raise ConfigError(f"snapshot_probe_samples={probe!r} must be an integer of at least 2 (probe examples each "
                           "snapshot is scored on; 1000 is the default)")
+
+
+def _check_snapshot_push(config: CheckpointKDConfig) -> None:
+    repo = config.snapshot_push_to_hub
+    if repo is None:
+        return
+    if config.snapshot_strategy == "no":
+        raise ConfigError(f"snapshot_push_to_hub={repo!r} pushes snapshots, but snapshot_strategy='no' keeps none; set "
+                          "snapshot_strategy to 'epoch' or 'steps', or unset snapshot_push_to_hub")
+    try:
+        valid = isinstance(repo, str) and repo.count("/") == 1 and validate_repo_id(repo) is None
+    except HFValidationError:
+        valid = False
+    if not valid:
+        raise ConfigError(f"snapshot_push_to_hub={repo!r} must be a Hub repo id 'owner/name' (no '@revision' or "
+                          "':folder': each snapshot becomes its own tag there)")
 
 
 def _check_lr_decay(config: CheckpointKDConfig) -> None:

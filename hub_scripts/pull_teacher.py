@@ -4,8 +4,10 @@ Usage::
 
     python hub_scripts/pull_teacher.py alice/fmnist-teacher@epoch-0012 \
         [--dataset fashion_mnist] [--split test] [--max_samples 1000] [--batch_size 256] [--json]
+    python hub_scripts/pull_teacher.py alice/vit-run:checkpoint-500     # a folder a Trainer pushed
 
-The reference is `owner/name` or `owner/name@revision` (branch, tag or commit). The teacher is
+The reference is `owner/name`, `owner/name@revision` (branch, tag or commit), or either with
+`:subfolder` for a model in a folder of the repo (`owner/name@main:checkpoint-500`). The teacher is
 loaded with its family's own loader through `hf_ckptkd.hub.load_hub_teacher`, which checks the
 weights against the repo's `snapshot.json`. Images are resized to the teacher's input size and
 normalised with its mean/std (timm's `pretrained_cfg`; for transformers models Fashion-MNIST's
@@ -20,7 +22,7 @@ import sys
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("reference", help="owner/name[@revision]")
+    parser.add_argument("reference", help="owner/name[@revision][:subfolder]")
     parser.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist (built in) or a datasets id/path.")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max_samples", type=int, default=None, help="Evaluate on the first N examples.")

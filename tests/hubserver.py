@@ -8,7 +8,9 @@ history, settings (visibility, gated access), whoami and `resolve` downloads, wi
 shapes.
 
 Repos have a real, git-like history: each commit is an immutable snapshot `path -> blob`, its id is
-the sha1 of (repo, parent, tree, message), and revisions resolve by branch, tag or full commit id.
+the sha1 of (repo, parent, tree, message), and revisions resolve by branch, tag, full commit id or
+(as on the Hub) a unique commit-id prefix of 7 or more characters. `HubServer.inject` makes chosen
+requests fail or wait, to test how clients survive a flaky Hub.
 A commit that would not change the tree makes no new commit: the branch head is returned instead.
 
 Run by hand::
@@ -35,6 +37,7 @@ import secrets
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections import namedtuple
 from dataclasses import dataclass, field
@@ -54,6 +57,7 @@ DEFAULT_GITATTRIBUTES = "".join(
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 SHA1_RE = re.compile(r"[0-9a-f]{40}")
+SHORT_SHA_RE = re.compile(r"[0-9a-f]{7,40}")
 
 # One file in a commit's tree: the content's sha256 (the blob store key), its size, and whether it
 # is stored through LFS (which changes the oid and headers the client sees, not the bytes).
@@ -92,6 +96,20 @@ class HubError(Exception):
 
 
 @dataclass
+class Fault:
+    """A failure or delay the server injects into the next `times` requests that match (see
+    `HubServer.inject`); `hits` counts the requests it hit."""
+
+    method: str
+    path: re.Pattern
+    status: int | None
+    delay: float
+    times: int
+    after: int = 0  # matching requests to let through first
+    hits: int = 0
+
+
+@dataclass
 class Commit:
     id: str
     parent: str | None
@@ -122,13 +140,15 @@ class Repo:
         return self.id.split("/")[0]
 
     def resolve(self, revision: str) -> Commit | None:
-        """Branch, tag, `refs/heads/…`, `refs/tags/…` or full commit id -> commit (None if unknown)."""
+        """Branch, tag, `refs/heads/…`, `refs/tags/…`, full commit id, or (as on the Hub) a prefix of at
+        least 7 characters of exactly one commit id -> commit (None if unknown)."""
         for prefix, refs in (("refs/heads/", self.branches), ("refs/tags/", self.tags)):
             if revision.startswith(prefix) and revision[len(prefix):] in refs:
                 return self.commits[refs[revision[len(prefix):]]]
         sha = self.branches.get(revision) or self.tags.get(revision)
-        if sha is None and SHA1_RE.fullmatch(revision) and revision in self.commits:
-            sha = revision
+        if sha is None and SHORT_SHA_RE.fullmatch(revision):
+            matches = [c for c in self.commits if c.startswith(revision)]
+            sha = matches[0] if len(matches) == 1 else None
         return self.commits.get(sha) if sha else None
 
 
@@ -325,6 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
         # URLs we hand out must use exactly the host the client used (127.0.0.1 and localhost differ).
         self.endpoint = hub.public_url or f"http://{self.headers.get('Host') or hub.netloc}"
         try:
+            hub.apply_fault(self.command, url.path)
             for methods, pattern, name in self.ROUTES:
                 match = pattern.fullmatch(url.path)
                 if match and self.command in methods:
@@ -812,6 +833,7 @@ class HubServer:
         self.verbose = verbose
         self.tickets: dict[str, tuple] = {}
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status), for assertions
+        self.faults: list[Fault] = []
         self._connections: set = set()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -859,6 +881,34 @@ class HubServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+    # -- failures on purpose --
+    def inject(self, method: str, path: str, status: int | None = 503, delay: float = 0.0, times: int = 1,
+               after: int = 0) -> Fault:
+        """Make `times` requests with `method` whose path matches the regex `path` (after letting `after`
+        of them through) wait `delay` seconds and then, with a `status`, fail with it (503: a transient
+        error the client may retry). E.g. `inject("POST", r"/api/models/alice/x/commit/.*")` fails the
+        next commit, `after=1` the one after it."""
+        fault = Fault(method.upper(), re.compile(path), status, delay, times, after)
+        with self.state.lock:
+            self.faults.append(fault)
+        return fault
+
+    def apply_fault(self, method: str, path: str) -> None:
+        with self.state.lock:
+            fault = next((f for f in self.faults if f.times > 0 and f.method == method and f.path.fullmatch(path)),
+                         None)
+            if fault is not None and fault.after > 0:
+                fault.after -= 1
+                fault = None
+            elif fault is not None:
+                fault.times -= 1
+                fault.hits += 1
+        if fault is None:
+            return
+        time.sleep(fault.delay)  # outside the lock: other requests go on meanwhile
+        if fault.status is not None:
+            raise HubError(fault.status, f"Injected failure ({fault.status}) of {method} {path}")
 
     # -- helpers for tests: look at the server's state without going through HTTP --
     def add_token(self, token: str, user: str, role: str = "write"):

@@ -256,6 +256,39 @@ def test_branches_take_commits_list_as_refs_and_download_at_their_revision(hub, 
     assert open(hf_hub_download(repo_id, "model.safetensors", revision=commits["step0"]), "rb").read() == weights(0)
 
 
+def test_folders_short_commit_ids_and_injected_failures(hub, alice, repo_id, tmp_path, fresh_hf_cache):
+    """What a Trainer pushing checkpoint-N/ folders to main, and a client reading them by short commit id, need."""
+    commits = []
+    for step in (2, 4):
+        folder = make_folder(tmp_path / f"checkpoint-{step}", {"config.json": CONFIG, "model.safetensors": weights(step),
+                                                               "optimizer.pt": weights(50 + step)})
+        commits.append(alice.upload_folder(repo_id=repo_id, folder_path=folder, path_in_repo=f"checkpoint-{step}").oid)
+    files = {e.path for e in alice.list_repo_tree(repo_id, recursive=True)}
+    assert {"checkpoint-2/model.safetensors", "checkpoint-4/optimizer.pt", "checkpoint-4/config.json"} <= files
+    inside = alice.list_repo_tree(repo_id, "checkpoint-2", revision=commits[0])
+    assert sorted(e.path for e in inside) == ["checkpoint-2/config.json", "checkpoint-2/model.safetensors",
+                                              "checkpoint-2/optimizer.pt"]
+    with pytest.raises(RemoteEntryNotFoundError):  # checkpoint-4 did not exist at the first commit
+        list(alice.list_repo_tree(repo_id, "checkpoint-4", revision=commits[0]))
+    # A unique prefix of 7+ characters resolves like the full id (as on the Hub); a shorter one does not.
+    assert alice.model_info(repo_id, revision=commits[0][:7]).sha == commits[0]
+    path = hf_hub_download(repo_id, "checkpoint-2/model.safetensors", revision=commits[1][:9])
+    assert open(path, "rb").read() == weights(2) and commits[1] in path
+    with pytest.raises(RevisionNotFoundError):
+        alice.model_info(repo_id, revision=commits[0][:6])
+
+    # inject: the next matching request fails (or waits), later ones are served again.
+    fault = hub.server.inject("POST", rf"/api/models/{repo_id}/commit/.*", status=503)
+    with pytest.raises(HfHubHTTPError) as e:
+        alice.upload_file(path_or_fileobj=b"x", path_in_repo="a.txt", repo_id=repo_id)
+    assert status_of(e) == 503 and fault.hits == 1 and hub.head(repo_id) == commits[1]
+    assert alice.upload_file(path_or_fileobj=b"x", path_in_repo="a.txt", repo_id=repo_id).oid == hub.head(repo_id)
+    slow = hub.server.inject("GET", rf"/api/models/{repo_id}/refs", status=None, delay=0.5)
+    started = time.perf_counter()
+    alice.list_repo_refs(repo_id)
+    assert time.perf_counter() - started >= 0.5 and slow.hits == 1
+
+
 def test_gated_repo_lists_for_everyone_and_downloads_for_granted_users(hub, alice, repo_id, fresh_hf_cache):
     alice.upload_file(path_or_fileobj=CONFIG, path_in_repo="config.json", repo_id=repo_id)
     alice.update_repo_settings(repo_id, gated="auto")

@@ -1,5 +1,5 @@
-"""`hf-ckptkd select`: score a teacher run's snapshots (or a Hub repo's revisions) on a probe set
-drawn from the training data and choose the teacher(s); the command line over `select_teachers`."""
+"""`hf-ckptkd select`: score a teacher run's snapshots (or a Hub repo's revisions, folders or commits) on a
+probe set drawn from the training data and choose the teacher(s); the command line over `select_teachers`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ..data.loading import (
     load_tokenizer,
     tokenize_text_dataset,
 )
-from ..hub import hub_revisions
+from ..hub import hub_candidates
 from ..models.folders import folder_holds_causal_lm, has_saved_tokenizer
 from ..selection import ESTIMATORS, OBJECTIVES, select_teachers
 from ..selection.processes import selection_state
@@ -36,15 +36,25 @@ from ..snapshots.folders import SnapshotIndex
 def select_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-ckptkd select",
-        description="Score every snapshot of a teacher run (or the published revisions of a Hub model repo) on a "
-                    "probe set drawn from the training data and choose the teacher(s) with the most task-related "
-                    "information. Under `accelerate launch` the processes share the snapshots.")
+        description="Score every snapshot of a teacher run (or the checkpoints a Hub model repo publishes as "
+                    "revisions, folders or commits) on a probe set drawn from the training data and choose the "
+                    "teacher(s) with the most task-related information. Under `accelerate launch` the processes "
+                    "share the snapshots.")
     parser.add_argument("snapshot_dir", metavar="SOURCE",
-                        help="A run's snapshot folder (or its output_dir holding snapshots/), or with --revisions a "
-                             "Hub model repo OWNER/NAME.")
+                        help="A run's snapshot folder (or its output_dir holding snapshots/), or with --revisions, "
+                             "--subfolders or --commits a Hub model repo OWNER/NAME (OWNER/NAME@REVISION for the "
+                             "folders at, or the commits of, another revision than main).")
     parser.add_argument("--revisions", nargs="+", default=None, metavar="REVISION",
                         help="Select among the branches and tags of the Hub repo SOURCE: one glob ('step*'), several "
                              "names, or 'all'.")
+    parser.add_argument("--subfolders", nargs="+", default=None, metavar="FOLDER",
+                        help="Select among the folders of the Hub repo SOURCE, as Trainer(push_to_hub=True, "
+                             "hub_strategy='all_checkpoints') pushes them: one glob ('checkpoint-*'), several folders, "
+                             "or 'all' (every folder holding a model). With --revisions: the folders at each revision.")
+    parser.add_argument("--commits", default=None, metavar="N|all",
+                        help="Select among the commits of the Hub repo SOURCE's main branch (or SOURCE's @branch) "
+                             "that change its weights, as hub_strategy='every_save' makes them: 'all', or the N most "
+                             "recent.")
     parser.add_argument("--token", default=None, help="A Hub token for a private or gated repo (default: HF_TOKEN or "
                                                       "`hf auth login`; prefer those, a flag shows in the process list).")
     parser.add_argument("--dataset", required=True,
@@ -111,19 +121,26 @@ def _select_tokenizer(args, first: Path | str | None, where: str):
     return tokenizer
 
 
+def _one_or_list(values: list[str] | None):
+    return values if values is None or len(values) > 1 else values[0]
+
+
 def _select_source(args):
-    """(what select_teachers takes, the revisions, the first candidate's folder or reference, where the
-    candidates are, the default report folder)."""
-    if args.revisions is None:
+    """(what select_teachers takes, the Hub request {revisions, subfolders, commits} or {}, the first
+    candidate's folder or reference, where the candidates are, the default report folder)."""
+    request = {key: value for key, value in (("revisions", _one_or_list(args.revisions)),
+                                             ("subfolders", _one_or_list(args.subfolders)),
+                                             ("commits", args.commits)) if value is not None}
+    if not request:
         index = SnapshotIndex.load(args.snapshot_dir)
         first = index.snapshots[0].path if len(index) else None
-        return index, None, first, str(index.snapshot_dir), index.snapshot_dir.parent / "selection"
-    revisions = args.revisions[0] if len(args.revisions) == 1 else list(args.revisions)
+        return index, {}, first, str(index.snapshot_dir), index.snapshot_dir.parent / "selection"
     first = None
-    if args.text_column and args.tokenizer is None:  # the tokenizer saved with the first revision
-        listed = hub_revisions(args.snapshot_dir, revisions, token=args.token)
+    if args.text_column and args.tokenizer is None:  # the tokenizer saved with the first candidate
+        listed = hub_candidates(args.snapshot_dir, token=args.token, **request)
         first = listed[0].reference if listed else None
-    return args.snapshot_dir, revisions, first, args.snapshot_dir, Path("selections") / args.snapshot_dir.replace("/", "--")
+    folder = args.snapshot_dir.replace("/", "--").replace("@", "--").replace(":", "--")
+    return args.snapshot_dir, request, first, args.snapshot_dir, Path("selections") / folder
 
 
 def _select_probe(args, dataset, tokenizer, causal_lm: bool):
@@ -156,7 +173,7 @@ def cmd_select(args) -> int:
         raise ConfigError("--tokenizer is for text teachers: add --text_column NAME (the dataset's text column), or "
                           "drop --tokenizer for image teachers")
     started = time.perf_counter()
-    source, revisions, first, where, default_output = _select_source(args)
+    source, request, first, where, default_output = _select_source(args)
     tokenizer = _select_tokenizer(args, first, where) if args.text_column else None
     causal_lm = isinstance(first, Path) and folder_holds_causal_lm(first)
     probe = _select_probe(args, load_dataset_split(args.dataset, args.split), tokenizer, causal_lm)
@@ -166,7 +183,8 @@ def cmd_select(args) -> int:
     mean, std = default_normalisation(args.dataset, 1)
     default_transform = ImageTransformConfig(mean=mean, std=std)
     report = select_teachers(
-        source, probe, k=args.k, revisions=revisions, token=args.token, temperature=args.temperature, objective=args.objective, estimator=args.estimator,
+        source, probe, k=args.k, **request, token=args.token, temperature=args.temperature, objective=args.objective,
+        estimator=args.estimator,
         max_probe_samples=args.max_probe_samples, seed=args.seed, batch_size=args.batch_size,
         accuracy_margin=args.accuracy_margin, beta=args.beta, probe_context=args.probe_context,
         label_column="labels" if args.text_column else args.label_column, image_column=args.image_column,
@@ -185,7 +203,7 @@ def cmd_select(args) -> int:
     for note in report.notes:
         print(f"note: {note}")
     print(f"chosen: {', '.join(report.selected)}")
-    if revisions is not None:
+    if request:
         print("distil from it: hf-ckptkd distill --model SPEC --teachers " + " ".join(report.selected))
     print(f"report: {output} (selection.json, table.md, information_plane.png); "
           f"took {time.perf_counter() - started:.1f} s")

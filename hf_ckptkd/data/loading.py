@@ -23,6 +23,7 @@ from torchvision.transforms import v2 as T
 from transformers import AutoTokenizer
 
 from .fortunes import FortunesMissingError, fortunes_tokenizer, load_fortunes_topics
+from ..references import is_hub_reference, parse_hub_reference
 
 logger = logging.getLogger(__name__)
 
@@ -167,16 +168,17 @@ def default_normalisation(dataset: str, in_chans: int) -> tuple[tuple[float, ...
 
 def load_tokenizer(name_or_path: str):
     """`fortunes` (built in: WordPiece trained on the fortunes training split), a folder (e.g. a text
-    teacher's snapshot, which holds its tokenizer), a Hub id, or `owner/name@revision` (a pushed
-    teacher's tag, so the tokenizer is exactly the one saved with that teacher)."""
+    teacher's snapshot, which holds its tokenizer), a Hub id, or a Hub teacher reference
+    `owner/name@revision[:subfolder]` (a pushed teacher's tag, or a Trainer checkpoint's folder, so
+    the tokenizer is exactly the one saved with that teacher)."""
     if name_or_path == "fortunes":
         try:
             return fortunes_tokenizer()
         except FortunesMissingError as e:
             raise DataError(str(e)) from None
-    repo_id, at, revision = name_or_path.partition("@")
-    if at and revision and not Path(name_or_path).exists():
-        return AutoTokenizer.from_pretrained(repo_id, revision=revision)
+    if not Path(name_or_path).exists() and is_hub_reference(name_or_path):
+        repo_id, revision, subfolder = parse_hub_reference(name_or_path)
+        return AutoTokenizer.from_pretrained(repo_id, revision=revision, subfolder=subfolder or "")
     return AutoTokenizer.from_pretrained(name_or_path)
 
 

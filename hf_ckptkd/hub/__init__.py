@@ -6,8 +6,12 @@ tokenizer) with a model card (`card.py`, rendered from `card_template.md`) and t
 information-plane plot. `load_hub_teacher("owner/name@revision")` (`load.py`) loads one back
 through the family's own loader (`timm.create_model("hf-hub:…")` or transformers'
 `AutoModelFor….from_pretrained`), after checking the weights against the repo's `snapshot.json`.
-`hub_revisions(repo_id, "step*")` (`revisions.py`) lists a repo's published revisions as selection
-candidates, which is what `select_teachers("owner/name", probe, revisions="step*")` scores.
+A repo's checkpoints are selection candidates (`HubCandidate`, `candidates.py`): its branches and
+tags (`hub_revisions(repo_id, "step*")`, `revisions.py`), the folders a `Trainer` with
+`hub_strategy="all_checkpoints"` pushed (`hub_subfolders(repo_id, "checkpoint-*")`,
+`subfolders.py`), or the commits of a branch (`hub_commits(repo_id, 5)`, `commits.py`), which is
+what `select_teachers("owner/name", probe, revisions=... | subfolders=... | commits=...)` scores
+(`selection_source.py` registers that source with the selector).
 `hub_scripts/list_teachers.py` lists an owner's teacher repos and revisions with their card metrics
 (the card's `checkpoint_kd` metadata block).
 
@@ -29,7 +33,12 @@ from .card import CITATION, TAGS, build_model_card
 from .errors import HubError, HubInputError, HubReferenceError, HubUnavailableError
 from .load import load_hub_teacher
 from .push import PushedTeacher, is_main_process, push_teachers_to_hub
-from .revisions import HubRevision, hub_revisions  # also registers the Hub source with select_teachers
+from .candidates import HubCandidate
+from .commits import hub_commits
+from .revisions import hub_revisions
+from .selection_source import hub_candidates  # importing it registers the Hub source with select_teachers
+from .subfolders import hub_subfolders
 
-__all__ = ["push_teachers_to_hub", "load_hub_teacher", "hub_revisions", "HubRevision", "build_model_card", "PushedTeacher",
-           "HubError", "HubInputError", "HubReferenceError", "HubUnavailableError", "is_main_process", "TAGS", "CITATION"]
+__all__ = ["push_teachers_to_hub", "load_hub_teacher", "hub_candidates", "hub_commits", "hub_revisions", "hub_subfolders",
+           "HubCandidate", "build_model_card", "PushedTeacher", "HubError", "HubInputError", "HubReferenceError",
+           "HubUnavailableError", "is_main_process", "TAGS", "CITATION"]

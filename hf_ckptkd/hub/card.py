@@ -32,6 +32,7 @@ from ..data.loading import default_normalisation
 from ..data.record import DatasetIdentity, identity, split_phrase
 from ..models.folders import has_saved_tokenizer
 from ..models.build import CAUSAL_LM_CLASSES
+from ..references import format_hub_reference
 from ..selection.objectives import OBJECTIVES, describe
 from ..selection.report import PLANE_PNG, SelectionReport, SnapshotScore, format_epoch
 from ..snapshots.folders import METADATA_NAME, Snapshot
@@ -182,25 +183,28 @@ def other_selectors(report: SelectionReport) -> list[tuple[str, str, list[str]]]
 
 def build_model_card(snapshot: Snapshot, repo_id: str, revision: str, *, report: SelectionReport | None = None,
                      score: SnapshotScore | None = None, ensemble: Sequence[str] = (), run: str | None = None,
-                     dataset: str | None = None, plot: bool = False) -> ModelCard:
+                     dataset: str | None = None, plot: bool = False, subfolder: str | None = None) -> ModelCard:
     """The model card of one pushed teacher (deterministic: the same inputs give the same text).
 
-    `revision` is the tag naming this member; `ensemble` the references of all members pushed
-    together (this one included); `plot` whether `information_plane.png` is uploaded beside it;
-    `dataset` names the run's data when neither the snapshot nor the selection records it. The
-    text is `card_template.md` filled in with what the snapshot and the selection record.
+    `revision` is the tag naming this member; `subfolder` the folder of the repo holding it, if it
+    is not at the root (its teacher reference is then `owner/name@revision:subfolder`, and the
+    loading code passes `subfolder=`); `ensemble` the references of all members pushed together
+    (this one included); `plot` whether `information_plane.png` is uploaded beside it; `dataset`
+    names the run's data when neither the snapshot nor the selection records it. The text is
+    `card_template.md` filled in with what the snapshot and the selection record.
     """
     facts = model_facts(snapshot)
     run = run or _run_name(snapshot, report)
     name, record, ident = dataset_facts(snapshot, report, dataset)
-    reference = f"{repo_id}@{revision}"
+    reference = format_hub_reference(repo_id, revision, subfolder)
+    hub_args = f'revision="{revision}"' + (f', subfolder="{subfolder}"' if subfolder else "")
     ensemble = list(ensemble) or [reference]
     metrics = task_metrics(snapshot.eval_metrics)
     data = _card_data(snapshot, facts, run, record, ident, metrics, reference, ensemble,
                       _selection_block(report, score))
     return ModelCard.from_template(
         data, template_path=str(TEMPLATE), repo_id=repo_id, repo_name=repo_id.split("/")[1], revision=revision,
-        reference=reference, ensemble=ensemble, run=run, snapshot=snapshot, model=facts, epoch=format_epoch(snapshot.epoch),
+        subfolder=subfolder, hub_args=hub_args, reference=reference, ensemble=ensemble, run=run, snapshot=snapshot, model=facts, epoch=format_epoch(snapshot.epoch),
         data=_data_context(name, record, ident), selection=_selection_context(snapshot, report, score), plot=plot,
         plane_png=PLANE_PNG, metadata_name=METADATA_NAME, pointer=POINTER, citation=CITATION,
         sha256=sorted(snapshot.sha256.items()), has_metrics=bool(metrics),

@@ -3,7 +3,9 @@
 The revision (branch, tag or commit) is pinned to the commit it resolves to; the weights are
 checked against the repo's `snapshot.json` when it has one (safetensors are required when it has
 none), then the family's own loader reads them: `timm.create_model("hf-hub:…")` or transformers'
-`AutoModelFor….from_pretrained`. `HF_HOME`, `HF_HUB_OFFLINE` and tokens work as in
+`AutoModelFor….from_pretrained`. A reference with a subfolder (`owner/name@revision:checkpoint-500`,
+a folder a `Trainer` pushed) loads the model in that folder the same way (transformers'
+`subfolder=`; timm from the downloaded folder). `HF_HOME`, `HF_HUB_OFFLINE` and tokens work as in
 `huggingface_hub`; a warm cache loads while the Hub is down.
 """
 
@@ -19,7 +21,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from torch import nn
 
 from ..files import sha256_of
-from ..models.folders import transformers_auto_class
+from ..models.folders import load_model, transformers_auto_class
 from ..models.build import TimmForImageClassification
 from ..references import COMMIT_SHA_RE, parse_hub_reference
 from ..snapshots.folders import METADATA_NAME
@@ -31,57 +33,61 @@ SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 
 def load_hub_teacher(reference: str) -> nn.Module:
-    """A teacher from a Hub reference `owner/name[@revision]` (branch, tag or commit).
+    """A teacher from a Hub reference `owner/name[@revision][:subfolder]` (branch, tag or commit; a folder).
 
     Reads `config.json` to tell the family, pins the revision to the commit it resolves to, checks
-    the weights against `snapshot.json` when the repo has one, then loads with the family's own
-    loader: `timm.create_model("hf-hub:owner/name@commit", pretrained=True)` (wrapped in
-    `TimmForImageClassification`) or `AutoModelFor…Classification.from_pretrained(repo_id,
-    revision=commit, use_safetensors=True)`. `HF_HOME`, `HF_HUB_OFFLINE` and tokens work as in
-    `huggingface_hub`; a warm cache loads while the Hub is down.
+    the weights against `snapshot.json` when the repo (or the folder) has one, then loads with the
+    family's own loader: `timm.create_model("hf-hub:owner/name@commit", pretrained=True)` (wrapped
+    in `TimmForImageClassification`) or `AutoModelFor…Classification.from_pretrained(repo_id,
+    revision=commit, subfolder=..., use_safetensors=True)`. `HF_HOME`, `HF_HUB_OFFLINE` and tokens
+    work as in `huggingface_hub`; a warm cache loads while the Hub is down.
     """
-    repo_id, revision = parse_hub_reference(reference)
+    repo_id, revision, subfolder = parse_hub_reference(reference)
+    where = f"{repr(revision) if revision else 'main'}{f' in {subfolder}/' if subfolder else ''}"
     try:
-        config_path = _fetch(reference, repo_id, "config.json", revision)
+        config_path = Path(_fetch(reference, repo_id, "config.json", revision, subfolder))
     except EntryNotFoundError:
-        raise HubReferenceError(f"teacher {reference!r}: {repo_id} holds no model at "
-                                f"{repr(revision) if revision else 'main'} (no config.json); push a timm or "
-                                "transformers model folder there, e.g. with push_teachers_to_hub") from None
-    folder = Path(config_path).parent.name  # the cache keeps each commit's files in a folder named by its SHA
-    commit = folder if COMMIT_SHA_RE.fullmatch(folder) else revision
+        raise HubReferenceError(f"teacher {reference!r}: {repo_id} holds no model at {where} (no config.json); push a "
+                                "timm or transformers model folder there, e.g. with push_teachers_to_hub") from None
+    # The cache keeps each commit's files in a folder named by its SHA (the subfolder inside it).
+    folder = config_path.parents[len(subfolder.split("/")) if subfolder else 0]
+    commit = folder.name if COMMIT_SHA_RE.fullmatch(folder.name) else revision
     try:
-        config = json.loads(Path(config_path).read_text())
+        config = json.loads(config_path.read_text())
     except json.JSONDecodeError as e:
         raise HubReferenceError(f"teacher {reference!r}: its config.json is not valid JSON ({e})") from None
-    _verify_weights(reference, repo_id, commit)
+    _verify_weights(reference, repo_id, commit, subfolder)
     try:
-        return _load_model(repo_id, commit, config)
+        return _load_model(repo_id, commit, subfolder, config, config_path.parent)
     except HubError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise HubReferenceError(f"teacher {reference!r}: {repo_id} holds a config.json but its model could not be "
-                                f"loaded ({type(e).__name__}: {e})") from e
+        raise HubReferenceError(f"teacher {reference!r}: {repo_id} holds a config.json at {where} but its model could "
+                                f"not be loaded ({type(e).__name__}: {e})") from e
 
 
-def _load_model(repo_id: str, commit: str | None, config: dict) -> nn.Module:
-    """The model at `repo_id@commit` with its family's own loader (told apart by its `config.json`)."""
+def _load_model(repo_id: str, commit: str | None, subfolder: str | None, config: dict, local: Path) -> nn.Module:
+    """The model at `repo_id@commit` (in `subfolder`) with its family's own loader (told apart by its
+    `config.json`); `local` is the cached folder its verified files were downloaded to."""
     if "architecture" in config:  # timm's Hub format
+        if subfolder:  # timm's hf-hub: loader reads a repo's root only; the folder's files are already here
+            return load_model(local)
         hub_id = f"{repo_id}@{commit}" if commit else repo_id
         return TimmForImageClassification(timm.create_model(f"hf-hub:{hub_id}", pretrained=True))
     auto = transformers_auto_class(config, f"config.json of {repo_id}@{commit or 'main'}")
-    return auto.from_pretrained(repo_id, revision=commit, use_safetensors=True)
+    return auto.from_pretrained(repo_id, revision=commit, subfolder=subfolder or "", use_safetensors=True)
 
 
-def _fetch(reference: str, repo_id: str, filename: str, revision: str | None) -> str:
+def _fetch(reference: str, repo_id: str, filename: str, revision: str | None, subfolder: str | None = None) -> str:
     """`hf_hub_download` with errors that name the reference and what to fix."""
     with download_errors(reference, repo_id, filename, revision):
-        return hf_hub_download(repo_id, filename, revision=revision)
+        return hf_hub_download(repo_id, filename, subfolder=subfolder, revision=revision)
 
 
-def _verify_weights(reference: str, repo_id: str, commit: str | None) -> None:
-    """Check the weights against the repo's snapshot.json; without one, require safetensors weights."""
+def _verify_weights(reference: str, repo_id: str, commit: str | None, subfolder: str | None) -> None:
+    """Check the weights against the folder's snapshot.json; without one, require safetensors weights."""
     try:
-        manifest = json.loads(Path(_fetch(reference, repo_id, METADATA_NAME, commit)).read_text())
+        manifest = json.loads(Path(_fetch(reference, repo_id, METADATA_NAME, commit, subfolder)).read_text())
     except HubUnavailableError:
         logger.warning("teacher %s: cannot fetch its %s (the Hub is unreachable); loading the cached weights "
                        "without checking their SHA-256", reference, METADATA_NAME)
@@ -91,7 +97,7 @@ def _verify_weights(reference: str, repo_id: str, commit: str | None) -> None:
     if manifest is None:
         for weights in SAFETENSORS_WEIGHTS:
             try:
-                _fetch(reference, repo_id, weights, commit)
+                _fetch(reference, repo_id, weights, commit, subfolder)
                 return
             except EntryNotFoundError:
                 continue
@@ -99,7 +105,7 @@ def _verify_weights(reference: str, repo_id: str, commit: str | None) -> None:
                                 "at that revision; hf-ckptkd loads safetensors only")
     for filename, expected in (manifest.get("sha256") or {}).items():
         try:
-            path = Path(_fetch(reference, repo_id, filename, commit))
+            path = Path(_fetch(reference, repo_id, filename, commit, subfolder))
         except EntryNotFoundError:
             raise HubReferenceError(f"teacher {reference!r}: {METADATA_NAME} lists {filename}, which the repo does "
                                     "not hold at that revision") from None

@@ -89,7 +89,7 @@ def push_teachers_to_hub(source: Any, repo_id: str, *, private: bool = False, as
     members, report, folder = _members_to_push(source, names)
     plan_targets(members, repo_id, as_revisions, revision_prefix)
     api = HfApi(token=token)
-    _check_write_access(api, [m.repo_id for m in members])
+    check_write_access(api, [m.repo_id for m in members])
     with tempfile.TemporaryDirectory(prefix="hf-ckptkd-push-") as tmp:
         plot = _plane_plot(report, folder, Path(tmp))
         ensemble = [f"{m.repo_id}@{m.tag}" for m in members]
@@ -146,7 +146,7 @@ def _plane_plot(report: SelectionReport | None, folder: Path | None, tmp: Path) 
     return Path(plot_information_plane(report, tmp / PLANE_PNG))
 
 
-def _check_write_access(api: HfApi, repo_ids: Iterable[str]) -> None:
+def check_write_access(api: HfApi, repo_ids: Iterable[str]) -> None:
     """Refuse before any upload when the token cannot write every target (a read-only token's
     `create_repo(exist_ok=True)` can look successful, so ask whoami first)."""
     repo_ids = sorted(set(repo_ids))
@@ -225,4 +225,4 @@ def _push_member(api: HfApi, m: PushMember, files: Files, hashes: Hashes, tag_fi
     return PushedTeacher(m.snapshot.name, m.repo_id, m.tag, commit, url, created)
 
 
-__all__ = ["PushedTeacher", "is_main_process", "push_teachers_to_hub"]
+__all__ = ["PushedTeacher", "check_write_access", "is_main_process", "push_teachers_to_hub"]

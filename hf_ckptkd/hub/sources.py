@@ -101,7 +101,8 @@ def check_repo_id(repo_id: str) -> None:
         if not isinstance(repo_id, str) or repo_id.count("/") != 1:
             raise HFValidationError("it must be 'owner/name'")
         validate_repo_id(repo_id)
-        parse_hub_reference(repo_id)
+        if parse_hub_reference(repo_id).repo_id != repo_id:
+            raise HFValidationError("it must be 'owner/name', without '@revision' or ':subfolder'")
     except (HFValidationError, TeacherReferenceError) as e:
         raise HubInputError(f"{repo_id!r} is not a valid Hub repo id ({e}); write OWNER/NAME with letters, digits, "
                             "'-', '_' and '.', no '--' or '..', at most 96 characters") from None

@@ -1,14 +1,14 @@
 """What the selector chooses among: models it can load, named, in training order.
 
 A `ModelCandidate` is anything with a name, a teacher reference, a place in training order and a
-`load_model()`: a snapshot of a local run (`SnapshotCandidate`) or a revision of a Hub repo
-(`hf_ckptkd.hub.revisions.HubRevision`). The selector only asks these questions, so it never
-branches on where a candidate comes from.
+`load_model()`: a snapshot of a local run (`SnapshotCandidate`) or a model in a Hub repo
+(`hf_ckptkd.hub.candidates.HubCandidate`: a revision, a folder or a commit). The selector only
+asks these questions, so it never branches on where a candidate comes from.
 
-`resolve_candidates(source, revisions=..., token=...)` turns what the user passed to
-`select_teachers` into a `CandidateSet`. Sources are a registry: `hf_ckptkd.hub` registers the Hub
-repo source (it sits above this package, which therefore never imports it); the local forms
-(a `SnapshotIndex`, a snapshot dir, `Snapshot`s, `ModelCandidate`s) are the fallback.
+`resolve_candidates(source, token=..., revisions=..., subfolders=..., commits=...)` turns what the
+user passed to `select_teachers` into a `CandidateSet`. Sources are a registry: `hf_ckptkd.hub`
+registers the Hub repo source (it sits above this package, which therefore never imports it); the
+local forms (a `SnapshotIndex`, a snapshot dir, `Snapshot`s, `ModelCandidate`s) are the fallback.
 """
 
 from __future__ import annotations
@@ -112,9 +112,10 @@ class CandidateSet:
     source: dict[str, Any] = field(default_factory=dict)
 
 
-# A source takes (what the user passed, revisions, token) and returns its candidates, or None when
-# the input is not of its kind. The first source that answers wins.
-CandidateSource = Callable[[Any, Any, Any], "CandidateSet | None"]
+# A source takes (what the user passed, the request: {"revisions": ..., "subfolders": ..., "commits": ...}
+# with None for what was not asked, token) and returns its candidates, or None when the input is not
+# of its kind. The first source that answers wins.
+CandidateSource = Callable[[Any, dict[str, Any], Any], "CandidateSet | None"]
 CANDIDATE_SOURCES: list[CandidateSource] = []
 
 
@@ -125,16 +126,18 @@ def register_candidate_source(source: CandidateSource) -> CandidateSource:
     return source
 
 
-def resolve_candidates(source: Any, *, revisions: Any = None, token: Any = None) -> CandidateSet:
-    """The `CandidateSet` that `source` names (see `select_teachers` for the forms)."""
+def resolve_candidates(source: Any, *, token: Any = None, **request: Any) -> CandidateSet:
+    """The `CandidateSet` that `source` names (see `select_teachers` for the forms); `request` holds
+    `revisions`, `subfolders` and `commits`, which pick candidates inside a Hub repo."""
     for resolver in CANDIDATE_SOURCES:
-        found = resolver(source, revisions, token)
+        found = resolver(source, request, token)
         if found is not None:
             return found
-    if revisions is not None:
-        raise SelectionError(f"revisions={revisions!r} selects among the published revisions of a Hub model repo, so "
-                             f"the source must be 'owner/name', got {source!r}; drop revisions= to select among a "
-                             "local run's snapshots")
+    asked = [f"{key}={value!r}" for key, value in request.items() if value is not None]
+    if asked:
+        raise SelectionError(f"{', '.join(asked)} selects among the checkpoints of a Hub model repo, so the source must "
+                             f"be 'owner/name', got {source!r}; drop {asked[0].split('=')[0]}= to select among a local "
+                             "run's snapshots")
     return _local_candidates(source)
 
 

@@ -131,6 +131,8 @@ def extract_candidates(
     settings: SelectionSettings | None = None,
     *,
     revisions: str | Sequence[str] | bool | None = None,
+    subfolders: str | Sequence[str] | bool | None = None,
+    commits: int | str | bool | None = None,
     token: str | bool | None = None,
     held_out_probe=None,
     training_probe=None,
@@ -146,7 +148,7 @@ def extract_candidates(
     `accelerate launch` each process runs its share and every process gets all the candidates.
     """
     settings = SelectionSettings.of(settings, **overrides)
-    source = resolve_candidates(snapshots, revisions=revisions, token=token)
+    source = resolve_candidates(snapshots, revisions=revisions, subfolders=subfolders, commits=commits, token=token)
     return _extract(source, probe_dataset, settings, held_out_probe, training_probe, device, progress)
 
 
@@ -214,6 +216,8 @@ def select_teachers(
     k: int | None = None,
     *,
     revisions: str | Sequence[str] | bool | None = None,
+    subfolders: str | Sequence[str] | bool | None = None,
+    commits: int | str | bool | None = None,
     token: str | bool | None = None,
     settings: SelectionSettings | None = None,
     held_out_probe=None,
@@ -228,8 +232,9 @@ def select_teachers(
     Args:
         snapshots: a `SnapshotIndex`, a snapshot dir (or a run's output dir holding `snapshots/`),
             a list of `Snapshot`s (or of `ModelCandidate`s), in training order; or, with
-            `revisions`, a Hub model repo `owner/name`. Snapshots at global step 0 (revisions
-            named `step0`) are the initialisation: scored, never chosen.
+            `revisions`, `subfolders` or `commits`, a Hub model repo `owner/name` (`owner/name@rev`
+            for the folders at, or the commits of, another revision than main). Snapshots at
+            global step 0 (revisions named `step0`) are the initialisation: scored, never chosen.
         probe_dataset: a `datasets.Dataset` with raw images and integer labels (e.g.
             `load_fashion_mnist("train")`), normally the teachers' training data.
         k: how many teachers (1 <= k <= number of non-initial snapshots); default `settings.k` (1).
@@ -239,6 +244,16 @@ def select_teachers(
             files loading needs are downloaded; each is named `owner/name@revision` in the report,
             which is the teacher reference `distill --teachers` takes (see
             `hf_ckptkd.hub.revisions`).
+        subfolders: which folders of the Hub repo to score, as `Trainer(push_to_hub=True,
+            hub_strategy="all_checkpoints")` uploads them: a glob over folder paths
+            (`"checkpoint-*"`), a list, or True / `"all"` (every folder holding a model), at main,
+            at `owner/name@rev`, or at each revision `revisions` names. Ordered by the step in their
+            names; each folder's `trainer_state.json` gives its step, epoch and recorded evaluation
+            metrics; named `owner/name[@rev]:<folder>` (see `hf_ckptkd.hub.subfolders`).
+        commits: `"all"` / True or a number N: the commits of main (or of the branch in
+            `owner/name@branch`) that change the weights at the repo's root, all or the N most
+            recent, as `hub_strategy="every_save"` makes them; named `owner/name@<short commit id>`
+            (see `hf_ckptkd.hub.commits`).
         token: a Hub token for a private or gated repo (default: `HF_TOKEN` or `hf auth login`).
         settings: a `SelectionSettings`: the probe (max_probe_samples, seed, batch_size,
             label_column, image_column; `label` and `labels` stand for each other when the dataset
@@ -278,13 +293,14 @@ def select_teachers(
         SnapshotError: for a missing or altered snapshot.
         DataError: for a dataset without the named columns.
         hf_ckptkd.hub.HubInputError: for a Hub repo that does not exist, cannot be read with this
-            token, or has no revision matching `revisions`.
+            token, has no revision matching `revisions` or folder matching `subfolders`, or a
+            request that combines `commits` with either.
     """
     started = time.perf_counter()
     settings = SelectionSettings.of(settings, **overrides, **({} if k is None else {"k": k}))
     k = settings.k
     check_request(settings.objective, settings.estimator, settings.temperature)
-    source = resolve_candidates(snapshots, revisions=revisions, token=token)
+    source = resolve_candidates(snapshots, revisions=revisions, subfolders=subfolders, commits=commits, token=token)
     # Requests that cannot succeed fail here, before any model runs.
     n_init = sum(c.is_init for c in source.candidates)
     n_candidates = len(source.candidates) - n_init

@@ -1,8 +1,10 @@
-"""`SnapshotCallback`: keep teacher snapshots during any `Trainer` run, optionally only the best ones.
+"""`SnapshotCallback`: keep teacher snapshots during any `Trainer` run, optionally only the best ones, and
+optionally push each one to the Hub as it is written.
 
 The snapshot format, the index and the atomic write are `snapshots`; keeping only the best
-(`keep_top`) is `snapshot_pruning`, with the score of `selection.online`. This module sits above
-selection so that `SnapshotCallback(..., keep_top=M, probe_dataset=...)` can build its scorer.
+(`keep_top`) is `snapshot_pruning`, with the score of `selection.online`; pushing while training
+(`push_to_hub`) is `snapshot_push`. This module sits above selection so that
+`SnapshotCallback(..., keep_top=M, probe_dataset=...)` can build its scorer.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from ..models.build import unwrap
 from ..selection.online import SnapshotScorer
 from ..selection.settings import SelectionSettings
-from .snapshot_pruning import check_keep_top, keep_top_pass, recover
 from ..snapshots.folders import SnapshotError, SnapshotIndex, mark_final, snapshot_name, write_snapshot
+from .snapshot_pruning import check_keep_top, keep_top_pass, recover
+from .snapshot_push import SnapshotPusher
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +63,21 @@ class SnapshotCallback(TrainerCallback):
     snapshot's score and lists the deleted ones as removed. `probe_dataset` is what
     `select_teachers` takes (raw images and labels, or tokenized text), not the Trainer's
     transformed `eval_dataset`.
+
+    With `push_to_hub="owner/name"` every snapshot is also pushed to that repo as it is written, as
+    a commit tagged with its name (`epoch-0006`, the layout of `push_teachers_to_hub(...,
+    as_revisions=True)`), from the main process, in the background (see `snapshot_push`): the token
+    (`hub_token`, else `HF_TOKEN` or `hf auth login`) is checked for write access here, before
+    training; a transient Hub error is retried; a snapshot already on the Hub (same weight SHA-256)
+    is not pushed again, and a resumed run pushes the snapshots the killed one had not; `train()`
+    returns once the last push is done. `hub_private` makes a new repo private. With `keep_top`,
+    pruning then deletes only the local copies of the snapshots that fall out of the best.
     """
 
     def __init__(self, strategy: str = "epoch", every: int = 1, snapshot_dir: str | Path | None = None,
                  dataset_record: dict[str, Any] | None = None, *, keep_top: int | None = None, probe_dataset=None,
-                 probe_settings: SelectionSettings | None = None):
+                 probe_settings: SelectionSettings | None = None, push_to_hub: str | None = None,
+                 hub_token: str | None = None, hub_private: bool = False):
         if strategy not in ("epoch", "steps"):
             raise SnapshotError(f"snapshot strategy {strategy!r} is not 'epoch' or 'steps'")
         if not isinstance(every, int) or every <= 0:
@@ -81,6 +94,7 @@ class SnapshotCallback(TrainerCallback):
         self._writes: list[Future] = []
         self.keep_top = check_keep_top(keep_top, probe_dataset)
         self._scorer = SnapshotScorer(probe_dataset, probe_settings) if self.keep_top is not None else None
+        self._pusher = SnapshotPusher(push_to_hub, token=hub_token, private=hub_private) if push_to_hub else None
 
     def _dir(self, args: TrainingArguments) -> Path:
         return self.snapshot_dir or Path(args.output_dir) / "snapshots"
@@ -93,6 +107,9 @@ class SnapshotCallback(TrainerCallback):
             if removed:
                 logger.warning("discarded partially written snapshot(s) and unfinished deletions %s in %s", removed,
                                self._dir(args))
+            if self._pusher is not None and state.global_step > 0:  # resumed: push what the earlier run had not
+                for snapshot in SnapshotIndex.scan(self._dir(args)):
+                    self._pusher.submit(snapshot)
 
     def _due(self, state: TrainerState, at_epoch_end: bool) -> bool:
         if self.strategy == "epoch":
@@ -167,12 +184,18 @@ class SnapshotCallback(TrainerCallback):
         logger.info("snapshot %s %s %s", name, "being written to" if background else "written to", self._dir(args))
 
     def _store(self, model: nn.Module, snapshot_dir: Path, name: str, **kwargs) -> None:
-        """Write the snapshot; with keep_top, score it and delete what falls out of the best."""
-        write_snapshot(model, snapshot_dir, name, **kwargs)
+        """Write the snapshot (and queue its push); with keep_top, score it and delete what falls out of the best."""
+        snapshot = write_snapshot(model, snapshot_dir, name, **kwargs)
+        if self._pusher is not None:
+            self._pusher.submit(snapshot)
         if self.keep_top is not None:
             with torch.random.fork_rng():
                 removed = keep_top_pass(snapshot_dir, self.keep_top, self._scorer)
-            if removed:
+            if removed and self._pusher is not None:
+                logger.info("keep_top=%d: removed the local copies of snapshot(s) %s from %s; they stay on the Hub "
+                            "as %s", self.keep_top, removed, snapshot_dir,
+                            ", ".join(f"{self._pusher.repo_id}@{r}" for r in removed))
+            elif removed:
                 logger.info("keep_top=%d: removed snapshot(s) %s from %s", self.keep_top, removed, snapshot_dir)
 
     def _wait(self) -> None:
@@ -187,11 +210,19 @@ class SnapshotCallback(TrainerCallback):
         self._wait()
         if not state.is_world_process_zero:
             return
+        self._write_final(args, state)
+        if self._pusher is not None:
+            sent = self._pusher.wait()
+            logger.info("pushed snapshot(s) %s to %s", sent, self._pusher.repo_id)
+
+    def _write_final(self, args, state: TrainerState) -> None:
         index = SnapshotIndex.scan(self._dir(args))
         last = index.snapshots[-1] if len(index) else None
         if last is not None and last.global_step == state.global_step:
             if not last.final:  # training stopped early at a scheduled snapshot
                 mark_final(last)
+                if self._pusher is not None:  # its pushed snapshot.json says otherwise
+                    self._pusher.submit(last)
             return
         # Training stopped between scheduled snapshots: the final model is written now, and with keep_top
         # the snapshot that was newest until now joins the ranking.

@@ -78,6 +78,8 @@ class CheckpointKDMixin:
             # dataset_record: what the run trains on, kept in every snapshot for its model card.
             self.add_callback(SnapshotCallback(self.args.snapshot_strategy, self.args.snapshot_every, self.args.snapshot_dir,
                                                dataset_record=dataset_record,
+                                               push_to_hub=self.args.snapshot_push_to_hub, hub_token=self.args.hub_token,
+                                               hub_private=bool(self.args.hub_private_repo),
                                                **_keep_top_options(self.args, probe_dataset, probe_settings)))
         teachers = teachers if teachers is not None else self.args.teachers
         self.teachers: TeacherEnsemble | None = None

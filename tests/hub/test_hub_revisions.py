@@ -108,7 +108,7 @@ def test_revisions_score_exactly_like_the_local_snapshots_they_were_pushed_from(
     assert report.selected == [f"{repo}@step{local.score(local.selected[0]).step}"]
     assert report.notes == [] and report.snapshot_dir is None
     assert report.extra["source"]["hub"]["repo_id"] == repo
-    assert report.extra["source"]["hub"]["commits"] == {f"step{n}": hub.head(repo, f"step{n}") for n in STEPS}
+    assert report.extra["source"]["hub"]["pinned"] == {f"step{n}": hub.head(repo, f"step{n}") for n in STEPS}
 
     # The chosen name is a teacher reference: it loads the weights of the snapshot it was pushed from.
     chosen = published["index"].snapshots[STEPS.index(report.score(report.selected[0]).step)]

@@ -255,3 +255,37 @@ def _repo_files(repo: str, revision: str) -> list[str]:
     from huggingface_hub import HfApi
 
     return HfApi().list_repo_files(repo, revision=revision)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["timm:test_resnet", "transformers:ViTConfig"])
+def test_a_card_for_a_teacher_in_a_folder_loads_and_distils_as_written(hub, tmp_path, spec, fresh_hf_cache):
+    """A teacher kept in a folder of a repo (as Trainer checkpoints are): its card names it `owner/name@rev:folder`."""
+    from huggingface_hub import HfApi
+
+    from capabilities import TIMM_ALONE_LOADS_LOCAL_FOLDERS
+
+    if spec.startswith("timm") and not TIMM_ALONE_LOADS_LOCAL_FOLDERS:
+        pytest.skip("timm's local-dir loader needs a torch.load that reads safetensors")
+    folder = tmp_path / "run" / "snapshots"
+    if spec.startswith("timm"):
+        snapshot = _timm_teacher(folder, spec)
+    else:
+        torch.manual_seed(0)
+        vit = build_model(spec, 10, label_names=LABELS, in_chans=1, image_size=28, model_kwargs=TINY_VIT)
+        snapshot = write_snapshot(vit, folder, "epoch-0001", epoch=1, global_step=10, dataset=FMNIST)
+    repo = hub.new_repo_id("card-folder")
+    card = build_model_card(snapshot, repo, "v1", subfolder="checkpoint-10")
+    api = HfApi(token=hub.write_token)
+    api.create_repo(repo)
+    api.upload_folder(repo_id=repo, folder_path=str(snapshot.path), path_in_repo="checkpoint-10")
+    api.upload_file(path_or_fileobj=str(card).encode(), path_in_repo="checkpoint-10/README.md", repo_id=repo)
+    api.create_tag(repo, tag="v1")
+    reference = f"{repo}@v1:checkpoint-10"
+    assert f"load `{reference}`" in card.text and card.data.to_dict()["checkpoint_kd"]["reference"] == reference
+    load, command, script = (code for _, code in _blocks(card.text))
+    # (The distil command runs as written in the test above; a folder reference in it runs in test_hub_checkpoints.)
+    assert f"--teachers {reference}" in command and f'teachers = ["{reference}"]' in script
+    done = _run_block("python", load, tmp_path)
+    assert done.returncode == 0, f"the card's loading code failed:\n{load}\n{done.stderr[-3000:]}"
+    assert set(json.loads(done.stdout.strip().splitlines()[-1].replace("'", '"'))) <= set(LABELS)

@@ -298,11 +298,16 @@ def test_bad_references_are_refused(tmp_path):
 
 
 def test_parse_hub_reference():
-    assert parse_hub_reference("alice/teacher") == ("alice/teacher", None)
-    assert parse_hub_reference("alice/teacher-epoch_12.v2@v1.0") == ("alice/teacher-epoch_12.v2", "v1.0")
-    assert parse_hub_reference("alice/t@refs/pr/1") == ("alice/t", "refs/pr/1")
-    assert parse_hub_reference("alice/t@" + "a" * 40) == ("alice/t", "a" * 40)
+    assert parse_hub_reference("alice/teacher") == ("alice/teacher", None, None)
+    assert parse_hub_reference("alice/teacher-epoch_12.v2@v1.0") == ("alice/teacher-epoch_12.v2", "v1.0", None)
+    assert parse_hub_reference("alice/t@refs/pr/1") == ("alice/t", "refs/pr/1", None)
+    assert parse_hub_reference("alice/t@" + "a" * 40) == ("alice/t", "a" * 40, None)
+    # A folder inside the repo (a Trainer checkpoint), at the default branch or at a revision; str() writes it back.
+    assert parse_hub_reference("alice/t:checkpoint-500") == ("alice/t", None, "checkpoint-500")
+    assert parse_hub_reference("alice/t@v1:runs/a/checkpoint-5/") == ("alice/t", "v1", "runs/a/checkpoint-5")
+    assert str(parse_hub_reference("alice/t@v1:checkpoint-5")) == "alice/t@v1:checkpoint-5"
     for bad in ["teacher", "a/b/c", "/abs/path", "./rel/x", "alice/", "alice/te--acher", "alice/t..x", "alice/-t",
-                "alice/t@", "alice/t@bad rev", "alice/t@a..b", "alice/" + "x" * 97, "runs/t/snapshots:epoch-0001"]:
+                "alice/t@", "alice/t@bad rev", "alice/t@a..b", "alice/" + "x" * 97, "runs/t/snapshots:epoch-0001",
+                "alice/t:", "alice/t:../up", "alice/t@v1:a//b", "alice/t:check point"]:
         with pytest.raises(TeacherReferenceError):
             parse_hub_reference(bad)
