@@ -57,7 +57,7 @@ class SnapshotScore:
 
 # A final snapshot whose held-out loss is this much above the run's lowest shows the sign of memorisation.
 MEMORISATION_LOSS_RISE = 0.10
-MEMORISED_TRAINING_ACCURACY = 0.99
+MEMORISED_TRAINING_ACCURACY = 0.95
 
 
 def held_out_loss(score: SnapshotScore) -> float | None:
