@@ -12,7 +12,7 @@ from torch import nn
 from ..config import ConfigError
 from ..data.config import DataConfig, Splits
 from ..models.build import is_causal_lm, is_text_model
-from .base import RunData, Task
+from .base import KDTerm, RunData, Task
 from .causal_lm import CausalLanguageModeling, perplexity
 from .image_classification import ImageClassification
 from .text_classification import TOKENIZED_LABEL_COLUMN, TextClassification
@@ -43,5 +43,5 @@ def prepare_run_data(data: DataConfig, splits: Splits, *, where: str) -> RunData
     return task_for(data).prepare(data, splits, where=where)
 
 
-__all__ = ["CausalLanguageModeling", "ImageClassification", "RunData", "TASKS", "TOKENIZED_LABEL_COLUMN", "Task",
-           "TextClassification", "perplexity", "prepare_run_data", "task_for", "task_of_model"]
+__all__ = ["CausalLanguageModeling", "ImageClassification", "KDTerm", "RunData", "TASKS", "TOKENIZED_LABEL_COLUMN",
+           "Task", "TextClassification", "perplexity", "prepare_run_data", "task_for", "task_of_model"]

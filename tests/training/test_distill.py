@@ -21,12 +21,14 @@ from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer, SnapshotIndex
 from hf_ckptkd.cli.main import main
 from hf_ckptkd.config import DISTILLATION_FIELDS, ConfigError
 from hf_ckptkd.data import ImageTransformConfig, build_image_transform, image_collator, label_names, load_fashion_mnist, with_image_transform
-from hf_ckptkd.tasks.losses import distillation_loss
+from hf_ckptkd.tasks.losses import kd_per_row
 from hf_ckptkd.models import build_model
 from hf_ckptkd.pipeline.recipe import recipe_from_dict
 from hf_ckptkd.snapshots import write_snapshot
+from hf_ckptkd.tasks import TASKS
 from hf_ckptkd.training.teachers import LabelSpaceError, TeacherOutputError, TeacherReferenceError
 from hf_ckptkd.training.trainer import CachedLogitsError, step_decay_schedule
+from user_losses import USER_LOSSES
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 7,
@@ -64,22 +66,21 @@ def _student_args(tmp_path, **overrides):
     return CheckpointKDConfig(**values)
 
 
-def test_losses_match_the_papers_formula():
+def test_the_kd_term_matches_the_papers_formula():
     torch.manual_seed(0)
     s, t, y = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
-    T, alpha = 4.0, 0.3
-    loss, ce, kd = distillation_loss(s, t, y, alpha=alpha, temperature=T)
+    T = 4.0
+    term = TASKS["image-classification"].kd_term(s, t, y, args=CheckpointKDConfig(output_dir="unused", temperature=T))
     p_t, log_p_s = torch.softmax(t / T, -1), torch.log_softmax(s / T, -1)
-    expected_kd = (p_t * (p_t.log() - log_p_s)).sum(-1).mean() * T * T
-    assert kd.item() == pytest.approx(expected_kd.item(), rel=1e-5)
-    assert ce.item() == pytest.approx(torch.nn.functional.cross_entropy(s, y).item(), rel=1e-6)
-    assert loss.item() == pytest.approx(alpha * ce.item() + (1 - alpha) * kd.item(), rel=1e-6)
-    assert distillation_loss(s, s.clone(), y, alpha=0.5, temperature=T)[2].item() == pytest.approx(0, abs=1e-6)
-    rkd = distillation_loss(s, t, y, alpha=0.5, temperature=T, kind="reverse_kl")[2]
+    expected = (p_t * (p_t.log() - log_p_s)).sum(-1) * T * T
+    assert term.items == 8 and term.total.item() == pytest.approx(expected.sum().item(), rel=1e-5)
+    assert term.logs["loss_kd"].item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert term.logs["teacher_accuracy"].item() == pytest.approx((t.argmax(-1) == y).float().mean().item())
+    assert kd_per_row(s, s.clone(), T).abs().max().item() == pytest.approx(0, abs=1e-5)
     p_s = torch.softmax(s / T, -1)
-    assert rkd.item() == pytest.approx(((p_s * (p_s.log() - torch.log_softmax(t / T, -1))).sum(-1).mean() * T * T).item(), rel=1e-5)
-    mse = distillation_loss(s, t, y, alpha=0.5, temperature=T, kind="mse")[2]
-    assert mse.item() == pytest.approx(((s - t) ** 2).mean().item(), rel=1e-6)
+    assert torch.allclose(kd_per_row(s, t, T, "reverse_kl"),
+                          (p_s * (p_s.log() - torch.log_softmax(t / T, -1))).sum(-1) * T * T, rtol=1e-5)
+    assert kd_per_row(s, t, T, "mse").mean().item() == pytest.approx(((s - t) ** 2).mean().item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("teacher_family,student_spec", [
@@ -99,8 +100,8 @@ def test_distil_from_a_snapshot(tmp_path, data, snapshots, teacher_family, stude
     logs = [e for e in trainer.state.log_history if "loss_kd" in e]
     assert len(logs) == 2
     for e in logs:
-        assert math.isfinite(e["loss_ce"]) and e["loss_kd"] >= 0 and 0 <= e["teacher_accuracy"] <= 1
-        assert e["loss"] == pytest.approx(0.5 * e["loss_ce"] + 0.5 * e["loss_kd"], rel=1e-4)
+        assert math.isfinite(e["loss_task"]) and e["loss_kd"] >= 0 and 0 <= e["teacher_accuracy"] <= 1
+        assert e["loss"] == pytest.approx(0.5 * e["loss_task"] + 0.5 * e["loss_kd"], rel=1e-4)
     # The teacher stayed frozen and out of the student's checkpoint.
     assert all(torch.equal(v, before[k]) for k, v in member.state_dict().items())
     assert not member.training and not any(p.requires_grad for p in member.parameters())
@@ -159,7 +160,10 @@ def test_cached_teacher_logits_give_the_same_training(tmp_path, data, snapshots)
     assert runs[True][1] == 1, "cached: one pass over the 128 examples, reused in both epochs"
 
 
-def test_gradient_accumulation_matches_the_larger_batch(tmp_path, data, snapshots):
+@pytest.mark.parametrize("loss", ["model", "class_weighted"])
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path, data, snapshots, loss):
+    """The model's batch-mean loss, or a compute_loss_func normalised by Trainer's count over the step: the KD
+    term must be reduced as the user's loss is, or accumulating two half batches takes another step."""
     names, _, plain = data
     ref = f"{snapshots['timm']}:epoch-0002"
     weights = []
@@ -169,7 +173,7 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, data, snapshot
         CheckpointKDTrainer(model=student, args=_student_args(tmp_path / str(batch), teachers=[ref], max_steps=1,
                                                               per_device_train_batch_size=batch, seed=3,
                                                               gradient_accumulation_steps=accumulation),
-                            train_dataset=plain, data_collator=image_collator).train()
+                            train_dataset=plain, data_collator=image_collator, compute_loss_func=USER_LOSSES[loss]).train()
         weights.append(student.classifier.weight.detach().clone())
     assert torch.allclose(weights[0], weights[1], atol=1e-6)
 
@@ -294,22 +298,26 @@ def test_distill_cli(tmp_path, snapshots, capsys):
 
 @pytest.mark.slow
 def test_two_process_distillation_matches_one_process(tmp_path, snapshots, accelerate_launch):
+    """With the model's own batch-mean loss and with a compute_loss_func normalised by the step's count (which
+    Trainer multiplies by the processes): the KD term must follow either, or two processes take another step."""
     script = ROOT / "tests" / "scripts" / "distill_run.py"
     ref = f"{snapshots['timm']}:epoch-0002"
-    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), ref, "--batch_size", "32"],
+    losses = ["--losses", "model", "class_weighted"]
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), ref, "--batch_size", "32", *losses],
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     launch = subprocess.run(
-        [*accelerate_launch, str(script), str(tmp_path / "two"), ref, "--batch_size", "16"],
+        [*accelerate_launch, str(script), str(tmp_path / "two"), ref, "--batch_size", "16", *losses],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert launch.returncode == 0, launch.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "losses-rank0.json").read_text())
     two = json.loads((tmp_path / "two" / "losses-rank0.json").read_text())
     assert one["world_size"] == 1 and two["world_size"] == 2
-    assert len(one["logs"]) == len(two["logs"]) == 4
-    for a, b in zip(one["logs"], two["logs"]):
-        for key in ("loss", "loss_ce", "loss_kd"):
-            assert b[key] == pytest.approx(a[key], rel=2e-3, abs=1e-4), (a, b)
+    for loss in ("model", "class_weighted"):
+        assert len(one["logs"][loss]) == len(two["logs"][loss]) == 4
+        for a, b in zip(one["logs"][loss], two["logs"][loss]):
+            for key in ("loss", "loss_task", "loss_kd"):
+                assert b[key] == pytest.approx(a[key], rel=2e-3, abs=1e-4), (loss, a, b)
 
 
 def test_text_teacher_and_student_from_the_command_line(tmp_path, capsys):
