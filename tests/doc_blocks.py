@@ -21,7 +21,9 @@ DOCS = ROOT / "docs"
 MKDOCS = ROOT / "mkdocs.yml"
 # A rendered model card: its blocks load the teacher from the Hub repo it was pushed to, which
 # tests/hub/test_model_cards.py does for every kind of card against the local Hub server.
-RUN_ELSEWHERE = {DOCS / "example_model_card" / "README.md"}
+# The pages with a test of their own that runs their code (against the local Hub server, or with
+# its own checks of the output): tests/hub/test_hub_checkpoints.py.
+RUN_ELSEWHERE = {DOCS / "example_model_card" / "README.md", DOCS / "hub-checkpoints.md"}
 
 # The sizes of the README and the pages, shrunk so the blocks run in seconds; each must still be found
 # in some block, so a block that changes its sizes changes this table too.

@@ -332,7 +332,7 @@ def test_private_repo_folders_need_a_token(hub, probe, tmp_path, fresh_hf_cache)
     assert [c.name for c in hub_subfolders(repo, "all", token=hub.write_token)] == [f"{repo}:checkpoint-1"]
 
 
-DOC = ROOT / "docs" / "hub_trainer_checkpoints.md"
+DOC = ROOT / "docs" / "hub-checkpoints.md"
 # The page's sizes, shrunk so its code runs in a minute; each must still be found there.
 DOC_TINY = [('load_fashion_mnist("train", limit=2000)', 'load_fashion_mnist("train", limit=256)'),
             ('load_fashion_mnist("test", limit=500)', 'load_fashion_mnist("test", limit=64)'),
@@ -342,7 +342,7 @@ DOC_TINY = [('load_fashion_mnist("train", limit=2000)', 'load_fashion_mnist("tra
 
 @pytest.mark.slow
 def test_the_docs_page_runs_as_written_against_the_hub(hub, tmp_path):
-    """docs/hub_trainer_checkpoints.md: train with push_to_hub, select, distil, and push while training."""
+    """docs/hub-checkpoints.md: train with push_to_hub, select, distil, and push while training."""
     import re
     import subprocess
     import sys

@@ -366,12 +366,14 @@ def test_trl_sft_trainer_is_refused_before_the_first_step(tmp_path, text):
 
 # --- the documented example ---------------------------------------------------------------------------------------
 
-DOC = ROOT / "docs" / "distillation_mixin_section.md"
+DOC = ROOT / "docs" / "distillation.md"
 
 
 @pytest.mark.slow
 def test_the_documented_custom_loss_example_runs(tmp_path):
-    (example,) = re.findall(r"^```python\n(.*?)^```", DOC.read_text(), flags=re.M | re.S)
+    # The mixin section's block: the one that overrides compute_loss.
+    (example,) = [b for b in re.findall(r"^```python\n(.*?)^```", DOC.read_text(), flags=re.M | re.S)
+                  if "def compute_loss" in b]
     (tmp_path / "example.py").write_text(example)
     done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
