@@ -135,7 +135,9 @@ class InformationObjective(Objective):
         return objective_value(info, beta)
 
     def values_from_scores(self, scores: Sequence[dict[str, Any]], beta: float = DEFAULT_BETA) -> dict[str, float]:
-        return {s["name"]: s[self.y_score] + beta * s[self.x_score] for s in scores if not s.get("init")}
+        # A report written before a term existed has None for it: those snapshots cannot be rescored.
+        return {s["name"]: s[self.y_score] + beta * s[self.x_score] for s in scores
+                if not s.get("init") and s.get(self.y_score) is not None}
 
 
 class OutputsObjective(InformationObjective):

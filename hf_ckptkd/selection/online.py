@@ -80,7 +80,7 @@ class SnapshotScorer:
             alone = [o.name for o in OBJECTIVES.values() if o.scores_alone]
             raise SelectionError(
                 f"keep_top scores snapshots with an information objective, not objective={s.objective!r}: only "
-                f"{' and '.join(map(repr, alone))} give a score that compares across the run "
+                f"{', '.join(map(repr, alone))} give a score that compares across the run "
                 "(the newest snapshot is kept anyway, and recorded accuracies are not on one probe); use "
                 f"objective={DEFAULT_KEEP_TOP_OBJECTIVE!r} (the default) or another of them")
         # Fail before training on a probe set that cannot be scored, not at the first snapshot.

@@ -222,7 +222,8 @@ def test_newer_format_is_refused(report, tmp_path):
 
 def test_markdown_table_has_a_row_per_snapshot(report):
     md = report.to_markdown()
-    assert "| snapshot | epoch | step | accuracy | Î(X;F) | Ĩ(Y;F) | Î(X;P) | Ĩ(Y;P) | J | chosen |" in md
+    assert ("| snapshot | epoch | step | accuracy | held-out loss | training accuracy | Î(X;F) | Ĩ(Y;F) | Î(X;P) "
+            "| Ĩ(Y;P) | Ĩ(Y;P₁) | J | chosen |") in md
     rows = [line for line in md.splitlines() if line.startswith("| epoch-")]
     assert len(rows) == len(report.scores)
     first = report.score(report.selected[0])
@@ -367,7 +368,7 @@ class EarliestObjective(TrivialObjective):
     def plot_label(self, temperature, beta):
         return "the earliest snapshot"
 
-    def ranking(self, metadata, init, probe_accuracy):
+    def ranking(self, metadata, init, probe_accuracy, probe_loss):
         return [-float(i) for i in range(len(metadata))]
 
 

@@ -191,7 +191,7 @@ def test_other_bad_keep_top_settings(tmp_path, data, capsys):
     # The objective is looked up in the selection's registry when the trainer builds the scorer, before training.
     raw, train, names = data
     model = build_model("timm:test_resnet", 10, label_names=names)
-    for objective, error, message in (("accuracy", SelectionError, r"only 'outputs' and 'features' give a score"),
+    for objective, error, message in (("accuracy", SelectionError, r"only 'outputs', 'features', 'held_out' give a score"),
                                       ("outptus", UnknownObjectiveError, r"unknown objective 'outptus'; choose one of "
                                                                          r"outputs, features, final, accuracy")):
         config = CheckpointKDConfig(output_dir=str(tmp_path), snapshot_strategy="epoch", snapshot_keep_top=2,
