@@ -27,8 +27,11 @@ logger = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def _run(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device,
-         bar=None) -> tuple[torch.Tensor, torch.Tensor]:
+def run_model(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device,
+              bar=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, logits) of a model over the probe batches, on `device` in eval mode (float32, in the
+    probe's order); `bar` is advanced by one per batch."""
+    model.to(device).eval()
     features, logits = [], []
     for batch in batches:
         f, z = forward_with_features(model, {k: v.to(device, non_blocking=True) for k, v in batch.items()})
@@ -88,14 +91,13 @@ def run_candidates(candidates: Sequence[ModelCandidate], indices: Sequence[int],
                 outcomes.append(Outcome(source.name, skipped=str(e)))
                 continue
             space.check(source.name, model)
-            model.to(device).eval()
             if bar is not None:
                 bar.reset(total=n_batches)
                 bar.set_description(source.name)
-            features, logits = _run(model, batches, device, bar)
+            features, logits = run_model(model, batches, device, bar)
             metadata = dict(source.metadata)
             if held_out is not None:
-                _, h_logits = _run(model, held_out[0], device, bar)
+                _, h_logits = run_model(model, held_out[0], device, bar)
                 metadata["held_out_accuracy"] = float((h_logits.argmax(dim=1) == held_out[1]).float().mean())
             del model
             if i == first_index:
@@ -122,4 +124,4 @@ def notes_of(outcomes: Sequence[Outcome]) -> list[str]:
     return notes + [f"{o.name} was skipped: it could not be loaded ({o.skipped})" for o in outcomes if o.skipped]
 
 
-__all__ = ["Outcome", "first_loadable", "notes_of", "outcome_to_cpu", "run_candidates"]
+__all__ = ["Outcome", "first_loadable", "notes_of", "outcome_to_cpu", "run_candidates", "run_model"]
