@@ -13,11 +13,13 @@ label terms' controlled cases are in test_token_information.py. Models are built
 
 import dataclasses
 import json
+
 import numpy as np
 import pytest
 import torch
 from datasets import Dataset
 
+from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer
 from hf_ckptkd.cli.main import main
 from hf_ckptkd.data import DataError, lm_blocks
 from hf_ckptkd.data.fortunes import FORTUNES_DIR
@@ -35,6 +37,7 @@ from hf_ckptkd.selection import (
 )
 from hf_ckptkd.selection.label_information import shannon_entropy_bits
 from hf_ckptkd.selection.lm_probe import draw_lm_probe, next_token_counts, probe_segments
+from hf_ckptkd.selection.online import SnapshotScorer, keep_top_settings
 from hf_ckptkd.selection.selector import extract_candidates
 from hf_ckptkd.snapshots import SnapshotIndex, write_snapshot
 
@@ -279,6 +282,48 @@ def test_bad_lm_probe_inputs_are_clear_errors(lm_run):
     outside = Dataset.from_dict({"input_ids": [[1, 2, VOCAB + 5, 3, 4]]})
     with pytest.raises(ClassCountMismatchError, match=rf"token id {VOCAB + 5}.*vocabulary has {VOCAB} tokens.*tokenizer"):
         select_teachers(lm_run, outside, probe_context=8, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keep-top: LM snapshots scored as they are written
+
+
+def _collate_blocks(rows):
+    ids = torch.tensor([r["input_ids"] for r in rows])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def test_keep_top_scores_lm_snapshots_with_the_selectors_probe_and_terms(tmp_path):
+    out = tmp_path / "run"
+    config = CheckpointKDConfig(output_dir=str(out), num_train_epochs=4, per_device_train_batch_size=8,
+                                learning_rate=1e-2, save_strategy="no", logging_steps=100, snapshot_strategy="epoch",
+                                snapshot_every=1, snapshot_keep_top=1, snapshot_probe_samples=200, report_to="none",
+                                remove_unused_columns=False, disable_tqdm=True, seed=0, use_cpu=True)
+    torch.manual_seed(0)
+    model = build_causal_lm("transformers:GPT2Config", vocab_size=VOCAB, model_kwargs=TINY_GPT2)
+    probe = synthetic_blocks(16, seed=14)
+    CheckpointKDTrainer(model=model, args=config, train_dataset=synthetic_blocks(32, seed=13),
+                        data_collator=_collate_blocks, probe_dataset=probe).train()
+    entries = json.loads((out / "snapshots" / "index.json").read_text())["snapshots"]
+    assert [e["name"] for e in entries] == [f"epoch-{i:04d}" for i in range(1, 5)]
+    assert all(e["score"]["objective"] == "outputs" and e["score"]["probe_size"] == 200 for e in entries)
+    index = SnapshotIndex.load(out / "snapshots")
+    assert len(index.names) == 2 and len(index.removed) == 2 and index.final.name == "epoch-0004"
+    # The recorded score is the selector's J on the same probe, with the next-token terms.
+    report = select_teachers(index, probe, objective="outputs", max_probe_samples=200, progress=False)
+    assert {s.name: s.j for s in report.scores} == pytest.approx({s.name: s.score["value"] for s in index}, rel=1e-6)
+    assert {s.name: s.i_yp for s in report.scores} == pytest.approx({s.name: s.score["i_y"] for s in index}, rel=1e-6)
+    assert report.estimator_options["next_tokens"]["top_tokens"] == VOCAB
+    kept = next(s for s in index if not s.final)
+    assert kept.score["value"] >= max(e["score"]["value"] for e in index.removed)
+
+
+def test_keep_top_refuses_lm_probe_text_of_one_token_before_training():
+    with pytest.raises(SelectionError, match=r"followed by 1 distinct token.*at least two"):
+        SnapshotScorer(Dataset.from_dict({"input_ids": [[7] * 10, [7] * 6]}), keep_top_settings())
+    # Text with a label column of token sequences (as transformers' run_clm copies input_ids) is next-token text too.
+    ids = [[1, 2, 3, 4], [4, 3, 2, 1]]
+    assert SnapshotScorer(Dataset.from_dict({"input_ids": ids, "labels": ids}), keep_top_settings()) is not None
 
 
 # ---------------------------------------------------------------------------------------------
