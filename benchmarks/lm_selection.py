@@ -54,7 +54,7 @@ text = load_from_disk(probe)
 started = time.perf_counter()
 report = select_teachers(snapshots, text, max_probe_samples=size, objective=objective, progress=False)
 total = time.perf_counter() - started
-print(json.dumps({"total": total, "timing": report.extra["timing_s"], "selected": report.selected,
+print(json.dumps({"package": __import__("hf_ckptkd").__file__, "total": total, "timing": report.extra["timing_s"], "selected": report.selected,
                   "i_yp": [s.i_yp for s in report.scores], "i_yf": [s.i_yf for s in report.scores],
                   "accuracy": [s.accuracy for s in report.scores], "names": [s.name for s in report.scores]}))
 """
@@ -64,7 +64,8 @@ def train_teacher(blocks: torch.Tensor, tokenizer, snapshot_dir: Path, epochs: i
     """Train the teacher, a snapshot after every epoch; the seconds of each epoch (its steps only)."""
     torch.manual_seed(0)
     model = build_causal_lm("transformers:GPT2Config", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                            model_kwargs=TEACHER)
+                            model_kwargs={**TEACHER, "bos_token_id": tokenizer.cls_token_id,
+                                          "eos_token_id": tokenizer.sep_token_id})
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     seconds = []
     for epoch in range(1, epochs + 1):
@@ -84,8 +85,9 @@ def train_teacher(blocks: torch.Tensor, tokenizer, snapshot_dir: Path, epochs: i
 
 def select_with(package_root: Path, snapshot_dir: Path, probe_dir: Path, size: int, objective: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(package_root)}
+    # From another folder: `python -c` puts the working directory first on sys.path, before PYTHONPATH.
     out = subprocess.run([sys.executable, "-c", SELECT, str(snapshot_dir), str(probe_dir), str(size), objective],
-                         env=env, capture_output=True, text=True, check=True)
+                         env=env, capture_output=True, text=True, check=True, cwd=snapshot_dir.parent)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
