@@ -183,10 +183,8 @@ def two_fold_split(labels: Tensor, seed: int) -> Tensor:
 def _fit_logistic(x: Tensor, y: Tensor, num_classes: int, l2: float, max_iter: int) -> tuple[Tensor, Tensor]:
     w = torch.zeros(x.shape[1], num_classes, dtype=x.dtype, device=x.device)
     b = torch.zeros(num_classes, dtype=x.dtype, device=x.device)
-    # 10 curvature pairs (scipy's default) rather than torch's 100: the two-loop recursion over the history
-    # was most of the fit's time, and the fits reach the same minimum.
     optimizer = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-6, tolerance_change=1e-9, history_size=10)
+                                  tolerance_grad=1e-6, tolerance_change=1e-9)
     one_hot = torch.nn.functional.one_hot(y, num_classes).to(x.dtype)
 
     def closure():
