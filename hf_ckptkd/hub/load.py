@@ -63,6 +63,16 @@ def load_hub_teacher(reference: str) -> nn.Module:
                                 f"loaded ({type(e).__name__}: {e})") from e
 
 
+def hub_teacher_folder(reference: str) -> Path:
+    """The folder of the Hub cache holding a Hub teacher's config and verified weights at its pinned commit
+    (downloaded when missing); the folder's name is the commit."""
+    repo_id, revision = parse_hub_reference(reference)
+    config_path = Path(_fetch(reference, repo_id, "config.json", revision))
+    commit = config_path.parent.name if COMMIT_SHA_RE.fullmatch(config_path.parent.name) else revision
+    _verify_weights(reference, repo_id, commit)  # downloads the weight files it checks
+    return config_path.parent
+
+
 def _load_model(repo_id: str, commit: str | None, config: dict) -> nn.Module:
     """The model at `repo_id@commit` with its family's own loader (told apart by its `config.json`)."""
     if "architecture" in config:  # timm's Hub format
@@ -109,4 +119,4 @@ def _verify_weights(reference: str, repo_id: str, commit: str | None) -> None:
                                     "they are not loaded")
 
 
-__all__ = ["load_hub_teacher"]
+__all__ = ["hub_teacher_folder", "load_hub_teacher"]

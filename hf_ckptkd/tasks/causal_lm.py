@@ -2,7 +2,8 @@
 
 Every position predicts the next token, so a batch has (batch, seq, vocab) logits and the loss
 counts the positions that carry a label (`labels != -100`, shifted as transformers shifts them).
-Teachers and student share the tokenizer; the KD term is token-level (`losses.token_distillation_loss`).
+Teachers and student share the tokenizer; the KD term is token-level (`losses.token_distillation_loss`,
+or `topk_losses.topk_token_distillation_loss` against the top-k teacher of a teacher-logit cache).
 Accuracy is next-token accuracy; the held-out loss is the mean next-token cross-entropy, whose
 exponential is the perplexity.
 """
@@ -21,6 +22,7 @@ from ..config import ConfigError
 from ..data.loading import DataError, lm_blocks
 from ..data.config import DataConfig, Splits
 from .losses import IGNORE_INDEX, token_distillation_loss
+from .topk_losses import TopKTeacher, topk_token_distillation_loss
 from ..models.build import build_causal_lm
 from .base import RunData, Task, shared_tokenizer
 
@@ -93,10 +95,13 @@ class CausalLanguageModeling(Task):
 
     def distillation_loss(self, student_logits, teacher_logits, labels, *, args,
                           num_items_in_batch=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        terms = token_distillation_loss(student_logits, teacher_logits, labels, alpha=args.alpha,
-                                        temperature=args.temperature, kind=args.kd_loss, beta=args.jsd_beta,
-                                        num_items_in_batch=num_items_in_batch, chunk_size=args.kd_chunk_size,
-                                        compiled=args.torch_compile)  # torch_compile: the loss's chunk math too
+        common = dict(alpha=args.alpha, temperature=args.temperature, kind=args.kd_loss, beta=args.jsd_beta,
+                      num_items_in_batch=num_items_in_batch, chunk_size=args.kd_chunk_size)
+        if isinstance(teacher_logits, TopKTeacher):  # read from a teacher-logit cache
+            terms = topk_token_distillation_loss(student_logits, teacher_logits, labels,
+                                                 missing_mass=args.teacher_logits_missing_mass, **common)
+        else:  # torch_compile: the loss's chunk math too
+            terms = token_distillation_loss(student_logits, teacher_logits, labels, compiled=args.torch_compile, **common)
         logs = {"loss_ce": terms.ce_sum / terms.tokens, "loss_kd": terms.kd_sum / terms.tokens,
                 "teacher_accuracy": terms.teacher_correct.float() / terms.tokens}
         return terms.loss, logs

@@ -6,13 +6,17 @@ on its size and Trainer averages it under gradient accumulation and several proc
 any mean loss. Causal LMs (`token_distillation_loss`) sum it over the positions that carry a label
 and divide by the number of labelled tokens Trainer counted over the whole optimizer step
 (`num_items_in_batch`), so long and short micro-batches weigh by their tokens.
+`topk_losses` builds the same loss against a teacher kept as its top-k tokens per position on
+`chunked_token_loss` and `autograd_chunk_terms`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -148,9 +152,9 @@ def _compiled_forward_kl_terms():
     return _COMPILED["forward_kl"]
 
 
-def _chunk_terms(student_flat: torch.Tensor, teacher_flat: torch.Tensor, part: torch.Tensor, targets: torch.Tensor,
-                 alpha: float, temperature: float, kind: str, beta: float, wants_grad: bool, compiled: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def _chunk_terms(student_flat: torch.Tensor, part: torch.Tensor, targets: torch.Tensor, wants_grad: bool, *,
+                 teacher_flat: torch.Tensor, alpha: float, temperature: float, kind: str, beta: float,
+                 compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(CE sum, KD sum, d(alpha*CE + (1-alpha)*KD)/ds or None, the teacher's correct next tokens) of the
     logits' rows `part`, one chunk of positions.
 
@@ -176,14 +180,23 @@ def _chunk_terms(student_flat: torch.Tensor, teacher_flat: torch.Tensor, part: t
     t = teacher_flat.index_select(0, part).float()
     correct = (t.argmax(-1) == targets).sum()
     if kind in ("jsd", "mse") and not (kind == "jsd" and beta in (0.0, 1.0)):
-        with torch.enable_grad():
-            s = s.requires_grad_(wants_grad)
-            ce = F.cross_entropy(s, targets, reduction="sum")
-            kd = kd_per_row(s, t, temperature, kind, beta).sum()
-            grad = torch.autograd.grad(alpha * ce + (1 - alpha) * kd, s)[0] if wants_grad else None
-        return ce.detach(), kd.detach(), grad, correct
+        ce, kd, grad = autograd_chunk_terms(s, targets, alpha, wants_grad,
+                                            lambda s: kd_per_row(s, t, temperature, kind, beta).sum())
+        return ce, kd, grad, correct
     ce, kd, grad = _kl_terms(s, t, targets, alpha, temperature, reverse=not forward, wants_grad=wants_grad)
     return ce, kd, grad, correct
+
+
+def autograd_chunk_terms(s: torch.Tensor, targets: torch.Tensor, alpha: float, wants_grad: bool,
+                         kd_sum: Callable[[torch.Tensor], torch.Tensor]):
+    """(CE sum, KD sum, d(alpha*CE + (1-alpha)*KD)/ds or None) of a chunk's float32 student logits `s`, the
+    gradient by a local autograd pass over the chunk alone; `kd_sum(s)` is the chunk's summed KD term."""
+    with torch.enable_grad():
+        s = s.requires_grad_(wants_grad)
+        ce = F.cross_entropy(s, targets, reduction="sum")
+        kd = kd_sum(s)
+        grad = torch.autograd.grad(alpha * ce + (1 - alpha) * kd, s)[0] if wants_grad else None
+    return ce.detach(), kd.detach(), grad
 
 
 def _kl_terms(s, t, targets, alpha, temperature, *, reverse: bool, wants_grad: bool):
@@ -223,7 +236,9 @@ class _ChunkedTokenTerms(torch.autograd.Function):
     """(alpha*CE + (1-alpha)*KD, CE, KD, teacher's correct next tokens) summed over labelled positions, one
     chunk of positions at a time.
 
-    Each chunk's gradient is computed in the forward pass (a local backward over that chunk alone)
+    `chunk_terms(student_flat, part, targets, wants_grad)` gives one chunk's sums and its gradient
+    (`_chunk_terms` against full teacher logits, `topk_losses` against a top-k teacher). Each
+    chunk's gradient is computed in the forward pass (a local backward over that chunk alone)
     and written into one gradient buffer the size of the logits, which backward scales and returns.
     So beyond the logits, the teacher's logits and that buffer (the logits' gradient, which any
     backward allocates), only one chunk's (positions, vocab) probabilities exist at a time, and
@@ -231,7 +246,7 @@ class _ChunkedTokenTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student_flat, teacher_flat, index, targets, alpha, temperature, kind, beta, chunk_size, compiled):
+    def forward(ctx, student_flat, index, targets, alpha, chunk_terms, chunk_size):
         wants_grad = ctx.needs_input_grad[0]
         grad = None
         if wants_grad:  # every labelled row is written below; only the others need zeros
@@ -244,8 +259,7 @@ class _ChunkedTokenTerms(torch.autograd.Function):
         correct = torch.zeros((), dtype=torch.long, device=student_flat.device)
         for start in range(0, index.numel(), chunk_size):
             part = index[start:start + chunk_size]
-            ce, kd, g, right = _chunk_terms(student_flat, teacher_flat, part, targets[start:start + chunk_size], alpha,
-                                            temperature, kind, beta, wants_grad, compiled)
+            ce, kd, g, right = chunk_terms(student_flat, part, targets[start:start + chunk_size], wants_grad)
             correct += right  # the teacher's next-token accuracy, while the chunk is at hand
             if wants_grad:
                 grad.index_copy_(0, part, g.to(grad.dtype))  # each position occurs once
@@ -258,7 +272,26 @@ class _ChunkedTokenTerms(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, grad_ce, grad_kd, grad_correct):
         grad, ctx.grad = ctx.grad, None
-        return grad.mul_(grad_total.to(grad.dtype)), None, None, None, None, None, None, None, None, None
+        return grad.mul_(grad_total.to(grad.dtype)), None, None, None, None, None
+
+
+def chunked_token_loss(student_logits: torch.Tensor, labels: torch.Tensor, alpha: float, chunk_terms, chunk_size: int,
+                       num_items_in_batch: int | torch.Tensor | None) -> TokenDistillation:
+    """`_ChunkedTokenTerms` over the labelled positions of `labels`, divided by the step's labelled tokens."""
+    index, targets = labelled_positions(labels)
+    tokens = int(index.numel())
+    if tokens == 0:
+        raise NoLabelledTokensError(
+            f"a batch of {labels.shape[0]} sequences has no labelled token (every label after the shift is -100): "
+            "set labels to the input_ids (DataCollatorForLanguageModeling(tokenizer, mlm=False) does) and keep "
+            "sequences of at least 2 tokens")
+    student_flat = student_logits.reshape(-1, student_logits.shape[-1])
+    total, ce_sum, kd_sum, correct = _ChunkedTokenTerms.apply(student_flat, index, targets, float(alpha), chunk_terms,
+                                                              max(1, int(chunk_size)))
+    normaliser = num_items_in_batch if num_items_in_batch is not None else tokens
+    if torch.is_tensor(normaliser):
+        normaliser = normaliser.to(ce_sum.device)
+    return TokenDistillation(total / normaliser, ce_sum, kd_sum, correct, tokens)
 
 
 def token_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
@@ -280,21 +313,7 @@ def token_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ; teachers and student must share the tokenizer "
                          "and read the same batch")
-    index, targets = labelled_positions(labels)
-    tokens = int(index.numel())
-    if tokens == 0:
-        raise NoLabelledTokensError(
-            f"a batch of {labels.shape[0]} sequences has no labelled token (every label after the shift is -100): "
-            "set labels to the input_ids (DataCollatorForLanguageModeling(tokenizer, mlm=False) does) and keep "
-            "sequences of at least 2 tokens")
-    vocab = student_logits.shape[-1]
-    student_flat = student_logits.reshape(-1, vocab)
-    teacher_flat = teacher_logits.reshape(-1, vocab)
-    total, ce_sum, kd_sum, correct = _ChunkedTokenTerms.apply(
-        student_flat, teacher_flat.detach(), index, targets, float(alpha), float(temperature), kind, float(beta),
-        max(1, int(chunk_size)), bool(compiled))
-    normaliser = num_items_in_batch if num_items_in_batch is not None else tokens
-    if torch.is_tensor(normaliser):
-        normaliser = normaliser.to(ce_sum.device)
-    loss = total / normaliser
-    return TokenDistillation(loss, ce_sum, kd_sum, correct, tokens)
+    teacher_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1]).detach()
+    terms = partial(_chunk_terms, teacher_flat=teacher_flat, alpha=float(alpha), temperature=float(temperature),
+                    kind=kind, beta=float(beta), compiled=bool(compiled))
+    return chunked_token_loss(student_logits, labels, alpha, terms, chunk_size, num_items_in_batch)

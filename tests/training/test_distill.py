@@ -26,7 +26,8 @@ from hf_ckptkd.models import build_model
 from hf_ckptkd.pipeline.recipe import recipe_from_dict
 from hf_ckptkd.snapshots import write_snapshot
 from hf_ckptkd.training.teachers import LabelSpaceError, TeacherOutputError, TeacherReferenceError
-from hf_ckptkd.training.trainer import CachedLogitsError, step_decay_schedule
+from hf_ckptkd.training.teacher_logits import CachedLogitsError
+from hf_ckptkd.training.trainer import step_decay_schedule
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 7,
