@@ -34,7 +34,8 @@ def test_docs_python_blocks_run_page_by_page(tmp_path, hub_env):
     kept = json.loads((runs / "teacher-top2" / "snapshots" / "index.json").read_text())["snapshots"]
     assert [e["name"] for e in kept] == ["epoch-0001", "epoch-0002", "epoch-0003"]
     assert all(isinstance(e["score"]["value"], float) for e in kept)
-    assert list((runs / "student").glob("checkpoint-*")) and list((runs / "mixin_student").glob("checkpoint-*"))
+    # The mixin page's custom-loss block checks its own output (tests/training/test_loss_composition.py).
+    assert list((runs / "student").glob("checkpoint-*"))
     assert (runs / "teacher" / "selection" / "selection.json").is_file()
     assert (runs / "lm_teacher" / "snapshots" / "epoch-0004" / "tokenizer.json").is_file()
     assert (runs / "lm" / "selection" / "selection.json").is_file()
