@@ -15,7 +15,7 @@ from torch import nn
 from ..config import ConfigError
 from ..data.config import DataConfig, Splits
 from ..selection.probe_sources import register_probe_source
-from .base import RunData, Task
+from .base import KDTerm, RunData, Task
 from .causal_lm import CausalLanguageModeling, perplexity
 from .image_classification import ImageClassification
 from .text_classification import TextClassification
@@ -58,5 +58,5 @@ def prepare_run_data(data: DataConfig, splits: Splits, *, where: str) -> RunData
     return task_for(data).prepare(data, splits, where=where)
 
 
-__all__ = ["CausalLanguageModeling", "ImageClassification", "RunData", "TASKS", "Task", "TextClassification",
+__all__ = ["CausalLanguageModeling", "ImageClassification", "KDTerm", "RunData", "TASKS", "Task", "TextClassification",
            "perplexity", "prepare_run_data", "register_task", "task_for", "task_of_model"]

@@ -19,8 +19,17 @@ from torch import nn
 from ..config import ConfigError
 from ..data.loading import DataError, load_tokenizer
 from ..data.config import DataConfig, Splits
-from .losses import distillation_loss
+from .losses import kd_per_row
 from ..metrics import compute_metrics
+
+
+@dataclass
+class KDTerm:
+    """A batch's soft-label term `T^2 * D(teacher, student)`, for the trainer to add to the student's own loss."""
+
+    total: torch.Tensor             # summed over the batch's items (differentiable); the trainer divides it
+    items: int                      # what it is summed over: a classifier's rows, a causal LM's labelled tokens
+    logs: dict[str, torch.Tensor]   # per-item means of this batch for the logs: loss_kd, teacher_accuracy
 
 
 @dataclass
@@ -135,20 +144,14 @@ class Task(ABC):
         """The `Trainer` metric arguments that report this task's accuracy as `eval_accuracy`."""
         return {"compute_metrics": compute_metrics}
 
-    def distillation_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels, *, args,
-                          num_items_in_batch=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(the loss to back-propagate, {loss_ce, loss_kd, teacher_accuracy} of this batch for the logs).
-
-        `args` is the run's `CheckpointKDConfig`. A classifier's loss is a batch mean (Trainer scales it for
-        gradient accumulation), so `num_items_in_batch` is not used.
-        """
-        loss, loss_ce, loss_kd = distillation_loss(student_logits, teacher_logits, labels, alpha=args.alpha,
-                                                   temperature=args.temperature, kind=args.kd_loss,
-                                                   beta=args.jsd_beta)
-        logs = {"loss_ce": loss_ce, "loss_kd": loss_kd}
+    def kd_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels, *, args) -> KDTerm:
+        """The batch's soft-label term, summed over its rows; `args` is the run's `CheckpointKDConfig`."""
+        total = kd_per_row(student_logits, teacher_logits, args.temperature, args.kd_loss, args.jsd_beta).sum()
+        rows = student_logits.shape[0]
+        logs = {"loss_kd": total.detach() / rows}
         if labels is not None:
             logs["teacher_accuracy"] = (teacher_logits.argmax(-1) == labels).float().mean()
-        return loss, logs
+        return KDTerm(total, rows, logs)
 
     def predictions(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(predicted, true) labels of a batch, flat, for accuracy: a classifier predicts one label per row."""

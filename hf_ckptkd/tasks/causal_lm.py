@@ -2,7 +2,7 @@
 
 Every position predicts the next token, so a batch has (batch, seq, vocab) logits and the loss
 counts the positions that carry a label (`labels != -100`, shifted as transformers shifts them).
-Teachers and student share the tokenizer; the KD term is token-level (`losses.token_distillation_loss`).
+Teachers and student share the tokenizer; the KD term is token-level (`losses.token_kd`).
 Accuracy is next-token accuracy; the held-out loss is the mean next-token cross-entropy, whose
 exponential is the perplexity.
 """
@@ -20,13 +20,13 @@ from transformers import DataCollatorForLanguageModeling
 from ..config import MODEL_LABEL_COLUMN, ConfigError
 from ..data.loading import DataError, lm_blocks
 from ..data.config import DataConfig, Splits
-from .losses import IGNORE_INDEX, token_distillation_loss
+from .losses import IGNORE_INDEX, token_kd
 from ..models.build import build_causal_lm, is_causal_lm, num_labels_of, unwrap
 from ..selection.errors import ClassCountMismatchError, SelectionError
 from ..selection.lm_probe import draw_lm_probe
 from ..selection.probe_sources import DrawnProbe, pad_token_id
 from ..selection.settings import DEFAULT_PROBE_CONTEXT, SelectionSettings
-from .base import RunData, Task, shared_tokenizer, tokenized_probe
+from .base import KDTerm, RunData, Task, shared_tokenizer, tokenized_probe
 
 
 def next_token_predictions(predicted: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,15 +146,13 @@ class CausalLanguageModeling(Task):
     def metric_kwargs(self) -> dict[str, Any]:
         return {"compute_metrics": next_token_metrics, "preprocess_logits_for_metrics": argmax_logits}
 
-    def distillation_loss(self, student_logits, teacher_logits, labels, *, args,
-                          num_items_in_batch=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        terms = token_distillation_loss(student_logits, teacher_logits, labels, alpha=args.alpha,
-                                        temperature=args.temperature, kind=args.kd_loss, beta=args.jsd_beta,
-                                        num_items_in_batch=num_items_in_batch, chunk_size=args.kd_chunk_size,
-                                        compiled=args.torch_compile)  # torch_compile: the loss's chunk math too
-        logs = {"loss_ce": terms.ce_sum / terms.tokens, "loss_kd": terms.kd_sum / terms.tokens,
-                "teacher_accuracy": terms.teacher_correct.float() / terms.tokens}
-        return terms.loss, logs
+    def kd_term(self, student_logits, teacher_logits, labels, *, args) -> KDTerm:
+        """The batch's soft-label term, summed over its labelled tokens (in chunks of `args.kd_chunk_size` positions)."""
+        kd = token_kd(student_logits, teacher_logits, labels, temperature=args.temperature, kind=args.kd_loss,
+                      beta=args.jsd_beta, chunk_size=args.kd_chunk_size,
+                      compiled=args.torch_compile)  # torch_compile: the term's chunk math too
+        logs = {"loss_kd": kd.total.detach() / kd.tokens, "teacher_accuracy": kd.teacher_correct.float() / kd.tokens}
+        return KDTerm(kd.total, kd.tokens, logs)
 
     def predictions(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         return next_token_predictions(logits.argmax(-1).cpu().numpy(), labels.cpu().numpy())

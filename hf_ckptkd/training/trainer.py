@@ -1,11 +1,14 @@
 """`CheckpointKDTrainer`: a `Trainer` that keeps teacher snapshots and distils from them.
 
 Without teachers it trains like `Trainer` (keeping snapshots when `snapshot_strategy` says so).
-With teachers (references in `CheckpointKDConfig.teachers` or a `teachers=` argument) it
-overrides `compute_loss` with `alpha*CE + (1-alpha)*T^2*KL(teacher || student)` (per example for
-classifiers, per labelled token for causal LMs: the student's task says which) and logs
-`loss_ce`, `loss_kd` and the teachers' accuracy beside `loss`. Everything else — gradient
-accumulation, mixed precision, `accelerate launch` on several processes — is `Trainer`'s own.
+With teachers (references in `CheckpointKDConfig.teachers` or a `teachers=` argument) the loss is
+`alpha * L + (1 - alpha) * T^2 * D(teacher, student)`, where L is the loss the next class's own
+`compute_loss` returns (a user's override, `compute_loss_func`, label smoothing or the model's own
+loss) and D is computed on the student outputs that same call returned: one student forward per
+step. D is per example for classifiers and per labelled token for causal LMs (the student's task
+says which), reduced exactly as L is. Logs carry `loss_task` (L), `loss_kd` and the teachers'
+accuracy beside `loss`. Everything else — gradient accumulation, mixed precision, `accelerate
+launch` on several processes — is `Trainer`'s own.
 All of it lives in `CheckpointKDMixin`, so a user's own `Trainer` subclass gains it by listing the
 mixin first: `class MyTrainer(CheckpointKDMixin, MyTrainerBase)`.
 The teachers are a separate frozen object: never wrapped by DDP/FSDP, never in a checkpoint.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import bisect
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 
 import torch
@@ -41,6 +44,11 @@ from .teachers import TeacherEnsemble, TeacherReferenceError, load_teachers
 logger = logging.getLogger(__name__)
 
 TEACHER_LOGITS = "teacher_logits"
+LOSS_TASK = "loss_task"  # the log key of the student's own loss while distilling
+
+
+class StudentOutputError(ValueError):
+    """The student outputs a Trainer's `compute_loss` returned cannot be distilled (no logits, or another shape)."""
 
 
 class CachedLogitsError(ValueError):
@@ -53,12 +61,9 @@ class CheckpointKDMixin:
     Takes the `Trainer` arguments (with `args` a `CheckpointKDConfig`) plus `teachers`,
     `label_names`, `teacher_tokenizer`/`student_tokenizer` (checked to agree), `dataset_record` and
     `student_input`. It overrides `compute_loss`, `log`, `get_train_dataloader` and
-    `create_scheduler`, each calling the next class's own where it does not distil.
+    `create_scheduler`, each calling the next class's own; `compute_loss` adds the distillation term
+    to the loss the next class computes.
     """
-
-    # A classifier's loss is a batch mean (even where the model takes num_items_in_batch and ignores it): Trainer
-    # must divide it by the accumulation steps. (A causal LM's is not; __init__ then sets None.)
-    loss_is_scaled_for_ga = False
 
     def __init__(self, model: nn.Module | None = None, args: CheckpointKDConfig | None = None, *,
                  teachers: TeacherEnsemble | Sequence[str | nn.Module] | None = None,
@@ -70,10 +75,12 @@ class CheckpointKDMixin:
                             "with the snapshot and distillation fields")
         super().__init__(model=model, args=args, **kwargs)
         self.task = task_of_model(unwrap(self.model))
-        if self.task.token_level:
-            # Per-token losses (the LM's own, and the token-level KD loss) are already divided by the step's
-            # labelled tokens when Trainer counted them: let Trainer decide, as for any causal LM.
-            self.loss_is_scaled_for_ga = None
+        if not self.task.token_level:
+            # Never hand a classifier num_items_in_batch: some divide their loss by it (ViT), others ignore it and
+            # return a batch mean (BERT), and Trainer would scale both as the former. Without it every classifier's
+            # loss is a batch mean, which Trainer divides by the accumulation steps. (A causal LM's loss per
+            # labelled token of the whole step is what Trainer's count is for.)
+            self.model_accepts_loss_kwargs = False
         if self.args.snapshot_strategy != "no":
             # dataset_record: what the run trains on, kept in every snapshot for its model card.
             self.add_callback(SnapshotCallback(self.args.snapshot_strategy, self.args.snapshot_every, self.args.snapshot_dir,
@@ -95,10 +102,6 @@ class CheckpointKDMixin:
                               teacher_tokenizer=teacher_tokenizer, student_tokenizer=student_tokenizer)
             # Before the first step: channels and image size must agree, normalisation is remapped per teacher.
             self.teachers.match_student_inputs(unwrap(self.model), student_input)
-            # A classifier's loss is a batch mean computed here: never hand the model num_items_in_batch. A causal
-            # LM's is divided by the labelled tokens Trainer counts over the whole optimizer step (micro-batches and
-            # processes), which Trainer does only for a model that takes loss kwargs.
-            self.model_accepts_loss_kwargs = self.task.token_level
             _warn_if_clipping_kd(self.args)
         self._kd_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.accelerator.device))
         self._kd_batches = 0
@@ -117,26 +120,74 @@ class CheckpointKDMixin:
 
     # --- the loss -------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.teachers is None or not model.training:
-            # Evaluation reports the student's own task loss; without teachers this is plain Trainer.
-            inputs = {k: v for k, v in inputs.items() if k != TEACHER_LOGITS}
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        labels = inputs.get("labels")
+        """The next class's loss L; while distilling, `alpha * L + (1 - alpha) * T^2 * D` on the outputs L came from."""
         teacher_logits = inputs.get(TEACHER_LOGITS)
-        student_inputs = model_inputs({k: v for k, v in inputs.items() if k != TEACHER_LOGITS})
+        inputs = {k: v for k, v in inputs.items() if k != TEACHER_LOGITS}
+        if self.teachers is None or not model.training:
+            # Evaluation reports the student's own loss, the L of training; without teachers this is the next class.
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         if teacher_logits is None:
-            teacher_logits = self.teachers(**student_inputs)
+            teacher_logits = self.teachers(**model_inputs(inputs))
+        # Before the student's forward, which would already update its BatchNorm statistics on a bad batch.
         check_finite(teacher_logits, batch_index=self.state.global_step, references=self.teachers.references)
-        outputs = model(**student_inputs)
-        loss, logs = self.task.distillation_loss(outputs.logits, teacher_logits, labels, args=self.args,
-                                                 num_items_in_batch=num_items_in_batch)
-        if self.task.token_level and num_items_in_batch is not None and self.args.average_tokens_across_devices:
-            # num_items_in_batch counts every process's tokens and DDP averages the gradients: undo that mean.
-            loss = loss * self.accelerator.num_processes
-        for key, value in logs.items():
+        # A copy: Trainer.compute_loss pops the labels (and other Trainers add keys) in the dict it is given.
+        own = super().compute_loss(model, dict(inputs), return_outputs=True, num_items_in_batch=num_items_in_batch)
+        own_loss, outputs, student_logits = self._own_loss_and_logits(own)
+        if student_logits.shape != teacher_logits.shape:
+            raise StudentOutputError(
+                f"the student logits {self._loss_owner()}.compute_loss returned have shape {tuple(student_logits.shape)} "
+                f"but the teachers' logits of the same batch have shape {tuple(teacher_logits.shape)}; distilling "
+                "compares them item by item, so compute_loss(..., return_outputs=True) must return the outputs of "
+                "the model's forward on the whole batch (not a slice of them, nor logits_to_keep)")
+        kd = self.task.kd_term(student_logits, teacher_logits, inputs.get("labels"), args=self.args)
+        scale = self._kd_scale(kd.items, num_items_in_batch)
+        loss = self.args.alpha * own_loss + (1 - self.args.alpha) * (kd.total * scale)
+        # Logged per item of this batch (undoing the scale), the quantity evaluation reports as eval_loss.
+        for key, value in {LOSS_TASK: own_loss.detach() / (scale * kd.items), **kd.logs}.items():
             self._kd_sums[key] += value.detach().float()
         self._kd_batches += 1
         return (loss, outputs) if return_outputs else loss
+
+    def _kd_scale(self, items: int, num_items_in_batch) -> float | torch.Tensor:
+        """What the KD term's sum over this batch's `items` is multiplied by so that it is reduced as Trainer reduces
+        the student's own loss: a mean of this micro-batch (Trainer then divides by the accumulation steps), or, when
+        Trainer counts that loss as already scaled, a sum divided by its count of labelled items over the whole
+        optimizer step, times the processes where Trainer multiplies the loss by them (DDP's mean divides again)."""
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)  # a Trainer subclass's own declaration first
+        if scaled is None:  # else Trainer.training_step's rule
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+        if not scaled:
+            return 1.0 / items
+        if num_items_in_batch is None:  # scaled by the accumulation steps alone
+            return 1.0 / (items * self.current_gradient_accumulation_steps)
+        scale = 1.0 / num_items_in_batch
+        if self.args.average_tokens_across_devices and (self.model_accepts_loss_kwargs or self.compute_loss_func is not None):
+            scale = scale * self.accelerator.num_processes  # as Trainer.compute_loss does to the loss it returns
+        return scale
+
+    def _own_loss_and_logits(self, own) -> tuple[torch.Tensor, object, torch.Tensor]:
+        """(loss, outputs, the student's logits) of what the next class's compute_loss returned, or a clear error."""
+        if not (isinstance(own, tuple) and len(own) == 2):
+            raise StudentOutputError(
+                f"{self._loss_owner()}.compute_loss(..., return_outputs=True) returned {type(own).__name__}, not "
+                "(loss, outputs): distilling adds its term to that loss and reads the student's logits from those "
+                "outputs, so compute_loss must return (loss, outputs) when return_outputs=True")
+        loss, outputs = own
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else getattr(outputs, "logits", None)
+        if not isinstance(logits, torch.Tensor):
+            held = f" (it holds {', '.join(outputs.keys())})" if isinstance(outputs, Mapping) else ""
+            raise StudentOutputError(
+                f"the student outputs {self._loss_owner()}.compute_loss returned, a {type(outputs).__name__}{held}, "
+                "have no logits: distilling needs the logits of the forward its loss was computed from (one student "
+                "forward per step). Return the model's own outputs, a ModelOutput with `logits`, from "
+                "compute_loss(..., return_outputs=True)")
+        return loss, outputs, logits
+
+    def _loss_owner(self) -> str:
+        """The class whose compute_loss the mixin calls through super(), for error messages."""
+        mro = type(self).__mro__
+        after = mro[mro.index(CheckpointKDMixin) + 1:]
+        return next((c.__name__ for c in after if "compute_loss" in vars(c)), "Trainer")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Every process logs at the same steps, so the means can be reduced across processes here.

@@ -36,7 +36,7 @@ def main():
     model = build_model("transformers:ViTConfig", 10, label_names=names, model_kwargs=TINY_VIT)
     trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=data, data_collator=image_collator)
     trainer.train()
-    logs = [{k: e[k] for k in ("step", "loss", "loss_ce", "loss_kd")} for e in trainer.state.log_history if "loss_kd" in e]
+    logs = [{k: e[k] for k in ("step", "loss", "loss_task", "loss_kd")} for e in trainer.state.log_history if "loss_kd" in e]
     Path(args.output_dir, f"losses-rank{trainer.args.process_index}.json").write_text(
         json.dumps({"world_size": trainer.args.world_size, "logs": logs}))
 

@@ -21,10 +21,11 @@ from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer, SnapshotIndex
 from hf_ckptkd.cli.main import main
 from hf_ckptkd.config import DISTILLATION_FIELDS, ConfigError
 from hf_ckptkd.data import ImageTransformConfig, build_image_transform, image_collator, label_names, load_fashion_mnist, with_image_transform
-from hf_ckptkd.tasks.losses import distillation_loss
+from hf_ckptkd.tasks.losses import kd_per_row
 from hf_ckptkd.models import build_model
 from hf_ckptkd.pipeline.recipe import recipe_from_dict
 from hf_ckptkd.snapshots import write_snapshot
+from hf_ckptkd.tasks import TASKS
 from hf_ckptkd.training.teachers import LabelSpaceError, TeacherOutputError, TeacherReferenceError
 from hf_ckptkd.training.trainer import CachedLogitsError, step_decay_schedule
 
@@ -64,22 +65,21 @@ def _student_args(tmp_path, **overrides):
     return CheckpointKDConfig(**values)
 
 
-def test_losses_match_the_papers_formula():
+def test_the_kd_term_matches_the_papers_formula():
     torch.manual_seed(0)
     s, t, y = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
-    T, alpha = 4.0, 0.3
-    loss, ce, kd = distillation_loss(s, t, y, alpha=alpha, temperature=T)
+    T = 4.0
+    term = TASKS["image-classification"].kd_term(s, t, y, args=CheckpointKDConfig(output_dir="unused", temperature=T))
     p_t, log_p_s = torch.softmax(t / T, -1), torch.log_softmax(s / T, -1)
-    expected_kd = (p_t * (p_t.log() - log_p_s)).sum(-1).mean() * T * T
-    assert kd.item() == pytest.approx(expected_kd.item(), rel=1e-5)
-    assert ce.item() == pytest.approx(torch.nn.functional.cross_entropy(s, y).item(), rel=1e-6)
-    assert loss.item() == pytest.approx(alpha * ce.item() + (1 - alpha) * kd.item(), rel=1e-6)
-    assert distillation_loss(s, s.clone(), y, alpha=0.5, temperature=T)[2].item() == pytest.approx(0, abs=1e-6)
-    rkd = distillation_loss(s, t, y, alpha=0.5, temperature=T, kind="reverse_kl")[2]
+    expected = (p_t * (p_t.log() - log_p_s)).sum(-1) * T * T
+    assert term.items == 8 and term.total.item() == pytest.approx(expected.sum().item(), rel=1e-5)
+    assert term.logs["loss_kd"].item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert term.logs["teacher_accuracy"].item() == pytest.approx((t.argmax(-1) == y).float().mean().item())
+    assert kd_per_row(s, s.clone(), T).abs().max().item() == pytest.approx(0, abs=1e-5)
     p_s = torch.softmax(s / T, -1)
-    assert rkd.item() == pytest.approx(((p_s * (p_s.log() - torch.log_softmax(t / T, -1))).sum(-1).mean() * T * T).item(), rel=1e-5)
-    mse = distillation_loss(s, t, y, alpha=0.5, temperature=T, kind="mse")[2]
-    assert mse.item() == pytest.approx(((s - t) ** 2).mean().item(), rel=1e-6)
+    assert torch.allclose(kd_per_row(s, t, T, "reverse_kl"),
+                          (p_s * (p_s.log() - torch.log_softmax(t / T, -1))).sum(-1) * T * T, rtol=1e-5)
+    assert kd_per_row(s, t, T, "mse").mean().item() == pytest.approx(((s - t) ** 2).mean().item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("teacher_family,student_spec", [
@@ -99,8 +99,8 @@ def test_distil_from_a_snapshot(tmp_path, data, snapshots, teacher_family, stude
     logs = [e for e in trainer.state.log_history if "loss_kd" in e]
     assert len(logs) == 2
     for e in logs:
-        assert math.isfinite(e["loss_ce"]) and e["loss_kd"] >= 0 and 0 <= e["teacher_accuracy"] <= 1
-        assert e["loss"] == pytest.approx(0.5 * e["loss_ce"] + 0.5 * e["loss_kd"], rel=1e-4)
+        assert math.isfinite(e["loss_task"]) and e["loss_kd"] >= 0 and 0 <= e["teacher_accuracy"] <= 1
+        assert e["loss"] == pytest.approx(0.5 * e["loss_task"] + 0.5 * e["loss_kd"], rel=1e-4)
     # The teacher stayed frozen and out of the student's checkpoint.
     assert all(torch.equal(v, before[k]) for k, v in member.state_dict().items())
     assert not member.training and not any(p.requires_grad for p in member.parameters())
@@ -308,7 +308,7 @@ def test_two_process_distillation_matches_one_process(tmp_path, snapshots, accel
     assert one["world_size"] == 1 and two["world_size"] == 2
     assert len(one["logs"]) == len(two["logs"]) == 4
     for a, b in zip(one["logs"], two["logs"]):
-        for key in ("loss", "loss_ce", "loss_kd"):
+        for key in ("loss", "loss_task", "loss_kd"):
             assert b[key] == pytest.approx(a[key], rel=2e-3, abs=1e-4), (a, b)
 
 
