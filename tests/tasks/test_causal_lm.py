@@ -25,7 +25,7 @@ from hf_ckptkd import CheckpointKDConfig, CheckpointKDMixin, CheckpointKDTrainer
 from hf_ckptkd.cli.main import main
 from hf_ckptkd.config import ConfigError
 from hf_ckptkd.data import lm_blocks
-from hf_ckptkd.tasks.losses import NoLabelledTokensError, kd_per_row, labelled_positions, token_distillation_loss
+from hf_ckptkd.tasks.losses import NoLabelledTokensError, kd_per_row, labelled_positions, token_kd
 from hf_ckptkd.models.folders import load_model, save_model
 from hf_ckptkd.models import ModelSpecError, build_causal_lm, build_model, is_causal_lm
 from hf_ckptkd.snapshots import write_snapshot
@@ -39,8 +39,8 @@ TINY_GPT2 = dict(n_layer=1, n_embd=16, n_head=2, n_positions=16)
 
 # --- the token-level loss --------------------------------------------------------------------
 
-def _reference_token_loss(s, t, labels, alpha, temperature, kind, beta):
-    """The loss written out directly: shift, mask, full (tokens, vocab) tensors, mean over labelled tokens."""
+def _reference_token_kd(s, t, labels, temperature, kind, beta):
+    """The KD term written out directly: shift, mask, full (tokens, vocab) tensors, sum over labelled tokens."""
     s, t, y = s[:, :-1].reshape(-1, s.shape[-1]), t[:, :-1].reshape(-1, t.shape[-1]), labels[:, 1:].reshape(-1)
     keep = y != -100
     s, t, y = s[keep], t[keep], y[keep]
@@ -54,8 +54,7 @@ def _reference_token_loss(s, t, labels, alpha, temperature, kind, beta):
     else:  # GKD's generalised JSD, from its definition with the mixture of probabilities
         m = beta * p_t + (1 - beta) * p_s
         kd = beta * (p_t * (p_t.log() - m.log())).sum(-1) + (1 - beta) * (p_s * (p_s.log() - m.log())).sum(-1)
-    ce = F.cross_entropy(s, y, reduction="none")
-    return (alpha * ce + (1 - alpha) * kd * temperature**2).mean()
+    return (kd * temperature**2).sum()
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
@@ -67,13 +66,12 @@ def test_token_loss_matches_its_definition_for_every_chunk_size(kind, beta, temp
     labels = torch.randint(0, 11, (3, 7), generator=g)
     labels[0, 4:] = -100
     labels[2, :2] = -100
-    expected = _reference_token_loss(s, t, labels, 0.3, temperature, kind, beta)
+    expected = _reference_token_kd(s, t, labels, temperature, kind, beta)
     (expected_grad,) = torch.autograd.grad(expected, s)
     for chunk in (1, 4, 1000):
-        result = token_distillation_loss(s, t, labels, alpha=0.3, temperature=temperature, kind=kind, beta=beta,
-                                         chunk_size=chunk)
-        (grad,) = torch.autograd.grad(result.loss, s)
-        assert result.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        result = token_kd(s, t, labels, temperature=temperature, kind=kind, beta=beta, chunk_size=chunk)
+        (grad,) = torch.autograd.grad(result.total, s)
+        assert result.total.item() == pytest.approx(expected.item(), rel=1e-5)
         assert torch.allclose(grad, expected_grad, atol=1e-6), chunk
         assert result.tokens == int((labels[:, 1:] != -100).sum())
         keep = labels[:, 1:] != -100
@@ -87,11 +85,10 @@ def test_the_compiled_forward_kl_gives_the_eager_loss_and_gradient(temperature):
     s = torch.randn(2, 9, 50, generator=g, requires_grad=True)
     t, labels = torch.randn(2, 9, 50, generator=g), torch.randint(0, 50, (2, 9), generator=g)
     labels[1, 4:] = -100
-    runs = [token_distillation_loss(s, t, labels, alpha=0.3, temperature=temperature, chunk_size=4, compiled=c)
-            for c in (False, True)]
-    (eager, compiled), grads = runs, [torch.autograd.grad(r.loss, s)[0] for r in runs]
-    assert compiled.loss.item() == pytest.approx(eager.loss.item(), rel=1e-5)
-    assert compiled.kd_sum.item() == pytest.approx(eager.kd_sum.item(), rel=1e-5)
+    runs = [token_kd(s, t, labels, temperature=temperature, chunk_size=4, compiled=c) for c in (False, True)]
+    (eager, compiled), grads = runs, [torch.autograd.grad(r.total, s)[0] for r in runs]
+    assert compiled.total.item() == pytest.approx(eager.total.item(), rel=1e-5)
+    assert compiled.teacher_correct.item() == eager.teacher_correct.item()
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
 
 
@@ -112,19 +109,11 @@ def test_positions_are_shifted_as_transformers_shifts_them():
     assert targets.tolist() == [6, 7, 8, 9]
 
 
-def test_the_normaliser_is_the_steps_labelled_tokens():
-    s, t = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
-    labels = torch.randint(0, 7, (2, 5))
-    own = token_distillation_loss(s, t, labels, alpha=0.5, temperature=1.0)
-    step = token_distillation_loss(s, t, labels, alpha=0.5, temperature=1.0, num_items_in_batch=torch.tensor(32))
-    assert step.loss.item() == pytest.approx(own.loss.item() * own.tokens / 32, rel=1e-6)
-
-
 def test_a_batch_without_labelled_tokens_is_refused():
     labels = torch.full((2, 5), -100)
     labels[0, 0] = 3  # position 0's label is never a target
     with pytest.raises(NoLabelledTokensError, match="no labelled token.*DataCollatorForLanguageModeling"):
-        token_distillation_loss(torch.randn(2, 5, 7), torch.randn(2, 5, 7), labels, alpha=0.5, temperature=1.0)
+        token_kd(torch.randn(2, 5, 7), torch.randn(2, 5, 7), labels, temperature=1.0)
 
 
 def test_jsd_beta_and_chunk_size_are_checked(tmp_path):
@@ -219,8 +208,8 @@ def test_an_lm_student_distils_from_snapshots_and_logs_its_terms(tmp_path, lm_ru
     logs = [h for h in trainer.state.log_history if "loss_kd" in h]
     assert len(logs) == 2
     for h in logs:
-        assert h["loss_kd"] > 0 and h["loss_ce"] > 0 and 0 <= h["teacher_accuracy"] <= 1
-        assert h["loss"] == pytest.approx(0.5 * h["loss_ce"] + 0.5 * h["loss_kd"], rel=0.25)
+        assert h["loss_kd"] > 0 and h["loss_task"] > 0 and 0 <= h["teacher_accuracy"] <= 1
+        assert h["loss"] == pytest.approx(0.5 * h["loss_task"] + 0.5 * h["loss_kd"], rel=0.25)
     assert any(not torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
 
 
@@ -228,10 +217,10 @@ def test_the_teachers_next_token_accuracy_is_what_it_predicts(lm_run, corpus):
     teachers = load_teachers([str(lm_run.final.path)])
     batch = DataCollatorForLanguageModeling(corpus["tokenizer"], mlm=False)([corpus["blocks"][i] for i in range(4)])
     logits = teachers(**batch)
-    _, logs = TASKS["causal-lm"].distillation_loss(torch.zeros_like(logits), logits, batch["labels"],
-                                                   args=CheckpointKDConfig(output_dir="unused"))
+    term = TASKS["causal-lm"].kd_term(torch.zeros_like(logits), logits, batch["labels"],
+                                      args=CheckpointKDConfig(output_dir="unused"))
     direct = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]).float().mean()
-    assert logs["teacher_accuracy"].item() == pytest.approx(direct.item())
+    assert term.logs["teacher_accuracy"].item() == pytest.approx(direct.item())
 
 
 @pytest.mark.parametrize("mode", ["mean_logits", "mean_probs"])
