@@ -1,13 +1,16 @@
-"""A short distillation for the two-process test: `python distill_run.py OUT TEACHER_REF --batch_size B`.
+"""A short distillation for the two-process test: `python distill_run.py OUT TEACHER_REF --batch_size B [--loss L]`.
 
 A tiny ViT student (LayerNorm, no BatchNorm, so per-process batch size does not change the
 forward) learns from a snapshot on 32 Fashion-MNIST images without augmentation: with a global
 batch of 32 every step sees all of them, whatever order each process draws, so one process and
-two must take the same steps. The losses and the world size go to OUT/losses-rank<r>.json.
+two must take the same steps. `--loss class_weighted` trains with a `compute_loss_func` normalised by
+Trainer's count over the step (tests/user_losses.py) instead of the model's own batch-mean loss.
+The losses and the world size go to OUT/losses-rank<r>.json.
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from transformers import set_seed
@@ -15,6 +18,9 @@ from transformers import set_seed
 from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer, exit_launched_process
 from hf_ckptkd.data import ImageTransformConfig, build_image_transform, image_collator, label_names, load_fashion_mnist, with_image_transform
 from hf_ckptkd.models import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for user_losses
+from user_losses import USER_LOSSES  # noqa: E402
 
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 7,
             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -25,6 +31,7 @@ def main():
     parser.add_argument("output_dir")
     parser.add_argument("teacher")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--loss", choices=["model", "class_weighted"], default="model")
     args = parser.parse_args()
     train = load_fashion_mnist("train", limit=32)
     names = label_names(train)
@@ -34,7 +41,8 @@ def main():
                                 save_strategy="no", teachers=[args.teacher], seed=0, disable_tqdm=True)
     set_seed(0)  # the same initial student in every process and in the single-process run
     model = build_model("transformers:ViTConfig", 10, label_names=names, model_kwargs=TINY_VIT)
-    trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=data, data_collator=image_collator)
+    trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=data, data_collator=image_collator,
+                                  compute_loss_func=USER_LOSSES[args.loss])
     trainer.train()
     logs = [{k: e[k] for k in ("step", "loss", "loss_task", "loss_kd")} for e in trainer.state.log_history if "loss_kd" in e]
     Path(args.output_dir, f"losses-rank{trainer.args.process_index}.json").write_text(

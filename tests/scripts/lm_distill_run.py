@@ -1,14 +1,17 @@
 """Distil a tiny causal LM for two steps and write its final weights' sums: run alone or under `accelerate launch`.
 
-usage: lm_distill_run.py OUT_DIR TEACHER_DIR --batch_size B [--grad_accum G]
+usage: lm_distill_run.py OUT_DIR TEACHER_DIR --batch_size B [--grad_accum G] [--loss L]
 
 The sequences carry different numbers of labelled tokens (the rest -100), so a loss averaged per
 micro-batch or per process would weigh tokens unequally; averaged per labelled token of the whole
-optimizer step, every layout of the same 8 sequences gives the same update.
+optimizer step, every layout of the same 8 sequences gives the same update. `--loss smoothed_tokens`
+trains with a `compute_loss_func` (tests/user_losses.py) instead of the model's own loss; the KD
+term must then be reduced as that loss is.
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +19,9 @@ from transformers import AutoTokenizer, default_data_collator
 
 from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer
 from hf_ckptkd.models import build_causal_lm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for user_losses
+from user_losses import USER_LOSSES  # noqa: E402
 
 
 def sequences(vocab: int, n: int = 8, length: int = 12) -> list[dict]:
@@ -35,6 +41,7 @@ def main() -> None:
     parser.add_argument("teacher")
     parser.add_argument("--batch_size", type=int, required=True)
     parser.add_argument("--grad_accum", type=int, default=1)
+    parser.add_argument("--loss", choices=["model", "smoothed_tokens"], default="model")
     a = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(a.teacher)
     torch.manual_seed(0)
@@ -47,7 +54,8 @@ def main() -> None:
                               logging_steps=1, teachers=[a.teacher], alpha=0.5, temperature=2.0, kd_chunk_size=5,
                               dataloader_drop_last=True, seed=0)
     trainer = CheckpointKDTrainer(model=student, args=args, train_dataset=sequences(len(tokenizer)) * 2,
-                                  data_collator=default_data_collator, processing_class=tokenizer)
+                                  data_collator=default_data_collator, processing_class=tokenizer,
+                                  compute_loss_func=USER_LOSSES[a.loss])
     trainer.train()
     if trainer.is_world_process_zero():
         sums = {name: float(p.detach().double().sum()) for name, p in trainer.model.named_parameters()}

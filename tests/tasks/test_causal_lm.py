@@ -351,17 +351,34 @@ def _assert_same_weights(a, b):
         assert b["sums"][name] == pytest.approx(value, rel=1e-4, abs=1e-4), name
 
 
+@pytest.fixture(scope="module")
+def one_process_runs(tmp_path_factory, lm_teacher_folder):
+    """The whole batch in one process, once per user loss (both equivalence tests compare against it)."""
+    runs = {}
+
+    def run(loss):
+        if loss not in runs:
+            runs[loss] = _run_script(tmp_path_factory.mktemp(f"whole-{loss}"), lm_teacher_folder, "--batch_size", "8",
+                                     "--loss", loss)
+        return runs[loss]
+    return run
+
+
+# The model's own loss, or a user's compute_loss_func: either is divided by the step's labelled tokens, and the KD
+# term must be divided by the same count.
 @pytest.mark.slow
-def test_gradient_accumulation_weighs_every_labelled_token_alike(tmp_path, lm_teacher_folder):
-    whole = _run_script(tmp_path / "whole", lm_teacher_folder, "--batch_size", "8")
-    accumulated = _run_script(tmp_path / "accumulated", lm_teacher_folder, "--batch_size", "4", "--grad_accum", "2")
-    _assert_same_weights(whole, accumulated)
+@pytest.mark.parametrize("loss", ["model", "smoothed_tokens"])
+def test_gradient_accumulation_weighs_every_labelled_token_alike(tmp_path, lm_teacher_folder, one_process_runs, loss):
+    accumulated = _run_script(tmp_path / "accumulated", lm_teacher_folder, "--batch_size", "4", "--grad_accum", "2",
+                              "--loss", loss)
+    _assert_same_weights(one_process_runs(loss), accumulated)
 
 
 @pytest.mark.slow
-def test_two_processes_update_as_one_process(tmp_path, lm_teacher_folder, accelerate_launch):
-    whole = _run_script(tmp_path / "whole", lm_teacher_folder, "--batch_size", "8")
-    two = _run_script(tmp_path / "two", lm_teacher_folder, "--batch_size", "4", launch=accelerate_launch)
+@pytest.mark.parametrize("loss", ["model", "smoothed_tokens"])
+def test_two_processes_update_as_one_process(tmp_path, lm_teacher_folder, one_process_runs, accelerate_launch, loss):
+    whole = one_process_runs(loss)
+    two = _run_script(tmp_path / "two", lm_teacher_folder, "--batch_size", "4", "--loss", loss, launch=accelerate_launch)
     assert whole["world_size"] == 1 and two["world_size"] == 2
     _assert_same_weights(whole, two)
 

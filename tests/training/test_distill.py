@@ -28,6 +28,7 @@ from hf_ckptkd.snapshots import write_snapshot
 from hf_ckptkd.tasks import TASKS
 from hf_ckptkd.training.teachers import LabelSpaceError, TeacherOutputError, TeacherReferenceError
 from hf_ckptkd.training.trainer import CachedLogitsError, step_decay_schedule
+from user_losses import USER_LOSSES
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 7,
@@ -159,7 +160,10 @@ def test_cached_teacher_logits_give_the_same_training(tmp_path, data, snapshots)
     assert runs[True][1] == 1, "cached: one pass over the 128 examples, reused in both epochs"
 
 
-def test_gradient_accumulation_matches_the_larger_batch(tmp_path, data, snapshots):
+@pytest.mark.parametrize("loss", ["model", "class_weighted"])
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path, data, snapshots, loss):
+    """The model's batch-mean loss, or a compute_loss_func normalised by Trainer's count over the step: the KD
+    term must be reduced as the user's loss is, or accumulating two half batches takes another step."""
     names, _, plain = data
     ref = f"{snapshots['timm']}:epoch-0002"
     weights = []
@@ -169,7 +173,7 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, data, snapshot
         CheckpointKDTrainer(model=student, args=_student_args(tmp_path / str(batch), teachers=[ref], max_steps=1,
                                                               per_device_train_batch_size=batch, seed=3,
                                                               gradient_accumulation_steps=accumulation),
-                            train_dataset=plain, data_collator=image_collator).train()
+                            train_dataset=plain, data_collator=image_collator, compute_loss_func=USER_LOSSES[loss]).train()
         weights.append(student.classifier.weight.detach().clone())
     assert torch.allclose(weights[0], weights[1], atol=1e-6)
 
@@ -293,14 +297,15 @@ def test_distill_cli(tmp_path, snapshots, capsys):
 
 
 @pytest.mark.slow
-def test_two_process_distillation_matches_one_process(tmp_path, snapshots, accelerate_launch):
+@pytest.mark.parametrize("loss", ["model", "class_weighted"])
+def test_two_process_distillation_matches_one_process(tmp_path, snapshots, accelerate_launch, loss):
     script = ROOT / "tests" / "scripts" / "distill_run.py"
     ref = f"{snapshots['timm']}:epoch-0002"
-    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), ref, "--batch_size", "32"],
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), ref, "--batch_size", "32", "--loss", loss],
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     launch = subprocess.run(
-        [*accelerate_launch, str(script), str(tmp_path / "two"), ref, "--batch_size", "16"],
+        [*accelerate_launch, str(script), str(tmp_path / "two"), ref, "--batch_size", "16", "--loss", loss],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert launch.returncode == 0, launch.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "losses-rank0.json").read_text())
