@@ -121,7 +121,9 @@ class CheckpointKDConfig(TrainingArguments):
         "'owner/name[@revision]'. Several make a snapshot ensemble. Empty: train without a teacher.")
     temperature: float = field(default=DEFAULT_TEMPERATURE, metadata={"help": "Softmax temperature T of the distillation loss (> 0)."})
     alpha: float = help_field(0.5,
-        "Weight of the hard-label loss in [0, 1]: loss = alpha*CE + (1-alpha)*T^2*KD.")
+        "Weight of the student's own loss L in [0, 1] (what the Trainer computes without teachers: the model's "
+        "cross-entropy, label smoothing, compute_loss_func or a compute_loss override): loss = alpha*L + "
+        "(1-alpha)*T^2*KD.")
     kd_loss: str = choice_field("kl", KD_LOSSES,
         "Distillation loss: 'kl' (KL(teacher||student), the paper's), 'reverse_kl' "
         "(KL(student||teacher)), 'jsd' (the generalised Jensen-Shannon divergence of GKD, see jsd_beta) "
@@ -171,7 +173,7 @@ class CheckpointKDConfig(TrainingArguments):
             raise ConfigError(f"snapshot_dir={self.snapshot_dir!r} is a file, not a folder; choose another path "
                               "or remove the file")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"alpha={self.alpha} must lie in [0, 1] (the weight of the hard-label loss)")
+            raise ConfigError(f"alpha={self.alpha} must lie in [0, 1] (the weight of the student's own loss)")
         if not self.temperature > 0:
             raise ConfigError(f"temperature={self.temperature} must be > 0")
         if not 0.0 <= self.jsd_beta <= 1.0:

@@ -181,6 +181,12 @@ class CheckpointKDMixin:
                 "have no logits: distilling needs the logits of the forward its loss was computed from (one student "
                 "forward per step). Return the model's own outputs, a ModelOutput with `logits`, from "
                 "compute_loss(..., return_outputs=True)")
+        if torch.is_grad_enabled() and not logits.requires_grad:
+            raise StudentOutputError(
+                f"the student logits {self._loss_owner()}.compute_loss returned carry no gradient (computed under "
+                "torch.no_grad or detached, as TRL's SFTTrainer from 1.15 does: its loss comes from a fused LM head "
+                "and the logits it returns are recomputed without gradient), so the distillation term would not "
+                "train the student. Return the outputs of the forward the loss was computed from")
         return loss, outputs, logits
 
     def _loss_owner(self) -> str:
