@@ -54,7 +54,7 @@ report = select_teachers(f"{args.output_dir}/teacher/snapshots", raw_train, k=1,
 report.save(f"{args.output_dir}/teacher/selection")
 print("selected:", report.selected)
 
-# 3. The student learns from the chosen snapshot: alpha * CE + (1 - alpha) * T^2 * KL.
+# 3. The student learns from the chosen snapshot: alpha * CE + (1 - alpha) * T^2 * KL (CE: the model's own loss).
 student_args = CheckpointKDConfig(output_dir=f"{args.output_dir}/student", num_train_epochs=args.epochs,
                                   teachers=[f"{args.output_dir}/teacher/snapshots:{report.selected[0]}"],
                                   temperature=4.0, alpha=0.5, max_grad_norm=0.0, **common)
