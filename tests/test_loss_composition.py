@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
-from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer
+from transformers import DataCollatorForLanguageModeling, Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer
 from user_losses import CLASS_WEIGHTS, class_weighted_loss
 
 from hf_ckptkd import CheckpointKDConfig, CheckpointKDMixin, CheckpointKDTrainer
@@ -225,13 +224,11 @@ def test_a_loss_that_cannot_be_combined_stops_before_the_first_step(tmp_path, im
 @pytest.fixture(scope="module")
 def text(tmp_path_factory):
     """The tiny tokenizer of the text tests, its sentences, and a GPT-2 teacher snapshot saved with the tokenizer."""
-    from text_data import write_tiny_text_set
+    from text_data import tiny_corpus
 
     folder = tmp_path_factory.mktemp("lm")
-    write_tiny_text_set(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    lines = (folder / "data" / "train.csv").read_text().splitlines()[1:]
-    sentences = Dataset.from_dict({"text": [line.rsplit(",", 1)[0] for line in lines[:64]]})
+    tokenizer, sentences = tiny_corpus(folder)
+    sentences = sentences.select(range(64))
     write_snapshot(_gpt2(tokenizer, seed=5), folder / "snapshots", "epoch-0001", epoch=1, global_step=1,
                    processing_class=tokenizer)
     return {"tokenizer": tokenizer, "sentences": sentences, "blocks": lm_blocks(sentences, tokenizer, "text", 16),

@@ -20,3 +20,14 @@ def write_tiny_text_set(folder):
             lines.append(f"the {['movie', 'plot', 'acting'][i % 3]} was {'very ' * (i % 2)}{sentiment},{i % 2}")
         (folder / "data").mkdir(exist_ok=True)
         (folder / "data" / f"{split}.csv").write_text("\n".join(lines) + "\n")
+
+
+def tiny_corpus(folder):
+    """(the tokenizer, the training sentences as a "text" column) of the tiny text set, written into `folder`."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    write_tiny_text_set(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    lines = (folder / "data" / "train.csv").read_text().splitlines()[1:]
+    return tokenizer, Dataset.from_dict({"text": [line.rsplit(",", 1)[0] for line in lines]})

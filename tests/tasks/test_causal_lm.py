@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -128,13 +127,10 @@ def test_jsd_beta_and_chunk_size_are_checked(tmp_path):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """The tiny tokenizer of the text tests and its sentences cut into 16-token blocks."""
-    from text_data import write_tiny_text_set
+    from text_data import tiny_corpus
 
     folder = tmp_path_factory.mktemp("corpus")
-    write_tiny_text_set(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    lines = (folder / "data" / "train.csv").read_text().splitlines()[1:]
-    texts = Dataset.from_dict({"text": [line.rsplit(",", 1)[0] for line in lines]})
+    tokenizer, texts = tiny_corpus(folder)
     return {"folder": folder, "tokenizer": tokenizer, "blocks": lm_blocks(texts, tokenizer, "text", 16)}
 
 
