@@ -1,11 +1,12 @@
-"""A short distillation for the two-process test: `python distill_run.py OUT TEACHER_REF --batch_size B [--loss L]`.
+"""A short distillation for the two-process test: `python distill_run.py OUT TEACHER_REF --batch_size B [--losses L ...]`.
 
 A tiny ViT student (LayerNorm, no BatchNorm, so per-process batch size does not change the
 forward) learns from a snapshot on 32 Fashion-MNIST images without augmentation: with a global
 batch of 32 every step sees all of them, whatever order each process draws, so one process and
-two must take the same steps. `--loss class_weighted` trains with a `compute_loss_func` normalised by
-Trainer's count over the step (tests/user_losses.py) instead of the model's own batch-mean loss.
-The losses and the world size go to OUT/losses-rank<r>.json.
+two must take the same steps. One run per user loss named (in the same processes, each from the
+same initial student): `model` is the model's own batch-mean loss, `class_weighted` a
+`compute_loss_func` normalised by Trainer's count over the step (tests/user_losses.py). The logged
+losses of each and the world size go to OUT/losses-rank<r>.json.
 """
 
 import argparse
@@ -31,20 +32,24 @@ def main():
     parser.add_argument("output_dir")
     parser.add_argument("teacher")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--loss", choices=["model", "class_weighted"], default="model")
+    parser.add_argument("--losses", nargs="+", choices=["model", "class_weighted"], default=["model"])
     args = parser.parse_args()
     train = load_fashion_mnist("train", limit=32)
     names = label_names(train)
     data = with_image_transform(train, build_image_transform(ImageTransformConfig(crop_padding=0, hflip=False), train=True))
-    config = CheckpointKDConfig(output_dir=args.output_dir, max_steps=4, per_device_train_batch_size=args.batch_size,
-                                learning_rate=1e-3, logging_steps=1, report_to="none", remove_unused_columns=False,
-                                save_strategy="no", teachers=[args.teacher], seed=0, disable_tqdm=True)
-    set_seed(0)  # the same initial student in every process and in the single-process run
-    model = build_model("transformers:ViTConfig", 10, label_names=names, model_kwargs=TINY_VIT)
-    trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=data, data_collator=image_collator,
-                                  compute_loss_func=USER_LOSSES[args.loss])
-    trainer.train()
-    logs = [{k: e[k] for k in ("step", "loss", "loss_task", "loss_kd")} for e in trainer.state.log_history if "loss_kd" in e]
+    logs = {}
+    for loss in args.losses:
+        config = CheckpointKDConfig(output_dir=f"{args.output_dir}/{loss}", max_steps=4, logging_steps=1, seed=0,
+                                    per_device_train_batch_size=args.batch_size, learning_rate=1e-3, report_to="none",
+                                    remove_unused_columns=False, save_strategy="no", teachers=[args.teacher],
+                                    disable_tqdm=True)
+        set_seed(0)  # the same initial student in every process and in the single-process run
+        model = build_model("transformers:ViTConfig", 10, label_names=names, model_kwargs=TINY_VIT)
+        trainer = CheckpointKDTrainer(model=model, args=config, train_dataset=data, data_collator=image_collator,
+                                      compute_loss_func=USER_LOSSES[loss])
+        trainer.train()
+        logs[loss] = [{k: e[k] for k in ("step", "loss", "loss_task", "loss_kd")}
+                      for e in trainer.state.log_history if "loss_kd" in e]
     Path(args.output_dir, f"losses-rank{trainer.args.process_index}.json").write_text(
         json.dumps({"world_size": trainer.args.world_size, "logs": logs}))
 

@@ -343,40 +343,34 @@ def _run_script(out, teacher, *args, launch=None):
 
 
 def _assert_same_weights(a, b):
-    for name, value in a["sums"].items():
-        assert b["sums"][name] == pytest.approx(value, rel=1e-4, abs=1e-4), name
-
-
-@pytest.fixture(scope="module")
-def one_process_runs(tmp_path_factory, lm_teacher_folder):
-    """The whole batch in one process, once per user loss (both equivalence tests compare against it)."""
-    runs = {}
-
-    def run(loss):
-        if loss not in runs:
-            runs[loss] = _run_script(tmp_path_factory.mktemp(f"whole-{loss}"), lm_teacher_folder, "--batch_size", "8",
-                                     "--loss", loss)
-        return runs[loss]
-    return run
+    for loss, sums in a["sums"].items():
+        for name, value in sums.items():
+            assert b["sums"][loss][name] == pytest.approx(value, rel=1e-4, abs=1e-4), (loss, name)
 
 
 # The model's own loss, or a user's compute_loss_func: either is divided by the step's labelled tokens, and the KD
 # term must be divided by the same count.
+LOSSES = ["--losses", "model", "smoothed_tokens"]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, lm_teacher_folder):
+    """The whole batch in one process, what both equivalence tests compare against."""
+    return _run_script(tmp_path_factory.mktemp("whole"), lm_teacher_folder, "--batch_size", "8", *LOSSES)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["model", "smoothed_tokens"])
-def test_gradient_accumulation_weighs_every_labelled_token_alike(tmp_path, lm_teacher_folder, one_process_runs, loss):
+def test_gradient_accumulation_weighs_every_labelled_token_alike(tmp_path, lm_teacher_folder, one_process_run):
     accumulated = _run_script(tmp_path / "accumulated", lm_teacher_folder, "--batch_size", "4", "--grad_accum", "2",
-                              "--loss", loss)
-    _assert_same_weights(one_process_runs(loss), accumulated)
+                              *LOSSES)
+    _assert_same_weights(one_process_run, accumulated)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["model", "smoothed_tokens"])
-def test_two_processes_update_as_one_process(tmp_path, lm_teacher_folder, one_process_runs, accelerate_launch, loss):
-    whole = one_process_runs(loss)
-    two = _run_script(tmp_path / "two", lm_teacher_folder, "--batch_size", "4", "--loss", loss, launch=accelerate_launch)
-    assert whole["world_size"] == 1 and two["world_size"] == 2
-    _assert_same_weights(whole, two)
+def test_two_processes_update_as_one_process(tmp_path, lm_teacher_folder, one_process_run, accelerate_launch):
+    two = _run_script(tmp_path / "two", lm_teacher_folder, "--batch_size", "4", *LOSSES, launch=accelerate_launch)
+    assert one_process_run["world_size"] == 1 and two["world_size"] == 2
+    _assert_same_weights(one_process_run, two)
 
 
 # --- the command line ------------------------------------------------------------------------------
