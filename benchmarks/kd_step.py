@@ -8,8 +8,15 @@ Side by side in one run (GPU when there is one, CPU otherwise):
       teacher_fusion='auto' chose, and the ensemble's forward / the sum of its members' single
       forwards, goal <= 1.05 (and, on a GPU, fused >= 1.5x the loop);
   (e) a KD epoch with cached teacher logits vs a plain student epoch -> goal <= 1.10.
+<<<<<<< HEAD
 The KD step is the project's loss, `hf_ckptkd.tasks.losses.distillation_loss` (alpha*CE +
 (1-alpha)*T^2*KL). Inputs are Fashion-MNIST-shaped random tensors (1x28x28, 10 classes): the
+=======
+The KD step is `CheckpointKDTrainer.compute_loss` as training calls it (the teachers' forward, the
+student's own loss from its one forward, plus (1-alpha)*T^2*KL on the logits of that same forward),
+then backward and the optimizer step; (a) is the student's own loss alone (the same forward,
+backward and step). Inputs are Fashion-MNIST-shaped random tensors (1x28x28, 10 classes): the
+>>>>>>> 067f2dd (Benchmarks time the trainer's own compute_loss; a test for a Trainer that scales its loss for accumulation itself)
 timings do not depend on the pixel values. Cases are timed interleaved (one repetition of each in
 turn, alternating the order); a ratio is the median over rounds of the ratio within one round, so
 load from other processes on a shared machine hits numerator and denominator alike. Times shown
@@ -31,10 +38,17 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+<<<<<<< HEAD
 from hf_ckptkd.tasks.losses import distillation_loss
 from hf_ckptkd.models import build_model
 from hf_ckptkd.snapshots import write_snapshot
 from hf_ckptkd.training.teachers import check_finite, load_teachers
+=======
+from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer
+from hf_ckptkd.models import build_model
+from hf_ckptkd.snapshots import write_snapshot
+from hf_ckptkd.teachers import load_teachers
+>>>>>>> 067f2dd (Benchmarks time the trainer's own compute_loss; a test for a Trainer that scales its loss for accumulation itself)
 
 NUM_LABELS = 10
 ALPHA, TEMPERATURE = 0.5, 4.0
@@ -142,18 +156,19 @@ def main() -> None:
     def teacher_forward():
         return teacher(pixel_values=x)
 
-    step_index = [0]
+    kd_trainer = CheckpointKDTrainer(
+        model=student, teachers=teacher,
+        args=CheckpointKDConfig(output_dir=tempfile.mkdtemp(prefix="kd-step-"), report_to="none", alpha=ALPHA,
+                                temperature=TEMPERATURE, use_cpu=device.type == "cpu"))
 
-    def kd_step(teacher_logits=None):
-        if teacher_logits is None:
-            teacher_logits = teacher(pixel_values=x)
-        check_finite(teacher_logits, batch_index=step_index[0])
-        step_index[0] += 1
+    def kd_train_step(inputs):
+        """One optimizer step on the loss the trainer computes (it checks the teachers' logits, as training does)."""
         optimizer.zero_grad(set_to_none=True)
-        logits = student(pixel_values=x).logits
-        loss, _, _ = distillation_loss(logits, teacher_logits, y, alpha=ALPHA, temperature=TEMPERATURE)
-        loss.backward()
+        kd_trainer.compute_loss(student, inputs).backward()
         optimizer.step()
+
+    def kd_step():
+        kd_train_step({"pixel_values": x, "labels": y})
 
     # --- (a) (b) (c) -----------------------------------------------------------------------
     t = interleaved({"a": student_step, "b": teacher_forward, "c": kd_step}, args.repeats, device)
@@ -236,15 +251,8 @@ def main() -> None:
             optimizer.step()
 
     def cached_epoch():
-        for i, batch in enumerate(cached_loader):
-            teacher_logits = batch["teacher_logits"].to(device)
-            check_finite(teacher_logits, batch_index=i)
-            optimizer.zero_grad(set_to_none=True)
-            logits = student(pixel_values=batch["pixel_values"].to(device)).logits
-            loss, _, _ = distillation_loss(logits, teacher_logits, batch["labels"].to(device), alpha=ALPHA,
-                                           temperature=TEMPERATURE)
-            loss.backward()
-            optimizer.step()
+        for batch in cached_loader:
+            kd_train_step({k: v.to(device) for k, v in batch.items()})  # teacher_logits: no teacher forward
 
     t = interleaved({"plain": plain_epoch, "cached": cached_epoch}, 3, device, warmup=0)
     print(f"(e) {args.epoch_batches} batches: plain epoch {ms(t['plain'])}   KD epoch with cached logits "

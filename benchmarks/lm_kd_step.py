@@ -3,9 +3,10 @@
 Time, side by side in one run, with recipes/fortunes_lm.yaml's models (teacher GPT-2 3 layers x 96,
 student 1 layer x 64, the fortunes tokenizer's 8,000 tokens), sequence length 256, batch 8:
   (a) student step alone (its own next-token loss), (b) teacher forward alone,
-  (c) the KD step as the trainer runs it (TeacherEnsemble forward, student forward, the causal-LM
-      task's token-level loss, backward) -> (c) / ((a) + (b)), goal <= 1.10; and the same with the
-      loss's chunk math under torch.compile (what `torch_compile=True` does to it).
+  (c) the KD step as the trainer runs it: `CheckpointKDTrainer.compute_loss` (the teachers' forward,
+      the student's forward with its own next-token loss, the causal-LM task's token-level KD term
+      on the logits of that forward), backward -> (c) / ((a) + (b)), goal <= 1.10; and the same with
+      the KD term's chunk math under torch.compile (what `torch_compile=True` does to it).
 Cases are timed interleaved (one repetition of each in turn); the ratio is the median over rounds
 of the ratio within a round, so load from other processes hits both sides alike.
 
@@ -29,22 +30,21 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from hf_ckptkd.config import CheckpointKDConfig
+from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer
 from hf_ckptkd.models import build_causal_lm
 from hf_ckptkd.pipeline.recipe import load_recipe
-from hf_ckptkd.tasks import TASKS
 from hf_ckptkd.training.teachers import TeacherEnsemble
 
 # The fortunes recipe's teacher and student (their position count follows the benchmark's sequence length).
 RECIPE = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "fortunes_lm.yaml")
 TEACHER = {k: v for k, v in RECIPE.teacher.model_kwargs.items() if k != "n_positions"}
 STUDENT = {k: v for k, v in RECIPE.student.model_kwargs.items() if k != "n_positions"}
-LM = TASKS["causal-lm"]
 
 
 def models(vocab: int, seq: int):
@@ -70,12 +70,15 @@ def teacher_forward(teachers, inputs) -> None:
     teachers(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
 
 
-def kd_step(student, teachers, inputs, args) -> None:
-    model_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    teacher_logits = teachers(**model_inputs)
-    loss, _ = LM.distillation_loss(student(**model_inputs).logits, teacher_logits, inputs["labels"], args=args)
-    loss.backward()
-    student.zero_grad(set_to_none=True)
+def kd_trainer(student, teachers, device, **settings) -> CheckpointKDTrainer:
+    config = CheckpointKDConfig(output_dir=tempfile.mkdtemp(prefix="lm-kd-step-"), alpha=0.5, temperature=1.0,
+                                report_to="none", use_cpu=device.type == "cpu", **settings)
+    return CheckpointKDTrainer(model=student, args=config, teachers=teachers)
+
+
+def kd_step(trainer, inputs) -> None:
+    trainer.compute_loss(trainer.model, dict(inputs)).backward()
+    trainer.model.zero_grad(set_to_none=True)
 
 
 def synchronize(device) -> None:
@@ -89,11 +92,9 @@ def time_cases(args) -> dict:
     teachers.to(device)
     student.to(device).train()
     inputs = batch(args.vocab, args.seq, args.batch_size, device)
-    config = CheckpointKDConfig(output_dir="unused", alpha=0.5, temperature=1.0, report_to="none")
-    compiled = CheckpointKDConfig(output_dir="unused", alpha=0.5, temperature=1.0, report_to="none", torch_compile=True)
+    eager, compiled = kd_trainer(student, teachers, device), kd_trainer(student, teachers, device, torch_compile=True)
     cases = {"student": lambda: student_step(student, inputs), "teacher": lambda: teacher_forward(teachers, inputs),
-             "kd": lambda: kd_step(student, teachers, inputs, config),
-             "kd_compiled_loss": lambda: kd_step(student, teachers, inputs, compiled)}
+             "kd": lambda: kd_step(eager, inputs), "kd_compiled_loss": lambda: kd_step(compiled, inputs)}
     for run in cases.values():  # warm-up
         run()
     times: dict[str, list[float]] = {name: [] for name in cases}
@@ -127,9 +128,9 @@ def measure_one(case: str, vocab: int, seq: int, size: int, chunk: int) -> int:
     teachers.to(device)
     student.to(device).train()
     inputs = batch(vocab, seq, size, device)
-    config = CheckpointKDConfig(output_dir="unused", alpha=0.5, temperature=1.0, report_to="none", kd_chunk_size=chunk)
+    trainer = kd_trainer(student, teachers, device, kd_chunk_size=chunk)
     run = {"student": lambda: student_step(student, inputs), "teacher": lambda: teacher_forward(teachers, inputs),
-           "kd": lambda: kd_step(student, teachers, inputs, config)}[case]
+           "kd": lambda: kd_step(trainer, inputs)}[case]
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -172,6 +172,36 @@ def test_compute_loss_func_is_the_hard_label_term(tmp_path, images, image_teache
     assert trainer.evaluate()["eval_loss"] == pytest.approx(log["loss_task"], rel=1e-5)
 
 
+class ScaledByItselfTrainer(Trainer):
+    """A Trainer that scales its loss for gradient accumulation itself, and says so."""
+
+    loss_is_scaled_for_ga = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        loss = loss / self.current_gradient_accumulation_steps
+        return (loss, outputs) if return_outputs else loss
+
+
+class ScaledByItselfKDTrainer(CheckpointKDMixin, ScaledByItselfTrainer):
+    pass
+
+
+def test_a_loss_scaled_for_accumulation_by_its_trainer_gets_a_kd_term_scaled_alike(tmp_path, images, image_teacher):
+    names, data = images
+    weights, logs = [], []
+    for batch, accumulation in ((32, 1), (16, 2)):
+        trainer = ScaledByItselfKDTrainer(model=_vit(names), args=_args(tmp_path / str(batch), image_teacher,
+                                                                        per_device_train_batch_size=batch,
+                                                                        gradient_accumulation_steps=accumulation),
+                                          train_dataset=data, data_collator=image_collator)
+        trainer.train()
+        weights.append(trainer.model.classifier.weight.detach().clone())
+        logs.append(_kd_logs(trainer)[0])
+    torch.testing.assert_close(weights[0], weights[1], atol=1e-6, rtol=1e-5)
+    assert logs[1]["loss_task"] == pytest.approx(logs[0]["loss_task"], rel=1e-5)  # the batch mean, unscaled
+
+
 # --- what cannot be combined: stopped before the first step -----------------------------------------------------
 
 class _LossOnly(Trainer):
