@@ -8,15 +8,10 @@ Side by side in one run (GPU when there is one, CPU otherwise):
       teacher_fusion='auto' chose, and the ensemble's forward / the sum of its members' single
       forwards, goal <= 1.05 (and, on a GPU, fused >= 1.5x the loop);
   (e) a KD epoch with cached teacher logits vs a plain student epoch -> goal <= 1.10.
-<<<<<<< HEAD
-The KD step is the project's loss, `hf_ckptkd.tasks.losses.distillation_loss` (alpha*CE +
-(1-alpha)*T^2*KL). Inputs are Fashion-MNIST-shaped random tensors (1x28x28, 10 classes): the
-=======
 The KD step is `CheckpointKDTrainer.compute_loss` as training calls it (the teachers' forward, the
 student's own loss from its one forward, plus (1-alpha)*T^2*KL on the logits of that same forward),
 then backward and the optimizer step; (a) is the student's own loss alone (the same forward,
 backward and step). Inputs are Fashion-MNIST-shaped random tensors (1x28x28, 10 classes): the
->>>>>>> 067f2dd (Benchmarks time the trainer's own compute_loss; a test for a Trainer that scales its loss for accumulation itself)
 timings do not depend on the pixel values. Cases are timed interleaved (one repetition of each in
 turn, alternating the order); a ratio is the median over rounds of the ratio within one round, so
 load from other processes on a shared machine hits numerator and denominator alike. Times shown
@@ -38,17 +33,10 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-<<<<<<< HEAD
-from hf_ckptkd.tasks.losses import distillation_loss
-from hf_ckptkd.models import build_model
-from hf_ckptkd.snapshots import write_snapshot
-from hf_ckptkd.training.teachers import check_finite, load_teachers
-=======
 from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer
 from hf_ckptkd.models import build_model
 from hf_ckptkd.snapshots import write_snapshot
-from hf_ckptkd.teachers import load_teachers
->>>>>>> 067f2dd (Benchmarks time the trainer's own compute_loss; a test for a Trainer that scales its loss for accumulation itself)
+from hf_ckptkd.training.teachers import load_teachers
 
 NUM_LABELS = 10
 ALPHA, TEMPERATURE = 0.5, 4.0

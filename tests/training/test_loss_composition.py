@@ -34,9 +34,9 @@ from hf_ckptkd.data import (
 )
 from hf_ckptkd.models import build_causal_lm, build_model
 from hf_ckptkd.snapshots import write_snapshot
-from hf_ckptkd.trainer import StudentOutputError
+from hf_ckptkd.training.trainer import StudentOutputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "patch_size": 7,
             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 ALPHA, T = 0.3, 2.0
