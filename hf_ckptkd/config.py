@@ -13,6 +13,7 @@ from pathlib import Path
 
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 
@@ -26,9 +27,18 @@ DEFAULT_KEEP_TOP_PROBE_SAMPLES = 1000
 KD_LOSSES = ("kl", "reverse_kl", "jsd", "mse")
 # The distillation temperature of the paper (T = 4), the default wherever a temperature is asked for.
 DEFAULT_TEMPERATURE = 4.0
+# Each list's first value is its default.
 ENSEMBLE_MODES = ("mean_logits", "mean_probs")
 TEACHER_FUSIONS = ("auto", "fused", "loop")
 TEACHER_DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_ENSEMBLE_MODE, DEFAULT_TEACHER_FUSION, DEFAULT_TEACHER_DTYPE = ENSEMBLE_MODES[0], TEACHER_FUSIONS[0], TEACHER_DTYPES[0]
+# A dataset's columns unless told otherwise. Trainer's models take their labels as "labels", which is
+# what tokenising and the collators name the column; either name is found wherever a label column is read.
+DEFAULT_LABEL_COLUMN = "label"
+MODEL_LABEL_COLUMN = "labels"
+LABEL_COLUMN_ALIASES = (DEFAULT_LABEL_COLUMN, MODEL_LABEL_COLUMN)
+DEFAULT_IMAGE_COLUMN = "image"
+DEFAULT_TEXT_COLUMN = "text"
 
 
 class ConfigError(ValueError):
@@ -38,16 +48,12 @@ class ConfigError(ValueError):
 def launched_distributed_without_accelerator() -> bool:
     """Whether this process is one of several (`accelerate launch`, torchrun) on a machine without an
     accelerator: then accelerate must be told to use the CPU (gloo), or it sees a single process."""
-    import torch
-
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return distributed and not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
 def accelerator_available() -> bool:
     """Whether torch sees a device that pinned host memory could feed (CUDA, XPU, MPS, ...)."""
-    import torch
-
     return torch.accelerator.is_available()  # what the DataLoader's pin_memory warning asks too
 
 
@@ -137,15 +143,15 @@ class CheckpointKDConfig(TrainingArguments):
     kd_chunk_size: int = help_field(256,
         "Causal LMs: the KD term is computed over this many token positions at a time (and recomputed "
         "in backward), so only one chunk's (positions, vocab) probabilities exist beyond the logits.")
-    ensemble_mode: str = choice_field("mean_logits", ENSEMBLE_MODES,
+    ensemble_mode: str = choice_field(DEFAULT_ENSEMBLE_MODE, ENSEMBLE_MODES,
         "How teacher members are combined: 'mean_logits' (the paper's) or 'mean_probs' "
         "(mean of the tempered probabilities).")
     teacher_weights: list[float] | None = field(
         default=None, metadata={"help": "Optional weight per teacher (same order as `teachers`); default equal."}
     )
-    teacher_dtype: str = choice_field("float32", TEACHER_DTYPES,
+    teacher_dtype: str = choice_field(DEFAULT_TEACHER_DTYPE, TEACHER_DTYPES,
         "dtype the frozen teachers run in: float32, float16 or bfloat16.")
-    teacher_fusion: str = choice_field("auto", TEACHER_FUSIONS,
+    teacher_fusion: str = choice_field(DEFAULT_TEACHER_FUSION, TEACHER_FUSIONS,
         "Run same-architecture teachers as one batched forward ('fused', stacked weights with "
         "torch.func.vmap), one after another ('loop'), or pick the faster on this device ('auto').")
     cache_teacher_logits: bool = help_field(False,

@@ -15,6 +15,8 @@ import os
 import sys
 from typing import NoReturn
 
+import torch.distributed as dist
+
 
 def exit_launched_process(code: int = 0) -> NoReturn:
     """End a script (`exit_launched_process()` as its last line); any process, launched or not.
@@ -22,8 +24,6 @@ def exit_launched_process(code: int = 0) -> NoReturn:
     After success the process group is destroyed first. After a failure it is left alone: the
     other ranks may still wait in a collective, and destroying it would wait with them.
     """
-    import torch.distributed as dist
-
     initialized = dist.is_available() and dist.is_initialized()
     gloo = initialized and dist.get_backend() == "gloo"
     if code == 0 and initialized:

@@ -33,7 +33,7 @@ from ..selection import SelectionError
 from ..selection.online import run_probe_settings
 from ..snapshots.folders import SnapshotError, SnapshotIndex
 from ..pipeline.study import run_study
-from ..tasks import perplexity, prepare_run_data
+from ..tasks import perplexity, prepare_run_data, task_for
 from ..training.teacher_checks import LabelSpaceError
 from ..training.trainer import CheckpointKDTrainer
 
@@ -97,7 +97,8 @@ def _train(argv: list[str], prog: str, distill: bool) -> int:
         raise ConfigError("train-teacher trains without teachers; use `hf-ckptkd distill` to distil from --teachers")
     config.remove_unused_columns = False  # the image transform produces the model's inputs on the fly
     kwargs = json.loads(data_args.model_kwargs) if data_args.model_kwargs else {}
-    splits = cli_splits(data_args, data_args.max_train_samples, data_args.max_eval_samples)
+    splits = cli_splits(data_args, data_args.max_train_samples, data_args.max_eval_samples,
+                        labelled=task_for(data_args).labelled)
     run = prepare_run_data(data_args, splits, where="the command line")
     if config.cache_teacher_logits and not run.task.cache_safe(run):
         raise ConfigError("--cache_teacher_logits needs a deterministic training transform: add --crop_padding 0 "

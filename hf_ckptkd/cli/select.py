@@ -5,32 +5,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
-from ..config import ConfigError
-from ..data.loading import (
-    DataError,
-    ImageTransformConfig,
-    default_normalisation,
-    lm_blocks,
-    load_dataset_split,
-    load_tokenizer,
-    tokenize_text_dataset,
-)
+from ..config import (DEFAULT_IMAGE_COLUMN, DEFAULT_LABEL_COLUMN, DEFAULT_TEMPERATURE, MODEL_LABEL_COLUMN,
+                      ConfigError)
+from ..data.config import DEFAULT_MAX_LENGTH, DataConfig
+from ..data.loading import DataError, default_normalisation, load_dataset_split, load_tokenizer
+from ..data.images import ImageTransformConfig
 from ..hub import hub_candidates
 from ..models.folders import folder_holds_causal_lm, has_saved_tokenizer
-from ..selection import ESTIMATORS, OBJECTIVES, select_teachers
+from ..selection import DEFAULT_ESTIMATOR, ESTIMATORS, OBJECTIVES, select_teachers
 from ..selection.processes import selection_state
 from ..selection.settings import (
+    DEFAULT_ACCURACY_MARGIN,
     DEFAULT_BATCH_SIZE,
     DEFAULT_BETA,
     DEFAULT_MAX_PROBE_SAMPLES,
     DEFAULT_OBJECTIVE,
     DEFAULT_PROBE_CONTEXT,
+    SelectionSettings,
 )
 from ..snapshots.folders import SnapshotIndex
+from ..tasks import CausalLanguageModeling, task_for
 
 
 def select_parser() -> argparse.ArgumentParser:
@@ -64,13 +61,13 @@ def select_parser() -> argparse.ArgumentParser:
                         help="Probe set size: a label-stratified sample seeded by --seed (causal LMs: token "
                              "positions, each predicting the token after it).")
     parser.add_argument("--k", type=int, default=1, help="How many teachers to choose.")
-    parser.add_argument("--estimator", default="renyi2", choices=sorted(ESTIMATORS), help="Information estimator.")
+    parser.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=sorted(ESTIMATORS), help="Information estimator.")
     parser.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=list(OBJECTIVES),
                         help="What chooses the teachers: "
                              + "; ".join(f"'{o.name}': {o.summary}" for o in OBJECTIVES.values()) + ".")
-    parser.add_argument("--accuracy_margin", type=float, default=0.05,
+    parser.add_argument("--accuracy_margin", type=float, default=DEFAULT_ACCURACY_MARGIN,
                         help="Warn when a chosen snapshot's probe accuracy is more than this below the best one's.")
-    parser.add_argument("--temperature", type=float, default=4.0, help="Distillation temperature T.")
+    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="Distillation temperature T.")
     parser.add_argument("--beta", type=float, default=DEFAULT_BETA,
                         help="Weight β of the input information in J = Ĩ(Y;·) + β·Î(X;·) (a number >= 0; the "
                              "information objectives only).")
@@ -80,14 +77,14 @@ def select_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="Probe examples per forward pass.")
     parser.add_argument("--held_out_split", default=None,
                         help="Also report each snapshot's accuracy on this split (e.g. test); it does not enter J.")
-    parser.add_argument("--image_column", default="image", help="The dataset's image column.")
-    parser.add_argument("--label_column", default="label", help="The dataset's label column.")
+    parser.add_argument("--image_column", default=DEFAULT_IMAGE_COLUMN, help="The dataset's image column.")
+    parser.add_argument("--label_column", default=DEFAULT_LABEL_COLUMN, help="The dataset's label column.")
     parser.add_argument("--text_column", default=None,
                         help="For text teachers: the dataset's text column (the probe is tokenised with --tokenizer).")
     parser.add_argument("--tokenizer", default=None,
                         help="Tokenizer of the text teachers (a folder, Hub id, owner/name@revision or 'fortunes'); "
                              "default: the one saved in the snapshots.")
-    parser.add_argument("--max_length", type=int, default=128,
+    parser.add_argument("--max_length", type=int, default=DEFAULT_MAX_LENGTH,
                         help="Truncate probe texts to this many tokens (causal LMs: the probe text is cut into "
                              "blocks of this many tokens).")
     parser.add_argument("--probe_context", type=int, default=None,
@@ -143,52 +140,36 @@ def _select_source(args):
     return args.snapshot_dir, request, first, args.snapshot_dir, Path("selections") / folder
 
 
-def _select_probe(args, dataset, tokenizer, causal_lm: bool):
-    """The probe dataset as the selector takes it: tokenised text (with --text_column; blocks of --max_length
-    tokens for causal LMs), else raw images."""
-    if args.text_column is None:
-        if args.image_column not in dataset.column_names:
-            texts = [c for c, f in dataset.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
-            hint = (f"; for text teachers add --text_column {texts[0]} (and --tokenizer unless the snapshots hold "
-                    "theirs)") if texts else ""
-            raise ConfigError(f"--image_column {args.image_column!r} is not a column of {args.dataset} (its columns: "
-                              f"{', '.join(dataset.column_names)}); name the image column with --image_column{hint}")
-        return dataset
-    if args.text_column not in dataset.column_names:
-        raise ConfigError(f"--text_column {args.text_column!r} is not a column of {args.dataset} (its columns: "
-                          f"{', '.join(dataset.column_names)}); name the column that holds the texts")
-    try:
-        if causal_lm:
-            return lm_blocks(dataset, tokenizer, args.text_column, args.max_length)
-        return tokenize_text_dataset(dataset, tokenizer, args.text_column, args.label_column, args.max_length)
-    except DataError as e:
-        raise ConfigError(f"{e} (on the command line: --text_column / --label_column)") from None
+def _select_settings(args) -> SelectionSettings:
+    # What a model does not record of its input normalisation follows the training command's convention.
+    mean, std = default_normalisation(args.dataset, 1)
+    return SelectionSettings.of(
+        k=args.k, temperature=args.temperature, objective=args.objective, estimator=args.estimator,
+        max_probe_samples=args.max_probe_samples, seed=args.seed, batch_size=args.batch_size,
+        accuracy_margin=args.accuracy_margin, beta=args.beta, probe_context=args.probe_context,
+        label_column=MODEL_LABEL_COLUMN if args.text_column else args.label_column, image_column=args.image_column,
+        default_transform=ImageTransformConfig(mean=mean, std=std))
 
 
 def cmd_select(args) -> int:
-    if not (math.isfinite(args.beta) and args.beta >= 0):
-        raise ConfigError(f"--beta {args.beta}: β weighs the input information in J and must be a finite number >= 0 "
-                          "(1 is the default; 0 scores the label information alone)")
     if args.tokenizer is not None and args.text_column is None:
         raise ConfigError("--tokenizer is for text teachers: add --text_column NAME (the dataset's text column), or "
                           "drop --tokenizer for image teachers")
     started = time.perf_counter()
+    settings = _select_settings(args)  # bad settings fail before any data is read
     source, request, first, where, default_output = _select_source(args)
     tokenizer = _select_tokenizer(args, first, where) if args.text_column else None
+    # The task of the snapshots turns the raw split into the probe: a causal LM's corpus, or the classifiers' data.
     causal_lm = isinstance(first, Path) and folder_holds_causal_lm(first)
-    probe = _select_probe(args, load_dataset_split(args.dataset, args.split), tokenizer, causal_lm)
-    held_out = _select_probe(args, load_dataset_split(args.dataset, args.held_out_split), tokenizer, causal_lm) \
+    data = DataConfig(dataset=args.dataset, image_column=args.image_column, label_column=args.label_column,
+                      text_column=args.text_column, max_length=args.max_length,
+                      task=CausalLanguageModeling.name if causal_lm else None)
+    task = task_for(data)
+    probe = task.probe_dataset(load_dataset_split(args.dataset, args.split), data, tokenizer)
+    held_out = task.probe_dataset(load_dataset_split(args.dataset, args.held_out_split), data, tokenizer) \
         if args.held_out_split else None
-    # What a model does not record of its input normalisation follows the training command's convention.
-    mean, std = default_normalisation(args.dataset, 1)
-    default_transform = ImageTransformConfig(mean=mean, std=std)
-    report = select_teachers(
-        source, probe, k=args.k, **request, token=args.token, temperature=args.temperature, objective=args.objective,
-        estimator=args.estimator,
-        max_probe_samples=args.max_probe_samples, seed=args.seed, batch_size=args.batch_size,
-        accuracy_margin=args.accuracy_margin, beta=args.beta, probe_context=args.probe_context,
-        label_column="labels" if args.text_column else args.label_column, image_column=args.image_column,
-        held_out_probe=held_out, default_transform=default_transform, progress=not args.disable_tqdm)
+    report = select_teachers(source, probe, **request, token=args.token, settings=settings, held_out_probe=held_out,
+                             progress=not args.disable_tqdm)
     report.extra["dataset"] = {"name": args.dataset, "split": args.split, "held_out_split": args.held_out_split,
                                **({"text_column": args.text_column} if args.text_column else {})}
     if not selection_state().is_main_process:  # every process has the report; one writes and prints it

@@ -19,16 +19,13 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 
-from ..config import ConfigError
-from .loading import (
-    DataError,
-    ImageColumns,
-    label_names,
-    load_dataset_split,
-    resolve_label_column,
-    stratified_split,
-    with_label_noise,
-)
+from ..config import DEFAULT_IMAGE_COLUMN, DEFAULT_LABEL_COLUMN, LABEL_COLUMN_ALIASES, ConfigError
+from .loading import DataError, load_dataset_split, resolve_label_column, stratified_split, with_label_noise
+from .images import ImageColumns, label_names
+
+
+# Tokens a text is truncated to (a causal LM's corpus: the length of the blocks it is cut into).
+DEFAULT_MAX_LENGTH = 128
 
 
 @dataclass(kw_only=True)
@@ -41,8 +38,8 @@ class DataConfig:
                                                                        "nyu-mll/glue)."})
     train_split: str = field(default="train", metadata={"help": "The split trained on."})
     test_split: str = field(default="test", metadata={"help": "The split evaluated on.", "aliases": ["--eval_split"]})
-    image_column: str = field(default="image", metadata={"help": "The dataset's image column."})
-    label_column: str = field(default="label", metadata={"help": "The dataset's label column (label and labels "
+    image_column: str = field(default=DEFAULT_IMAGE_COLUMN, metadata={"help": "The dataset's image column."})
+    label_column: str = field(default=DEFAULT_LABEL_COLUMN, metadata={"help": "The dataset's label column (label and labels "
                                                                  "stand for each other)."})
     image_size: int = field(default=28, metadata={"help": "Square input size the images are resized to."})
     in_chans: int = field(default=1, metadata={"help": "Input channels (1 = grey, 3 = RGB)."})
@@ -55,7 +52,7 @@ class DataConfig:
                                                                     "--tokenizer is required)."})
     tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder, Hub id or 'fortunes' that "
                                                                   "teachers and student share (text only)."})
-    max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens (causal-lm: the "
+    max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata={"help": "Truncate texts to this many tokens (causal-lm: the "
                                                                "block length the corpus is cut into)."})
     task: str | None = field(default=None, metadata={"help": "image-classification, text-classification or "
                              "causal-lm; default: text-classification when --text_column is set, else "
@@ -78,20 +75,22 @@ class Splits:
     label_column: str | None  # None for an unlabelled corpus (causal LMs)
 
 
-def _label_column(config: DataConfig, dataset: Dataset, argument: str) -> str | None:
-    if config.task == "causal-lm" and config.label_column not in dataset.column_names \
-            and not {"label", "labels"} & set(dataset.column_names):
-        return None  # a plain corpus: a language model needs no labels
+def _label_column(config: DataConfig, dataset: Dataset, argument: str, labelled: bool) -> str | None:
+    if not labelled and config.label_column not in dataset.column_names \
+            and not set(LABEL_COLUMN_ALIASES) & set(dataset.column_names):
+        return None  # a plain corpus, for a task that needs no labels (a language model)
     try:
         return resolve_label_column(dataset, config.label_column, argument)
     except DataError as e:
         raise ConfigError(f"dataset {config.dataset!r}: {e}") from None
 
 
-def cli_splits(config: DataConfig, max_train_samples: int | None, max_eval_samples: int | None) -> Splits:
-    """The first `max_train_samples` of the training split; the evaluation split serves as validation and test."""
+def cli_splits(config: DataConfig, max_train_samples: int | None, max_eval_samples: int | None, *,
+               labelled: bool = True) -> Splits:
+    """The first `max_train_samples` of the training split; the evaluation split serves as validation and test.
+    `labelled=False` (a task that needs no labels, `Task.labelled`) accepts a corpus without a label column."""
     train = load_dataset_split(config.dataset, config.train_split, max_train_samples, config_name=config.dataset_config)
-    label = _label_column(config, train, "--label_column")
+    label = _label_column(config, train, "--label_column", labelled)
     evaluation = load_dataset_split(config.dataset, config.test_split, max_eval_samples,
                                     config_name=config.dataset_config)
     names = label_names(train, ImageColumns(config.input_column, label)) if label else []
@@ -99,11 +98,12 @@ def cli_splits(config: DataConfig, max_train_samples: int | None, max_eval_sampl
 
 
 def carved_splits(config: DataConfig, *, train_samples: int | None, validation_samples: int,
-                  test_samples: int | None, label_noise: float = 0.0) -> Splits:
+                  test_samples: int | None, label_noise: float = 0.0, labelled: bool = True) -> Splits:
     """Validation carved (stratified, seed 0) from the whole training split, so it is the same whatever
-    `train_samples` says; the training subset is then taken from the rest, and its labels noised if asked."""
+    `train_samples` says; the training subset is then taken from the rest, and its labels noised if asked.
+    `labelled` as in `cli_splits`."""
     full = load_dataset_split(config.dataset, config.train_split, config_name=config.dataset_config)
-    label = _label_column(config, full, "label_column in the recipe")
+    label = _label_column(config, full, "label_column in the recipe", labelled)
     names = label_names(full, ImageColumns(config.input_column, label)) if label else []
     if label:
         rest, validation = stratified_split(full, validation_samples, seed=0, label_column=label)

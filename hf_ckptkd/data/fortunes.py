@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 from datasets import ClassLabel, Dataset, Features, Value
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
 
 FORTUNES_DIR = Path(os.environ.get("HF_CKPTKD_FORTUNES_DIR", "/usr/share/games/fortunes"))
 # Topic files with at least 200 fortunes whose name says what they are about (the catch-all files
@@ -85,14 +88,10 @@ def _cache_dir() -> Path:
 
 def fortunes_tokenizer(cache_dir: str | Path | None = None):
     """The WordPiece tokenizer of the fortunes training split (trained once, then loaded from the cache)."""
-    from transformers import PreTrainedTokenizerFast
-
     folder = Path(cache_dir) if cache_dir is not None else _cache_dir()
     folder = folder / f"fortunes-wordpiece-{TOKENIZER_VOCAB}"
     if (folder / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(str(folder))
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -110,8 +109,6 @@ def fortunes_tokenizer(cache_dir: str | Path | None = None):
     try:
         os.replace(tmp, folder)  # atomic: a concurrent first use keeps whichever copy landed first
     except OSError:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return PreTrainedTokenizerFast.from_pretrained(str(folder))
 

@@ -12,16 +12,13 @@ import gzip
 import logging
 import os
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
-from PIL import Image as PILImage
-from torchvision.transforms import v2 as T
 from transformers import AutoTokenizer
 
+from ..config import DEFAULT_LABEL_COLUMN, LABEL_COLUMN_ALIASES, MODEL_LABEL_COLUMN
 from .fortunes import FortunesMissingError, fortunes_tokenizer, load_fortunes_topics
 from ..references import is_hub_reference, parse_hub_reference
 
@@ -248,7 +245,7 @@ def _load_saved_split(name_or_path: str, split: str, config_name: str | None) ->
     return saved
 
 
-def tokenize_text_dataset(dataset: Dataset, tokenizer, text_column: str, label_column: str = "label",
+def tokenize_text_dataset(dataset: Dataset, tokenizer, text_column: str, label_column: str = DEFAULT_LABEL_COLUMN,
                           max_length: int = 128) -> Dataset:
     """Tokenize `text_column` (truncating to `max_length`); the result has the model's inputs and `labels`."""
     if text_column in dataset.column_names:
@@ -260,7 +257,7 @@ def tokenize_text_dataset(dataset: Dataset, tokenizer, text_column: str, label_c
     keep = {label_column}
     tokenized = dataset.map(lambda batch: tokenizer(batch[text_column], truncation=True, max_length=max_length),
                             batched=True, remove_columns=[c for c in dataset.column_names if c not in keep])
-    return tokenized.rename_column(label_column, "labels") if label_column != "labels" else tokenized
+    return tokenized.rename_column(label_column, MODEL_LABEL_COLUMN) if label_column != MODEL_LABEL_COLUMN else tokenized
 
 
 def lm_blocks(dataset: Dataset, tokenizer, text_column: str, block_size: int) -> Dataset:
@@ -291,7 +288,7 @@ def lm_blocks(dataset: Dataset, tokenizer, text_column: str, block_size: int) ->
     return Dataset.from_dict({"input_ids": blocks.tolist(), "attention_mask": np.ones_like(blocks).tolist()})
 
 
-def stratified_split(dataset: Dataset, fraction: float, seed: int, label_column: str = "label") -> tuple[Dataset, Dataset]:
+def stratified_split(dataset: Dataset, fraction: float, seed: int, label_column: str = DEFAULT_LABEL_COLUMN) -> tuple[Dataset, Dataset]:
     """Carve a stratified held-out part (e.g. a validation split) from `dataset`: (rest, held_out)."""
     if not isinstance(dataset.features[label_column], ClassLabel):  # stratifying needs a ClassLabel column
         dataset = dataset.class_encode_column(label_column)
@@ -333,10 +330,6 @@ def with_label_noise(dataset, column: str, rate: float, num_classes: int, seed: 
     return dataset.map(corrupt, with_indices=True, desc="label noise")
 
 
-# The package's own helpers name the label `labels` (what models take); datasets usually `label`.
-LABEL_COLUMN_ALIASES = ("label", "labels")
-
-
 def resolve_label_column(dataset, column: str, argument: str = "label_column") -> str:
     """The dataset's label column: `column`, or its alias (`label` <-> `labels`) when only that one exists.
 
@@ -353,86 +346,3 @@ def resolve_label_column(dataset, column: str, argument: str = "label_column") -
             return alias
     raise DataError(f"the dataset has no label column {column!r}; its columns are {names}. Name the column that "
                     f"holds the integer class labels with {argument}")
-
-
-@dataclass
-class ImageColumns:
-    """Names of a dataset's image and label columns."""
-
-    image: str = "image"
-    label: str = "label"
-
-
-def label_names(dataset: Dataset, columns: ImageColumns | None = None) -> list[str]:
-    """The class names of the label column (a `ClassLabel`), or the sorted label values."""
-    columns = columns or ImageColumns()
-    check_image_columns(dataset, columns)
-    feature = dataset.features[columns.label]
-    if isinstance(feature, ClassLabel):
-        return list(feature.names)
-    return [str(v) for v in sorted(set(dataset[columns.label]))]
-
-
-def check_image_columns(dataset: Dataset, columns: ImageColumns) -> None:
-    missing = [c for c in (columns.image, columns.label) if c not in dataset.column_names]
-    if missing:
-        raise DataError(f"dataset has no column(s) {missing}; its columns are {dataset.column_names}. "
-                        "Name the image and label columns (ImageColumns(image=..., label=...), "
-                        "or --image_column / --label_column).")
-
-
-@dataclass
-class ImageTransformConfig:
-    """How images are turned into tensors: size, channels, normalisation and train-time augmentation."""
-
-    image_size: int = 28
-    in_chans: int = 1
-    mean: tuple[float, ...] = FASHION_MNIST_MEAN
-    std: tuple[float, ...] = FASHION_MNIST_STD
-    crop_padding: int = field(default=4, metadata={"help": "Random crop with this padding at train time (0 = off)."})
-    hflip: bool = field(default=True, metadata={"help": "Random horizontal flip at train time."})
-
-
-def build_image_transform(config: ImageTransformConfig, train: bool) -> T.Compose:
-    """A PIL image → float tensor (C, H, W). Train: random crop with padding and flip; eval: deterministic."""
-    mode = "L" if config.in_chans == 1 else "RGB"
-    steps: list = [T.Lambda(lambda im: im.convert(mode)), T.PILToTensor(), T.Resize((config.image_size, config.image_size), antialias=True)]
-    if train and config.crop_padding > 0:
-        steps.append(T.RandomCrop(config.image_size, padding=config.crop_padding))
-    if train and config.hflip:
-        steps.append(T.RandomHorizontalFlip())
-    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(config.mean, config.std)]
-    return T.Compose(steps)
-
-
-def is_random_transform(config: ImageTransformConfig, train: bool) -> bool:
-    """Whether the transform gives different tensors for the same image on different calls."""
-    return train and (config.crop_padding > 0 or config.hflip)
-
-
-def with_image_transform(dataset: Dataset, transform: T.Compose, columns: ImageColumns | None = None) -> Dataset:
-    """Apply `transform` lazily: each example becomes `pixel_values` (tensor) and `labels` (int)."""
-    columns = columns or ImageColumns()
-    if columns.image in dataset.column_names:
-        columns = ImageColumns(columns.image, resolve_label_column(dataset, columns.label))
-    check_image_columns(dataset, columns)
-
-    def apply(batch):
-        images = batch[columns.image]
-        return {"pixel_values": [transform(_as_pil(im)) for im in images], "labels": batch[columns.label]}
-
-    return dataset.with_transform(apply)
-
-
-def _as_pil(image) -> PILImage.Image:
-    if isinstance(image, PILImage.Image):
-        return image
-    return PILImage.fromarray(np.asarray(image))
-
-
-def image_collator(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack `pixel_values` and `labels` into a batch; works for timm (via the adapter) and transformers."""
-    return {
-        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-        "labels": torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long),
-    }

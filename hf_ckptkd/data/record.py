@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
+from .loading import FASHION_MNIST_HUB_ID
 
 
 @dataclass(frozen=True)
@@ -94,5 +94,5 @@ def split_phrase(part: dict[str, Any] | None) -> str | None:
     return f"{count:,} examples of the {split} split" if count is not None else f"the {split} split"
 
 
-__all__ = ["BUILTIN_IDENTITIES", "DatasetIdentity", "FASHION_MNIST_HUB_ID", "dataset_record", "identity",
+__all__ = ["BUILTIN_IDENTITIES", "DatasetIdentity", "dataset_record", "identity",
            "split_phrase"]

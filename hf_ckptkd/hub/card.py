@@ -27,11 +27,12 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
+from ..config import DEFAULT_IMAGE_COLUMN, DEFAULT_LABEL_COLUMN, DEFAULT_TEMPERATURE, DEFAULT_TEXT_COLUMN
 from ..models.architectures import REGISTERED_ARCHITECTURES
 from ..data.loading import default_normalisation
 from ..data.record import DatasetIdentity, identity, split_phrase
-from ..models.folders import has_saved_tokenizer
-from ..models.build import CAUSAL_LM_CLASSES
+from ..models.folders import has_saved_tokenizer, saved_family
+from ..models.build import CAUSAL_LM_CLASSES, TIMM
 from ..references import format_hub_reference
 from ..selection.objectives import OBJECTIVES, describe
 from ..selection.report import PLANE_PNG, SelectionReport, SnapshotScore, format_epoch
@@ -88,7 +89,7 @@ def model_facts(snapshot: Snapshot) -> dict[str, Any]:
     """Family, architecture, labels and inputs of a snapshot, from its own files."""
     config = json.loads((snapshot.path / "config.json").read_text())
     has_tokenizer = has_saved_tokenizer(snapshot.path)
-    if "architecture" in config:  # timm's Hub format
+    if saved_family(config) == TIMM:
         cfg = config.get("pretrained_cfg") or {}
         labels = cfg.get("label_names") or config.get("label_names")
         input_size = cfg.get("input_size") or (3, 224, 224)
@@ -271,8 +272,9 @@ def _data_context(name: str | None, record: dict[str, Any], ident: DatasetIdenti
         "name": name, "display": ident.display if ident is not None else None, "config": record.get("config"),
         "trained": split_phrase(record.get("train")), "evaluated": split_phrase(record.get("eval")),
         "label_noise": f"{record['label_noise']:.0%}" if record.get("label_noise") else None,
-        "tokenizer": record.get("tokenizer"), "label_column": record.get("label_column", "label"),
-        "text_column": record.get("text_column", "text"), "image_column": record.get("image_column", "image"),
+        "tokenizer": record.get("tokenizer"), "label_column": record.get("label_column", DEFAULT_LABEL_COLUMN),
+        "text_column": record.get("text_column", DEFAULT_TEXT_COLUMN),
+        "image_column": record.get("image_column", DEFAULT_IMAGE_COLUMN),
         "eval_split": eval_split if eval_split and eval_split != "test" else None,  # the command's default: test
     }
 
@@ -315,7 +317,7 @@ def _distil_context(facts: dict[str, Any], report: SelectionReport | None, recor
     return {
         "unavailable": unavailable, "student": student, "student_kwargs": kwargs, "student_kwargs_json": json.dumps(kwargs),
         "max_length": record.get("max_length") or 64, "prompt": LM_PROMPT,
-        "examples": TRY_EXAMPLES, "temperature": f"{report.temperature if report is not None else 4.0:g}",
+        "examples": TRY_EXAMPLES, "temperature": f"{report.temperature if report is not None else DEFAULT_TEMPERATURE:g}",
         "labels": repr(facts["label_names"]) if facts["label_names"] else "None",
     }
 

@@ -103,6 +103,18 @@ def _push_http_error(repo_id: str, e: HfHubHTTPError) -> HubError:
     return HubError(f"the Hub at {endpoint()} failed while pushing to {repo_id}: {e}")
 
 
+def _unreachable() -> str:
+    """Why the client could not fetch what it needed, for a `LocalEntryNotFoundError`."""
+    return "offline mode is on (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE else \
+        f"the Hub at {endpoint()} could not be reached"
+
+
+def _refused(e: HfHubHTTPError) -> int | None:
+    """The status of an answer that refused the token (401, 403), else None."""
+    status = e.response.status_code if e.response is not None else None
+    return status if status in (401, 403) else None
+
+
 @contextmanager
 def download_errors(reference: str, repo_id: str, filename: str, revision: str | None):
     """Turn the client's errors on downloading `filename` for teacher `reference` into sentences that
@@ -119,17 +131,14 @@ def download_errors(reference: str, repo_id: str, filename: str, revision: str |
         raise HubReferenceError(f"teacher {reference!r}: {repo_id} has no revision {revision!r} (branch, tag or "
                                 f"commit){_known_revisions(repo_id)}") from None
     except LocalEntryNotFoundError:
-        why = "offline mode is on (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE else \
-            f"the Hub at {endpoint()} could not be reached"
-        raise HubUnavailableError(f"teacher {reference!r}: {why} and {filename}{at} of {repo_id} is not in "
+        raise HubUnavailableError(f"teacher {reference!r}: {_unreachable()} and {filename}{at} of {repo_id} is not in "
                                   f"the local cache ({constants.HF_HUB_CACHE}); check the connection and HF_ENDPOINT "
                                   "(or unset HF_HUB_OFFLINE), or load it once while online") from None
     except EntryNotFoundError:  # the repo and revision exist, the file does not
         raise
     except HfHubHTTPError as e:
-        status = e.response.status_code if e.response is not None else None
-        if status in (401, 403):
-            raise HubReferenceError(f"teacher {reference!r}: the Hub at {endpoint()} refused the token ({status}); "
+        if _refused(e):
+            raise HubReferenceError(f"teacher {reference!r}: the Hub at {endpoint()} refused the token ({_refused(e)}); "
                                     "fix or unset HF_TOKEN (public repos need none)") from None
         raise HubError(f"teacher {reference!r}: the Hub at {endpoint()} failed: {e}") from None
 
@@ -155,18 +164,15 @@ def repo_errors(repo_id: str, token: str | bool | None, doing: str):
         raise HubInputError(f"there is no model repo {repo_id} on {endpoint()} that this client may read, so {doing} "
                             f"failed; check the name ({hint})") from None
     except LocalEntryNotFoundError:
-        why = "offline mode is on (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE else \
-            f"the Hub at {endpoint()} could not be reached"
-        raise HubUnavailableError(f"{doing} failed: {why} and what is needed is not in the local cache "
+        raise HubUnavailableError(f"{doing} failed: {_unreachable()} and what is needed is not in the local cache "
                                   f"({constants.HF_HUB_CACHE}); check the connection and HF_ENDPOINT") from None
     except (*TRANSPORT_ERRORS, OfflineModeIsEnabled) as e:
         raise HubUnavailableError(f"{doing} failed: could not reach the Hub at {endpoint()} ({type(e).__name__}); "
                                   "check the connection and HF_ENDPOINT, and that HF_HUB_OFFLINE is not set") from None
     except HfHubHTTPError as e:
-        status = e.response.status_code if e.response is not None else None
-        if status in (401, 403):
-            raise HubInputError(f"the Hub at {endpoint()} refused the token ({status}) while {doing}; fix or unset "
-                                "HF_TOKEN (public repos need none)") from None
+        if _refused(e):
+            raise HubInputError(f"the Hub at {endpoint()} refused the token ({_refused(e)}) while {doing}; fix or "
+                                "unset HF_TOKEN (public repos need none)") from None
         raise HubError(f"{doing} failed on the Hub at {endpoint()}: {e}") from None
 
 

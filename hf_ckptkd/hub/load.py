@@ -15,14 +15,12 @@ import json
 import logging
 from pathlib import Path
 
-import timm
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 from torch import nn
 
 from ..files import sha256_of
-from ..models.folders import load_model, transformers_auto_class
-from ..models.build import TimmForImageClassification
+from ..models.folders import load_hub_model
 from ..references import COMMIT_SHA_RE, parse_hub_reference
 from ..snapshots.folders import METADATA_NAME
 from .errors import HubError, HubReferenceError, HubUnavailableError, download_errors
@@ -58,24 +56,12 @@ def load_hub_teacher(reference: str) -> nn.Module:
         raise HubReferenceError(f"teacher {reference!r}: its config.json is not valid JSON ({e})") from None
     _verify_weights(reference, repo_id, commit, subfolder)
     try:
-        return _load_model(repo_id, commit, subfolder, config, config_path.parent)
+        return load_hub_model(repo_id, commit, config, subfolder=subfolder, local=config_path.parent)
     except HubError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise HubReferenceError(f"teacher {reference!r}: {repo_id} holds a config.json at {where} but its model could "
                                 f"not be loaded ({type(e).__name__}: {e})") from e
-
-
-def _load_model(repo_id: str, commit: str | None, subfolder: str | None, config: dict, local: Path) -> nn.Module:
-    """The model at `repo_id@commit` (in `subfolder`) with its family's own loader (told apart by its
-    `config.json`); `local` is the cached folder its verified files were downloaded to."""
-    if "architecture" in config:  # timm's Hub format
-        if subfolder:  # timm's hf-hub: loader reads a repo's root only; the folder's files are already here
-            return load_model(local)
-        hub_id = f"{repo_id}@{commit}" if commit else repo_id
-        return TimmForImageClassification(timm.create_model(f"hf-hub:{hub_id}", pretrained=True))
-    auto = transformers_auto_class(config, f"config.json of {repo_id}@{commit or 'main'}")
-    return auto.from_pretrained(repo_id, revision=commit, subfolder=subfolder or "", use_safetensors=True)
 
 
 def _fetch(reference: str, repo_id: str, filename: str, revision: str | None, subfolder: str | None = None) -> str:

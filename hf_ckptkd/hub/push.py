@@ -21,6 +21,7 @@ from accelerate.state import PartialState
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
 from ..files import file_hashes
+from ..selection.plot import plot_information_plane
 from ..selection.report import PLANE_PNG, SelectionReport, format_epoch
 from ..snapshots.folders import Snapshot
 from .card import CARD_NAME, build_model_card
@@ -141,8 +142,6 @@ def _plane_plot(report: SelectionReport | None, folder: Path | None, tmp: Path) 
         return None
     if folder is not None and (folder / PLANE_PNG).is_file():
         return folder / PLANE_PNG
-    from ..selection.plot import plot_information_plane  # matplotlib, only when a plot must be drawn
-
     return Path(plot_information_plane(report, tmp / PLANE_PNG))
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import timm
 import torch
+import transformers
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -30,6 +31,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 )
 
+from ..config import LABEL_COLUMN_ALIASES
 from . import architectures  # noqa: F401  (registers the small-image networks with timm)
 
 TIMM, TRANSFORMERS = "timm", "transformers"
@@ -54,6 +56,14 @@ class ModelSpec:
                 f"unknown model spec {spec!r}: write 'timm:<timm model name>' (e.g. timm:resnet18) or "
                 "'transformers:<config class or Hub id>' (e.g. transformers:ViTConfig)")
         return cls(family, name)
+
+    def check(self) -> "ModelSpec":
+        """This spec, after what can be checked without building or downloading: a timm name timm knows."""
+        if self.family == TIMM and not timm.is_model(self.name):
+            close = difflib.get_close_matches(self.name, timm.list_models(), n=5)
+            hint = f" Similar names: {', '.join(close)}." if close else " See timm.list_models()."
+            raise ModelSpecError(f"timm does not know a model named {self.name!r}.{hint}")
+        return self
 
     def __str__(self) -> str:
         return f"{self.family}:{self.name}"
@@ -88,7 +98,7 @@ def build_model(spec: str | ModelSpec, num_labels: int, *, label_names: list[str
     data. transformers models get `num_labels`, `id2label`, and for vision configs
     `num_channels`/`image_size`; `model_kwargs` override config fields (e.g. a small `hidden_size`).
     """
-    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+    spec = (ModelSpec.parse(spec) if isinstance(spec, str) else spec).check()
     model_kwargs = dict(model_kwargs or {})
     if spec.family == TIMM:
         return _build_timm(spec.name, num_labels, label_names, in_chans, image_size, mean, std, model_kwargs, pretrained)
@@ -96,10 +106,6 @@ def build_model(spec: str | ModelSpec, num_labels: int, *, label_names: list[str
 
 
 def _build_timm(name, num_labels, label_names, in_chans, image_size, mean, std, model_kwargs, pretrained) -> nn.Module:
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=5)
-        hint = f" Similar names: {', '.join(close)}." if close else " See timm.list_models()."
-        raise ModelSpecError(f"timm does not know a model named {name!r}.{hint}")
     pretrained_cfg_overlay = {"input_size": (in_chans, image_size, image_size), "num_classes": num_labels}
     if mean is not None:
         pretrained_cfg_overlay["mean"] = tuple(mean)
@@ -117,8 +123,6 @@ def _is_image_config(config: PretrainedConfig) -> bool:
 
 
 def _config_class(name: str) -> type[PretrainedConfig] | None:
-    import transformers
-
     cls = getattr(transformers, name, None)
     return cls if isinstance(cls, type) and issubclass(cls, PretrainedConfig) else None
 
@@ -263,7 +267,7 @@ def _classifier_linear(model: PreTrainedModel) -> nn.Linear:
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """The batch without labels: what a model's forward takes."""
-    return {k: v for k, v in batch.items() if k not in ("labels", "label")}
+    return {k: v for k, v in batch.items() if k not in LABEL_COLUMN_ALIASES}
 
 
 def forward_with_features(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
 from transformers.models.auto.modeling_auto import (
@@ -24,7 +25,7 @@ from transformers.models.auto.modeling_auto import (
 )
 from transformers.utils import logging as hf_logging
 
-from .build import CAUSAL_LM_CLASSES, TIMM, ModelSpecError, TimmForImageClassification, model_family, unwrap
+from .build import CAUSAL_LM_CLASSES, TIMM, TRANSFORMERS, ModelSpecError, TimmForImageClassification, model_family, unwrap
 
 WEIGHTS_NAME = "model.safetensors"
 # What a saved tokenizer leaves in a model folder (any one of them): text models keep theirs beside the weights.
@@ -62,13 +63,32 @@ def _timm_in_chans(model: nn.Module) -> int:
     return int(model.pretrained_cfg.get("input_size", (3,))[0])
 
 
+def saved_family(config: dict) -> str:
+    """The family of a saved model from its config.json: timm's Hub format names an `architecture`,
+    anything else is a transformers config. The one place that tells the two apart on disk."""
+    return TIMM if "architecture" in config else TRANSFORMERS
+
+
+def load_hub_model(repo_id: str, commit: str | None, config: dict, *, subfolder: str | None = None,
+                   local: str | Path | None = None) -> nn.Module:
+    """The model of a Hub repo at `commit` (in `subfolder`) with its family's own loader (`config` is its
+    config.json; `local` the cached folder its verified files were downloaded to)."""
+    if saved_family(config) == TIMM:
+        if subfolder:  # timm's hf-hub: loader reads a repo's root only; the folder's files are already here
+            return load_model(local)
+        hub_id = f"{repo_id}@{commit}" if commit else repo_id
+        return TimmForImageClassification(timm.create_model(f"hf-hub:{hub_id}", pretrained=True))
+    auto = transformers_auto_class(config, f"config.json of {repo_id}@{commit or 'main'}")
+    return auto.from_pretrained(repo_id, revision=commit, subfolder=subfolder or "", use_safetensors=True)
+
+
 def load_model(folder: str | Path, *, device: str | torch.device | None = None) -> nn.Module:
     """Load a model saved by `save_model` (or any timm / transformers model folder with safetensors)."""
     folder = Path(folder)
     config = _read_folder_config(folder)
     if not (folder / WEIGHTS_NAME).is_file() and not list(folder.glob("model-*.safetensors")):
         raise ModelSpecError(f"{folder} has a config.json but no {WEIGHTS_NAME}; save the model with safetensors")
-    if "architecture" in config:  # timm's Hub format
+    if saved_family(config) == TIMM:
         model = TimmForImageClassification(_load_timm_folder(folder))
     else:
         with _without_progress_bars():
@@ -105,8 +125,6 @@ def _load_timm_folder(folder: Path) -> nn.Module:
     """A timm model from its Hub-format folder: architecture and config from config.json, weights read
     with safetensors here. (timm's own `pretrained=True` reads a local folder with `torch.load`, which
     reads safetensors only in recent torch releases and would unpickle anything else.)"""
-    from safetensors.torch import load_file
-
     model = timm.create_model(f"local-dir:{folder}", pretrained=False)
     state_dict = {}
     for weights in sorted(folder.glob("model*.safetensors")):
@@ -169,5 +187,5 @@ def _read_folder_config(folder: Path) -> dict:
 def folder_holds_causal_lm(folder: str | Path) -> bool:
     """Whether a saved model folder holds a causal LM, read from its config.json (no weights are loaded)."""
     config = _read_folder_config(Path(folder))
-    return "architecture" not in config and any(a in CAUSAL_LM_CLASSES for a in config.get("architectures") or [])
+    return saved_family(config) == TRANSFORMERS and any(a in CAUSAL_LM_CLASSES for a in config.get("architectures") or [])
 

@@ -2,7 +2,10 @@
 
 A recipe has the pipeline's own few keys at the top level and two sections, `teacher` and
 `student`, whose keys are `CheckpointKDConfig` fields (plus `model` and `model_kwargs`).
-Unknown keys and wrong types are errors that name the key and the nearest valid one.
+Unknown keys and wrong types are errors that name the key and the nearest valid one. Every value
+is checked when the recipe is loaded, before the first stage runs: the sections by building their
+training configurations, the selection keys by building its settings, the model specs and the
+task by looking them up, so a bad value costs seconds, not a trained teacher stage.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import difflib
 import enum
 import hashlib
 import json
+import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +25,10 @@ import yaml
 
 from ..config import DISTILLATION_FIELDS, CheckpointKDConfig, ConfigError
 from ..data.config import DataConfig
+from ..models.build import ModelSpec, ModelSpecError
+from ..selection import SelectionError, SelectionSettings
+from ..selection.online import keep_top_objective
+from ..tasks import task_for
 
 PIPELINE_STAGES = ("teachers", "select", "students", "report")
 
@@ -178,7 +186,45 @@ def recipe_from_dict(values: dict[str, Any], source: str | None = None) -> Recip
     if recipe.best_of_last_epochs < 0:
         raise ConfigError(f"{where}: best_of_last_epochs={recipe.best_of_last_epochs} must be 0 (off) or a number "
                           "of final epochs, e.g. 10")
+    check_recipe(recipe, where)
     return recipe
+
+
+def section_config(training: dict[str, Any], output_dir: str | Path, seed: int, **fixed) -> CheckpointKDConfig:
+    """The training configuration of a recipe section, as the pipeline runs it (`fixed` wins over the section)."""
+    values = {"report_to": "none", "disable_tqdm": True, "logging_steps": 50, "save_strategy": "no",
+              **training, **fixed}
+    values.update(output_dir=str(output_dir), seed=seed, data_seed=seed, remove_unused_columns=False)
+    return CheckpointKDConfig(**values)
+
+
+def check_recipe(recipe: Recipe, where: str) -> None:
+    """Every value of a recipe that can be checked without data: a `ConfigError` naming the key."""
+    try:
+        task_for(recipe)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    # Built where nothing is written: the checks only read the path.
+    nowhere = Path(tempfile.gettempdir()) / "hf-ckptkd-recipe-check"
+    for name, section in (("teacher", recipe.teacher), ("student", recipe.student)):
+        try:
+            ModelSpec.parse(section.model).check()
+        except ModelSpecError as e:
+            raise ConfigError(f"{where} {name}: model: {e}") from None
+        # The student's teachers are chosen by the pipeline; a weight per teacher needs as many of them.
+        teachers = {"teachers": ["teacher"] * len(section.training["teacher_weights"])} \
+            if name == "student" and section.training.get("teacher_weights") else {}
+        try:
+            config = section_config(section.training, nowhere, seed=0, **teachers)
+            if config.snapshot_keep_top is not None:
+                keep_top_objective(config.snapshot_score_objective)
+        except (ValueError, SelectionError) as e:  # ConfigError, and TrainingArguments' own ValueErrors
+            raise ConfigError(f"{where} {name}: {e}") from None
+    try:
+        for k in (1, recipe.ensemble_k):
+            SelectionSettings.of(**recipe.selection, k=k)
+    except SelectionError as e:
+        raise ConfigError(f"{where}: selection: {e}") from None
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -9,8 +9,6 @@ stages; training is data-parallel through `Trainer`, and only the main process s
 from __future__ import annotations
 
 import json
-import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,27 +16,24 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from transformers import TrainerCallback, set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
-from transformers.trainer import TRAINER_STATE_NAME
 
-from ..config import CheckpointKDConfig, ConfigError
+from ..config import ConfigError
 from ..data.config import carved_splits
 from ..data.record import dataset_record
 from ..hub import push_teachers_to_hub
 from ..files import write_json_atomic
 from ..metrics import load_metric
 from ..models.build import model_inputs
-from .recipe import PIPELINE_STAGES, Recipe
+from .recipe import PIPELINE_STAGES, Recipe, section_config
+from .resume import drop_checkpoints, resumable, train_resumably
 from .results import NO_TEACHER, RESULT_NAME, StudentCell, best_other_teacher, is_close, write_report
 from .runlog import RUN_LOG, log_to_file, say, stage_bar
 from ..selection import SelectionReport, select_teachers
 from ..selection.report import memorisation_signs
 from ..selection.online import run_probe_settings
 from ..snapshots.folders import SnapshotIndex
-from ..tasks import RunData, perplexity, prepare_run_data
+from ..tasks import RunData, perplexity, prepare_run_data, task_for
 from ..training.trainer import CheckpointKDTrainer
-
-logger = logging.getLogger(__name__)
 
 RECIPE_RECORD = "recipe.json"
 
@@ -72,15 +67,9 @@ def _write_recipe_record(recipe: Recipe, output_dir: Path) -> None:
 def load_run_data(recipe: Recipe) -> RunData:
     """The recipe's splits (validation carved from training, see `carved_splits`), prepared by its task."""
     splits = carved_splits(recipe, train_samples=recipe.train_samples, validation_samples=recipe.validation_samples,
-                           test_samples=recipe.test_samples, label_noise=recipe.label_noise)
+                           test_samples=recipe.test_samples, label_noise=recipe.label_noise,
+                           labelled=task_for(recipe).labelled)
     return prepare_run_data(recipe, splits, where=f"recipe {recipe.source or recipe.name}")
-
-
-def _config(section_training: dict[str, Any], output_dir: Path, seed: int, **fixed) -> CheckpointKDConfig:
-    values = {"report_to": "none", "disable_tqdm": True, "logging_steps": 50, "save_strategy": "no",
-              **section_training, **fixed}
-    values.update(output_dir=str(output_dir), seed=seed, data_seed=seed, remove_unused_columns=False)
-    return CheckpointKDConfig(**values)
 
 
 def _build(section, run: RunData, seed: int):
@@ -106,46 +95,6 @@ def teacher_dataset_record(recipe: Recipe, run: RunData) -> dict[str, Any]:
         tokenizer=recipe.tokenizer, max_length=recipe.max_length, label_noise=recipe.label_noise)
 
 
-def train_resumably(trainer, folder: Path, state: PartialState) -> bool:
-    """Train, resuming from the last complete checkpoint in `folder` if there is one; returns whether it
-    resumed. Call `drop_checkpoints` once what the run is for has been written.
-
-    `Trainer` writes a checkpoint's files in place and its `trainer_state.json` last, so a run killed while
-    saving leaves a folder without it (or with it cut short), which `resume_from_checkpoint=True` would pick
-    and fail on: such folders are discarded, and the run resumes from the complete one before (or starts
-    afresh)."""
-    if state.is_main_process:
-        for partial in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-            if not _complete_checkpoint(partial):
-                logger.warning("discarded partially written checkpoint %s", partial)
-                shutil.rmtree(partial, ignore_errors=True)
-    state.wait_for_everyone()
-    last = get_last_checkpoint(folder) if folder.is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
-    return last is not None
-
-
-def _complete_checkpoint(checkpoint: Path) -> bool:
-    try:
-        json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
-        return True
-    except (OSError, ValueError):  # missing, or cut short by the kill
-        return False
-
-
-def drop_checkpoints(folder: Path, state: PartialState) -> None:
-    """Delete a finished run's checkpoints: they only served resumption."""
-    state.wait_for_everyone()
-    if state.is_main_process:
-        for checkpoint in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-            shutil.rmtree(checkpoint, ignore_errors=True)
-
-
-def _resumable(training: dict[str, Any]) -> dict[str, Any]:
-    """A section's training settings with a checkpoint at every epoch (one kept), unless it says otherwise."""
-    return {"save_strategy": "epoch", "save_total_limit": 1, **training}
-
-
 # --- stage 1: teachers ------------------------------------------------------------------------
 def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: PartialState) -> list[SnapshotIndex]:
     train, validation, _ = run.model_ready()
@@ -157,8 +106,8 @@ def train_teachers(recipe: Recipe, run: RunData, output_dir: Path, state: Partia
             _say(state, f"  teacher-{i}: done, skipped")
         else:
             start = time.time()
-            training = _resumable({"snapshot_strategy": "epoch", "eval_strategy": "epoch", **recipe.teacher.training})
-            config = _config(training, teacher_dir, seed=i)
+            training = resumable({"snapshot_strategy": "epoch", "eval_strategy": "epoch", **recipe.teacher.training})
+            config = section_config(training, teacher_dir, seed=i)
             # snapshot_keep_top scores on the selection stage's probe set: the validation carve.
             keep_top = {"probe_dataset": run.validation, "probe_settings": run_probe_settings(run)} \
                 if config.snapshot_keep_top is not None else {}
@@ -269,7 +218,8 @@ def train_students(recipe: Recipe, run: RunData, output_dir: Path, cells: list[S
         run_dir = output_dir / "students" / _run_slug(teachers) / f"seed-{seed}"
         if not (run_dir / RESULT_NAME).is_file():
             start = time.time()
-            config = _config(_resumable(recipe.student.training), run_dir, seed=seed, teachers=list(teachers) or None)
+            config = section_config(resumable(recipe.student.training), run_dir, seed=seed,
+                                    teachers=list(teachers) or None)
             last = recipe.best_of_last_epochs
             extra = {"eval_dataset": test, "callbacks": [EvaluateLastEpochs(last)]} if last else {}
             trainer = _trainer(run, _build(recipe.student, run, seed=seed), config, train, **extra,

@@ -9,8 +9,9 @@
   a set, whether the objective is trivial, how reports describe it.
 - `choice`: `Candidate`, scoring the candidates and choosing k teachers (`select_from_candidates`).
 - `report`: `SelectionReport` (`selection.json`, `table.md`, `information_plane.png`).
-- `probe`, `lm_probe`, `probe_sources`: the probe set of images, texts or (for causal LMs) token
-  positions, chosen once from the first snapshot's model.
+- `probe`, `lm_probe`: drawing the probe set of images, texts or (for causal LMs) token positions;
+  `probe_sources`: the registry in which each task (`hf_ckptkd.tasks`) registers how its models'
+  probe is drawn, asked once with the first snapshot's model.
 - `candidates`: `ModelCandidate`, what the selector chooses among (local snapshots, Hub revisions),
   and the registry of candidate sources.
 - `processes`: the split of the candidates between processes under `accelerate launch`.

@@ -33,9 +33,8 @@ from .errors import (
     ShapeMismatchError,
     TemperatureTooHighError,
     TooManyTeachersError,
-    UnknownEstimatorError,
 )
-from .estimators import ESTIMATORS, build_estimator
+from .estimators import build_estimator
 from .label_information import LOG2E, predictive_label_bits, shannon_entropy_bits
 from .kernels import (
     MutualInformation,
@@ -94,15 +93,13 @@ def choose_members(single_j: Sequence[float], eligible: Sequence[int], k: int,
                    exhaustive_limit: int = DEFAULT_EXHAUSTIVE_LIMIT) -> tuple[list[int], str, float]:
     """Choose k distinct members among `eligible` (indices) maximising `ensemble_j`.
 
-    `single_j[i]` is candidate i's own J; `ensemble_j(members)` scores a sorted tuple of indices.
+    `single_j[i]` is candidate i's own J; `ensemble_j(members)` scores a sorted tuple of indices;
+    1 <= k <= len(eligible) (`check_teacher_count`).
     Returns (members in rank order, search, J of the chosen set), search being "exhaustive" or
     "greedy". Exhaustive when C(len(eligible), k) <= exhaustive_limit, members then ranked by their
     own J; greedy otherwise, members ranked in the order they were added. Ties go to lower indices.
     """
     eligible = list(eligible)
-    if not 1 <= k <= len(eligible):
-        raise TooManyTeachersError(
-            f"cannot choose k={k} teachers among {len(eligible)} candidate snapshots; use 1 <= k <= {len(eligible)}")
     first = max(eligible, key=lambda i: (single_j[i], -i))
     if k == 1:
         return [first], "exhaustive", single_j[first]
@@ -155,24 +152,20 @@ def _pick_device(inputs: Tensor, candidates: Sequence[Candidate], device) -> tor
     return inputs.device
 
 
-def check_request(objective: str, estimator: str, temperature: float) -> None:
-    """Fail on a selection request that cannot succeed, before any work is done."""
-    objective_named(objective)
-    if estimator not in ESTIMATORS:
-        raise UnknownEstimatorError(f"unknown estimator {estimator!r}; choose one of {', '.join(sorted(ESTIMATORS))}")
-    if not temperature > 0:
-        raise SelectionError(f"the temperature must be positive, got {temperature}")
+def check_teacher_count(k: int, n_candidates: int, n_init: int) -> None:
+    """There are at least k candidates that may be chosen (`n_candidates`, the `n_init` initialisation
+    snapshots not counted); `SelectionSettings` has already checked that k is a positive integer."""
+    if k > n_candidates:
+        note = f" ({n_init} initialisation snapshot excluded)" if n_init else ""
+        raise TooManyTeachersError(
+            f"k={k} teachers requested but there are only {n_candidates} candidate snapshots{note}; lower k "
+            "or keep more snapshots (e.g. a smaller snapshot_every)")
 
 
 def _eligible(candidates: Sequence[Candidate], k: int) -> list[int]:
     """Indices of the candidates that may be chosen (all but the initialisation); at least k of them."""
     eligible = [i for i, c in enumerate(candidates) if not c.is_init]
-    if k > len(eligible):
-        n_init = len(candidates) - len(eligible)
-        note = f" ({n_init} initialisation snapshot excluded)" if n_init else ""
-        raise TooManyTeachersError(
-            f"k={k} teachers requested but there are only {len(eligible)} candidate snapshots{note}; lower k "
-            "or keep more snapshots (e.g. a smaller snapshot_every)")
+    check_teacher_count(k, len(eligible), len(candidates) - len(eligible))
     return eligible
 
 
@@ -235,13 +228,9 @@ def accuracy_warnings(candidates: Sequence[Candidate], accuracy: Sequence[float]
 
 def score_candidates(candidates: Sequence[Candidate], inputs: Tensor, labels: Tensor, settings: SelectionSettings, *,
                      device=None, progress: bool = False, token_labels: bool = False) -> ScoredCandidates:
-    """Check the request and the probe, then estimate every candidate's information terms."""
+    """Check the probe and the candidates, then estimate every candidate's information terms (the
+    settings checked themselves when they were made)."""
     s = settings
-    check_request(s.objective, s.estimator, s.temperature)
-    if isinstance(s.k, bool) or not isinstance(s.k, int) or s.k < 1:
-        raise TooManyTeachersError(f"k must be a positive integer number of teachers, got {s.k!r}")
-    if not 0 <= s.accuracy_margin <= 1:
-        raise SelectionError(f"accuracy_margin must lie in [0, 1] (a fraction of accuracy), got {s.accuracy_margin}")
     _, y = check_probe(inputs, labels)
     num_classes = _check_candidates(candidates)
     check_probe_classes(y, num_classes, token_labels=token_labels)

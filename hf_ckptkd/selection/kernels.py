@@ -218,6 +218,12 @@ def shannon(counts: Tensor) -> float:
     return float(-(p * torch.log2(p)).sum()) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
+def single_class(labels: Tensor) -> int | None:
+    """The one label of a probe whose labels are all the same (its label terms are undefined), else None."""
+    classes = torch.unique(labels)
+    return int(classes[0]) if classes.numel() == 1 else None
+
+
 def check_probe(inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Validate a probe set; returns (inputs flattened to N × d, labels as int64 of length N)."""
     if not isinstance(inputs, Tensor) or not isinstance(labels, Tensor):
@@ -240,10 +246,10 @@ def check_probe(inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         raise ShapeMismatchError(
             "probe labels must be non-negative class indices (found a negative label such as the -100 "
             "'ignore' index); drop unlabelled examples from the probe set")
-    classes = torch.unique(labels)
-    if classes.numel() < 2:
+    only = single_class(labels)
+    if only is not None:
         raise SingleClassProbeError(
-            f"the probe set holds a single class (label {int(classes[0])}), so S2(Y) = 0 and the "
+            f"the probe set holds a single class (label {only}), so S2(Y) = 0 and the "
             "normalised Î(Y;F), Î(Y;P) are undefined; draw the probe set as a shuffled (or stratified) "
             "sample of the training data with at least two classes")
     return inputs.reshape(n, -1), labels.long()

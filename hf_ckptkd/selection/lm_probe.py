@@ -23,6 +23,7 @@ import torch
 
 from ..data.loading import DataError
 from .errors import EmptyProbeError, SelectionError, SingleClassProbeError
+from .kernels import single_class
 from .probe import bag_of_tokens, padded_batches
 
 
@@ -79,8 +80,6 @@ def draw_lm_probe(dataset, size: int | None, seed: int, context: int, batch_size
         raise DataError(f"a causal LM's probe set must be tokenized text (an input_ids column, e.g. from "
                         f"hf_ckptkd.data.lm_blocks); its columns are {columns}. Tokenize it with the teachers' "
                         "tokenizer first (on the command line: --text_column and --tokenizer).")
-    if size is not None and size <= 0:
-        raise EmptyProbeError(f"max_probe_samples={size} draws no positions; pass a positive number (e.g. 2000)")
     rows, positions = probe_positions(_row_lengths(dataset), size, seed)
     if rows.size == 0:
         raise EmptyProbeError(f"the probe set is empty: none of the dataset's {len(dataset)} rows has two tokens, so "
@@ -96,10 +95,10 @@ def draw_lm_probe(dataset, size: int | None, seed: int, context: int, batch_size
         windows.append(torch.from_numpy(ids[max(0, t + 1 - context):t + 1].copy()))
         next_tokens.append(int(ids[t + 1]))
     labels = torch.tensor(next_tokens, dtype=torch.long)
-    distinct = torch.unique(labels)
-    if distinct.numel() < 2:
+    only = single_class(labels)
+    if only is not None:
         raise SingleClassProbeError(
-            f"every one of the {labels.numel()} probe positions is followed by the same token (id {int(distinct[0])}), "
+            f"every one of the {labels.numel()} probe positions is followed by the same token (id {only}), "
             "so H(Y) = 0 and the label terms Î(Y;·) are undefined; draw the probe from varied held-out text (the "
             "teachers' corpus), not from a constant or padded sequence")
     return padded_batches(windows, batch_size, pad_token_id), bag_of_tokens(windows), labels

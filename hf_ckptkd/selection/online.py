@@ -30,8 +30,7 @@ from ..models.build import forward_with_features
 from ..snapshots.folders import Snapshot
 from .errors import ClassCountMismatchError, SelectionError
 from .estimators import build_estimator
-from .choice import check_request
-from .objectives import OBJECTIVES, objective_named, objective_value
+from .objectives import OBJECTIVES, Objective, objective_named, objective_value
 from .probe import image_batches, labels_of
 from .selector import extract_candidates
 from .settings import SelectionSettings
@@ -41,6 +40,19 @@ def keep_top_settings(objective: str = DEFAULT_KEEP_TOP_OBJECTIVE,
                       max_probe_samples: int | None = DEFAULT_KEEP_TOP_PROBE_SAMPLES, **overrides: Any) -> SelectionSettings:
     """The `SelectionSettings` a keep-top run scores with by default (any field may be overridden)."""
     return SelectionSettings.of(objective=objective, max_probe_samples=max_probe_samples, **overrides)
+
+
+def keep_top_objective(name: str) -> Objective:
+    """The registered objective `name`, if it can score one snapshot alone (what keep-top needs)."""
+    objective = objective_named(name)
+    if not objective.scores_alone:
+        alone = [o.name for o in OBJECTIVES.values() if o.scores_alone]
+        raise SelectionError(
+            f"keep_top scores snapshots with an information objective, not objective={name!r}: only "
+            f"{', '.join(map(repr, alone))} give a score that compares across the run "
+            "(the newest snapshot is kept anyway, and recorded accuracies are not on one probe); use "
+            f"objective={DEFAULT_KEEP_TOP_OBJECTIVE!r} (the default) or another of them")
+    return objective
 
 
 def run_probe_settings(run, **overrides: Any) -> SelectionSettings:
@@ -56,8 +68,8 @@ class SnapshotScorer:
         probe_dataset: what `select_teachers` takes: raw images and integer labels, or tokenized
             text, normally the teachers' training data.
         settings: the probe's and the objective's `SelectionSettings`; default `keep_top_settings()`
-            ("outputs", 1,000 probe examples, T = 4, β = 1). The objective must be "outputs" or
-            "features".
+            ("outputs", 1,000 probe examples, T = 4, β = 1). The objective must score one snapshot
+            alone ("outputs", "features" or "held_out"; `keep_top_objective` checks it).
         device: where the snapshot and the estimator run; default the accelerator, if any.
 
     The returned dict is what the index records: `value` (J), `objective`, `i_x`, `i_y` (its
@@ -74,15 +86,7 @@ class SnapshotScorer:
                  device: str | torch.device | None = None, **overrides: Any):
         self.settings = SelectionSettings.of(settings if settings is not None else keep_top_settings(), k=1, **overrides)
         s = self.settings
-        check_request(s.objective, s.estimator, s.temperature)
-        self.objective = objective_named(s.objective)
-        if not self.objective.scores_alone:
-            alone = [o.name for o in OBJECTIVES.values() if o.scores_alone]
-            raise SelectionError(
-                f"keep_top scores snapshots with an information objective, not objective={s.objective!r}: only "
-                f"{', '.join(map(repr, alone))} give a score that compares across the run "
-                "(the newest snapshot is kept anyway, and recorded accuracies are not on one probe); use "
-                f"objective={DEFAULT_KEEP_TOP_OBJECTIVE!r} (the default) or another of them")
+        self.objective = keep_top_objective(s.objective)
         # Fail before training on a probe set that cannot be scored, not at the first snapshot.
         labels = labels_of(probe_dataset, resolve_label_column(probe_dataset, s.label_column))
         if len(set(labels.tolist())) < 2:
@@ -134,5 +138,5 @@ def _run(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], device:
     return torch.cat([f.float() for f, _ in outputs]), torch.cat([z.float() for _, z in outputs])
 
 
-__all__ = ["SnapshotScorer", "keep_top_settings",
+__all__ = ["SnapshotScorer", "keep_top_objective", "keep_top_settings",
            "run_probe_settings"]

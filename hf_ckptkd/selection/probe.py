@@ -17,14 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.loading import (
-    DataError,
-    ImageColumns,
-    ImageTransformConfig,
-    _as_pil,
-    check_image_columns,
-)
-from ..models.build import TimmForImageClassification, is_text_model, unwrap
+from ..data.loading import DataError
+from ..data.images import ImageColumns, ImageTransformConfig, _as_pil, check_image_columns
+from ..models.build import TimmForImageClassification, unwrap
 from .errors import (
     EmptyProbeError,
     SingleClassProbeError,
@@ -201,5 +196,5 @@ def padded_batches(ids: Sequence[torch.Tensor], batch_size: int, pad_token_id: i
 
 
 __all__ = ["TEXT_INPUT_BUCKETS", "Transform", "bag_of_tokens", "dataset_label_names", "draw_probe", "draw_text_probe",
-           "image_batches", "is_text_model", "labels_of", "padded_batches", "probe_transform_config",
+           "image_batches", "labels_of", "padded_batches", "probe_transform_config",
            "stratified_probe_indices"]

@@ -1,35 +1,27 @@
-"""How the probe is drawn for each kind of model, chosen once from the first snapshot's model.
+"""How the probe is drawn: by the task of the first snapshot's model, from a registry.
 
-Three kinds: images (a label-stratified sample through the deterministic evaluation transform),
-tokenized text for sequence classifiers (a label-stratified sample; X its bag of tokens), and
-causal LMs (seeded token positions; Y the next token, see `lm_probe`). A `ProbeSource` draws a
-probe from a dataset (the probe set and the held-out probe alike), says what labels the data has
-(checked against the snapshots before they run) and whether its labels are next tokens, and
-describes itself for the report. `selector` asks it and never branches on the kind of model.
+Each task (`hf_ckptkd.tasks`: images, tokenized text for sequence classifiers, causal LMs) owns its
+probe source and registers here with `register_probe_source`; `probe_source` asks the registered
+tasks which one handles the first snapshot's model, so the selector never branches on the kind of
+model. A `ProbeSource` draws a probe from a dataset (the probe set and the held-out probe alike),
+says what labels the data has (checked against the snapshots before they run) and whether its
+labels are next tokens, and describes itself for the report. `ClassifierProbe` is what the
+classifiers' sources share: a label-stratified sample whose label space is the dataset's labels.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from ..data.loading import ImageColumns, ImageTransformConfig, build_image_transform, check_image_columns, resolve_label_column
-from ..models.build import is_causal_lm, num_labels_of, unwrap
-from .errors import ClassCountMismatchError, SelectionError
-from .lm_probe import draw_lm_probe
-from .probe import (
-    dataset_label_names,
-    draw_probe,
-    draw_text_probe,
-    image_batches,
-    is_text_model,
-    labels_of,
-    probe_transform_config,
-)
-from .settings import DEFAULT_PROBE_CONTEXT, SelectionSettings
+from ..data.loading import resolve_label_column
+from ..models.build import unwrap
+from .errors import SelectionError
+from .probe import dataset_label_names, labels_of
+from .settings import SelectionSettings
 
 
 @dataclass
@@ -41,12 +33,58 @@ class DrawnProbe:
     labels: torch.Tensor
 
 
-def _pad_token_id(model: nn.Module) -> int:
-    # Any id will do: padded positions are masked and come after the position that is read.
+class ProbeSource(Protocol):
+    """What the selector asks of a task's probe."""
+
+    token_labels: bool  # the labels are next tokens (a causal LM's vocabulary), not classes
+
+    def label_space(self, dataset) -> tuple[list[str] | None, int]:
+        """(the dataset's label names or None, the number of classes its labels span)."""
+
+    def draw(self, dataset) -> DrawnProbe:
+        """The probe drawn from `dataset` as model inputs, kernel inputs and labels."""
+
+    def describe(self, probe: DrawnProbe) -> dict[str, Any]:
+        """What the report records of the probe."""
+
+
+class ProbeKind(Protocol):
+    """What a task registers: which models it handles, and the probe source for them."""
+
+    name: str
+
+    def handles(self, model: nn.Module) -> bool:
+        ...
+
+    def probe_source(self, settings: SelectionSettings, dataset, first_model: nn.Module, first_path) -> ProbeSource:
+        ...
+
+
+_KINDS: dict[str, ProbeKind] = {}
+
+
+def register_probe_source(kind: ProbeKind) -> None:
+    """Let `kind` draw the probe for the models it handles (`hf_ckptkd.tasks` registers every task)."""
+    _KINDS[kind.name] = kind
+
+
+def probe_source(settings: SelectionSettings, dataset, first_model: nn.Module, first_path) -> ProbeSource:
+    """The probe source of the task that handles the first snapshot's model (every snapshot must be of its kind);
+    asked newest first, as `tasks.task_of_model` asks them."""
+    for kind in reversed(_KINDS.values()):
+        if kind.handles(first_model):
+            return kind.probe_source(settings, dataset, first_model, first_path)
+    raise SelectionError(f"no task draws a probe for {type(unwrap(first_model)).__name__} (the tasks: "
+                         f"{', '.join(_KINDS) or 'none registered; import hf_ckptkd'})")
+
+
+def pad_token_id(model: nn.Module) -> int:
+    """The id that pads a text probe's batches: any id will do, padded positions are masked and come after
+    the position that is read."""
     return getattr(unwrap(model).config, "pad_token_id", None) or 0
 
 
-class _ClassifierProbe:
+class ClassifierProbe:
     """A label-stratified sample of a labelled dataset; the label space is the dataset's labels."""
 
     token_labels = False
@@ -56,12 +94,11 @@ class _ClassifierProbe:
         self.label_column = resolve_label_column(dataset, settings.label_column)
 
     def label_space(self, dataset) -> tuple[list[str] | None, int]:
-        """(the dataset's label names or None, the number of classes its labels span)."""
         labels = labels_of(dataset, self.label_column)
         self._source_size = int(labels.size)
         return dataset_label_names(dataset, self.label_column), int(labels.max()) + 1 if labels.size else 0
 
-    def _label_column_of(self, dataset) -> str:
+    def label_column_of(self, dataset) -> str:
         return resolve_label_column(dataset, self.settings.label_column)
 
     def describe(self, probe: DrawnProbe) -> dict[str, Any]:
@@ -69,100 +106,5 @@ class _ClassifierProbe:
                 "label_column": self.label_column, "image_column": self.settings.image_column}
 
 
-class ImageProbe(_ClassifierProbe):
-    """Images through the evaluation transform: the one given, or the one the first model records."""
-
-    def __init__(self, settings: SelectionSettings, dataset, first_model: nn.Module, first_path):
-        super().__init__(settings, dataset)
-        transform = settings.transform
-        self.transform_config = None
-        if transform is None:
-            self.transform_config = probe_transform_config(first_model, first_path, settings.default_transform)
-            transform = build_image_transform(self.transform_config, train=False)
-        elif isinstance(transform, ImageTransformConfig):
-            self.transform_config, transform = transform, build_image_transform(transform, train=False)
-        self.transform = transform
-
-    def draw(self, dataset) -> DrawnProbe:
-        columns = ImageColumns(image=self.settings.image_column, label=self._label_column_of(dataset))
-        check_image_columns(dataset, columns)
-        images, labels, _ = draw_probe(dataset, self.settings.max_probe_samples, self.settings.seed, self.transform,
-                                       columns)
-        return DrawnProbe(image_batches(images, self.settings.batch_size), images, labels)
-
-    def describe(self, probe: DrawnProbe) -> dict[str, Any]:
-        config = self.transform_config
-        return {**super().describe(probe), "transform": asdict(config) if config is not None else repr(self.transform)}
-
-
-class TextProbe(_ClassifierProbe):
-    """Tokenized texts of a sequence classifier, right-padded per batch; X is each text's bag of tokens."""
-
-    def __init__(self, settings: SelectionSettings, dataset, first_model: nn.Module):
-        super().__init__(settings, dataset)
-        self.pad_token_id = _pad_token_id(first_model)
-
-    def draw(self, dataset) -> DrawnProbe:
-        s = self.settings
-        return DrawnProbe(*draw_text_probe(dataset, s.max_probe_samples, s.seed, self._label_column_of(dataset),
-                                           s.batch_size, self.pad_token_id))
-
-    def describe(self, probe: DrawnProbe) -> dict[str, Any]:
-        return {**super().describe(probe), "transform": "tokenized text (bag of tokens for X)"}
-
-
-class TokenProbe:
-    """Seeded token positions of tokenized text for a causal LM: the window before each, and the next token."""
-
-    token_labels = True
-
-    def __init__(self, settings: SelectionSettings, first_model: nn.Module):
-        self.settings = settings
-        self.pad_token_id = _pad_token_id(first_model)
-        self.vocabulary = num_labels_of(first_model)
-        config = unwrap(first_model).config
-        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-        context = settings.probe_context
-        if context is None:  # the default window, shortened for a model with fewer positions
-            context = min(DEFAULT_PROBE_CONTEXT, positions or DEFAULT_PROBE_CONTEXT)
-        elif positions is not None and isinstance(context, int) and context > positions:
-            raise SelectionError(f"probe_context={context} is longer than the snapshots' {positions} positions; pass "
-                                 f"probe_context <= {positions} (e.g. {min(positions, DEFAULT_PROBE_CONTEXT)})")
-        self.context = context
-
-    def label_space(self, dataset) -> tuple[list[str] | None, int]:
-        # The labels are token ids, checked against the vocabulary when the probe is drawn.
-        self._source_rows = len(dataset)
-        return None, 0
-
-    def draw(self, dataset) -> DrawnProbe:
-        s = self.settings
-        probe = DrawnProbe(*draw_lm_probe(dataset, s.max_probe_samples, s.seed, self.context, s.batch_size,
-                                          self.pad_token_id))
-        top = max(int(probe.labels.max()), max(int(b["input_ids"].max()) for b in probe.batches))
-        if top >= self.vocabulary:
-            raise ClassCountMismatchError(
-                f"the probe holds token id {top} but the snapshots' vocabulary has {self.vocabulary} tokens; tokenize "
-                "the probe text with the teachers' tokenizer (on the command line: --tokenizer, or leave it out to use "
-                "the one saved in the snapshots)")
-        return probe
-
-    def describe(self, probe: DrawnProbe) -> dict[str, Any]:
-        return {"labels": "next tokens", "source_rows": self._source_rows,
-                "distinct_next_tokens": int(torch.unique(probe.labels).numel()),
-                "probe_context": self.context, "vocabulary": self.vocabulary}
-
-
-ProbeSource = ImageProbe | TextProbe | TokenProbe
-
-
-def probe_source(settings: SelectionSettings, dataset, first_model: nn.Module, first_path) -> ProbeSource:
-    """The probe source for the kind of the first snapshot's model (every snapshot must be of that kind)."""
-    if is_causal_lm(first_model):
-        return TokenProbe(settings, first_model)
-    if is_text_model(first_model):
-        return TextProbe(settings, dataset, first_model)
-    return ImageProbe(settings, dataset, first_model, first_path)
-
-
-__all__ = ["DrawnProbe", "ImageProbe", "ProbeSource", "TextProbe", "TokenProbe", "probe_source"]
+__all__ = ["ClassifierProbe", "DrawnProbe", "ProbeKind", "ProbeSource", "pad_token_id", "probe_source",
+           "register_probe_source"]

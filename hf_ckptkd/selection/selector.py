@@ -41,11 +41,10 @@ from .errors import (
     ClassCountMismatchError,
     LabelSpaceMismatchError,
     SelectionError,
-    TooManyTeachersError,
 )
 from .forward import first_loadable, notes_of, outcome_to_cpu, run_candidates
 from .kernels import check_probe_classes
-from .choice import Candidate, check_request, select_from_candidates
+from .choice import Candidate, check_teacher_count, select_from_candidates
 from .processes import from_main, gather_in_order, process_device, selection_state, share_of
 from .probe_sources import probe_source
 from .report import SelectionReport
@@ -125,21 +124,17 @@ class ProbeCandidates:
     token_labels: bool = False
 
 
-def extract_candidates(
-    snapshots: SnapshotIndex | str | os.PathLike | Sequence[Snapshot] | Sequence[ModelCandidate],
-    probe_dataset,
-    settings: SelectionSettings | None = None,
-    *,
-    revisions: str | Sequence[str] | bool | None = None,
-    subfolders: str | Sequence[str] | bool | None = None,
-    commits: int | str | bool | None = None,
-    token: str | bool | None = None,
-    held_out_probe=None,
-    training_probe=None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    **overrides: Any,
-) -> ProbeCandidates:
+# What the selector chooses among, and which revisions, folders or commits of a Hub repo.
+Snapshots = SnapshotIndex | str | os.PathLike | Sequence[Snapshot] | Sequence[ModelCandidate]
+Revisions = str | Sequence[str] | bool | None  # also the type of `subfolders`
+Commits = int | str | bool | None
+
+
+def extract_candidates(snapshots: Snapshots, probe_dataset, settings: SelectionSettings | None = None, *,
+                       revisions: Revisions = None, subfolders: Revisions = None, commits: Commits = None,
+                       token: str | bool | None = None, held_out_probe=None, training_probe=None,
+                       device: str | torch.device | None = None, progress: bool = True,
+                       **overrides: Any) -> ProbeCandidates:
     """Draw the probe set and run every candidate over it (the first half of `select_teachers`).
 
     The arguments mean what they mean for `select_teachers`. Useful to score the same snapshots
@@ -154,9 +149,6 @@ def extract_candidates(
 
 def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, held_out_probe, training_probe,
              device, progress: bool) -> ProbeCandidates:
-    batch_size = settings.batch_size
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise SelectionError(f"batch_size must be a positive integer, got {batch_size!r}")
     candidates = source.candidates
     if not candidates:
         raise SelectionError("there are no snapshots to select from; train with snapshot_strategy='epoch' (or "
@@ -210,22 +202,11 @@ def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, h
                            notes_of(outcomes), token_labels=drawing.token_labels)
 
 
-def select_teachers(
-    snapshots: SnapshotIndex | str | os.PathLike | Sequence[Snapshot] | Sequence[ModelCandidate],
-    probe_dataset,
-    k: int | None = None,
-    *,
-    revisions: str | Sequence[str] | bool | None = None,
-    subfolders: str | Sequence[str] | bool | None = None,
-    commits: int | str | bool | None = None,
-    token: str | bool | None = None,
-    settings: SelectionSettings | None = None,
-    held_out_probe=None,
-    training_probe=None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    **overrides: Any,
-) -> SelectionReport:
+def select_teachers(snapshots: Snapshots, probe_dataset, k: int | None = None, *, revisions: Revisions = None,
+                    subfolders: Revisions = None, commits: Commits = None, token: str | bool | None = None,
+                    settings: SelectionSettings | None = None, held_out_probe=None, training_probe=None,
+                    device: str | torch.device | None = None, progress: bool = True,
+                    **overrides: Any) -> SelectionReport:
     """Score every snapshot of a teacher run (or every chosen revision of a Hub repo) on a probe set
     and choose `k` teachers.
 
@@ -298,17 +279,11 @@ def select_teachers(
     """
     started = time.perf_counter()
     settings = SelectionSettings.of(settings, **overrides, **({} if k is None else {"k": k}))
-    k = settings.k
-    check_request(settings.objective, settings.estimator, settings.temperature)
     source = resolve_candidates(snapshots, revisions=revisions, subfolders=subfolders, commits=commits, token=token)
-    # Requests that cannot succeed fail here, before any model runs.
-    n_init = sum(c.is_init for c in source.candidates)
-    n_candidates = len(source.candidates) - n_init
-    if source.candidates and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_candidates):
-        note = f" ({n_init} initialisation snapshot excluded)" if n_init else ""
-        raise TooManyTeachersError(
-            f"k={k!r} teachers requested but there are {n_candidates} candidate snapshots{note}; use "
-            f"1 <= k <= {n_candidates}, or keep more snapshots (e.g. a smaller snapshot_every)")
+    # Requests that cannot succeed fail here, before any model runs (the settings checked themselves).
+    if source.candidates:
+        n_init = sum(c.is_init for c in source.candidates)
+        check_teacher_count(settings.k, len(source.candidates) - n_init, n_init)
     probe = _extract(source, probe_dataset, settings, held_out_probe, training_probe, device, progress)
     state = selection_state()
 

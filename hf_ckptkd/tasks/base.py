@@ -71,17 +71,50 @@ def shared_tokenizer(data: DataConfig, where: str):
         raise ConfigError(f"{where}: tokenizer {data.tokenizer!r} could not be loaded ({e})") from e
 
 
+def tokenized_probe(dataset, data: DataConfig, tokenize):
+    """`tokenize(dataset)` after checking that `dataset` has the text column; a `ConfigError` naming the flags."""
+    if data.text_column not in dataset.column_names:
+        raise ConfigError(f"--text_column {data.text_column!r} is not a column of {data.dataset} (its columns: "
+                          f"{', '.join(dataset.column_names)}); name the column that holds the texts")
+    try:
+        return tokenize(dataset)
+    except DataError as e:
+        raise ConfigError(f"{e} (on the command line: --text_column / --label_column)") from None
+
+
 class Task(ABC):
     """One kind of model and data: image classification, text classification, causal LM.
 
-    The methods below `trainer_kwargs` have the classifiers' behaviour; a task whose models predict
-    something else (a causal LM predicts a token at every position) overrides them.
+    A task says which models are its own (`handles`; the trainer, the selector and the checks of
+    teachers against the student ask it), how the selector draws a probe for them (`probe_source`),
+    how its data is prepared, collated and its models built, and how it distils. The methods below
+    `trainer_kwargs` have the classifiers' behaviour; a task whose models predict something else (a
+    causal LM predicts a token at every position) overrides them.
     """
 
     name: str
+    model_description: str  # its models in words, for error messages: "an image classifier"
+    labelled = True  # its data has a label column (a causal LM's corpus need not: the labels are the next tokens)
     # Whether the model predicts at every token (a causal LM: (batch, seq, vocab) logits, a loss per labelled
     # token) rather than once per example (a classifier: (batch, classes) logits, a loss per example).
     token_level: bool = False
+
+    @abstractmethod
+    def handles(self, model: nn.Module) -> bool:
+        """Whether `model` is one of this task's models (exactly one task handles any model)."""
+
+    def inferred_from(self, data: DataConfig) -> bool:
+        """Whether a data configuration that names no `task` is this task's (by its columns)."""
+        return False
+
+    @abstractmethod
+    def probe_source(self, settings, dataset, first_model: nn.Module, first_path):
+        """The selector's `ProbeSource` for this task's models (`selection.probe_sources`)."""
+
+    @abstractmethod
+    def probe_dataset(self, dataset, data: DataConfig, tokenizer):
+        """A raw split as `select_teachers` takes it for this task's models (the `hf-ckptkd select` command's
+        probe): images as they are, text tokenized with the teachers' `tokenizer`."""
 
     @abstractmethod
     def prepare(self, data: DataConfig, splits: Splits, *, where: str) -> RunData:

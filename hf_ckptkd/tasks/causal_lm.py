@@ -17,14 +17,16 @@ import torch
 from torch import nn
 from transformers import DataCollatorForLanguageModeling
 
-from ..config import ConfigError
+from ..config import MODEL_LABEL_COLUMN, ConfigError
 from ..data.loading import DataError, lm_blocks
 from ..data.config import DataConfig, Splits
 from .losses import IGNORE_INDEX, token_kd
-from ..models.build import build_causal_lm
-from .base import KDTerm, RunData, Task, shared_tokenizer
-
-LM_LABEL_COLUMN = "labels"  # made by the collator from input_ids
+from ..models.build import build_causal_lm, is_causal_lm, num_labels_of, unwrap
+from ..selection.errors import ClassCountMismatchError, SelectionError
+from ..selection.lm_probe import draw_lm_probe
+from ..selection.probe_sources import DrawnProbe, pad_token_id
+from ..selection.settings import DEFAULT_PROBE_CONTEXT, SelectionSettings
+from .base import KDTerm, RunData, Task, shared_tokenizer, tokenized_probe
 
 
 def next_token_predictions(predicted: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,9 +56,62 @@ def perplexity(mean_token_loss: float) -> float:
         return float("inf")
 
 
+class TokenProbe:
+    """Seeded token positions of tokenized text for a causal LM: the window before each, and the next token."""
+
+    token_labels = True
+
+    def __init__(self, settings: SelectionSettings, first_model: nn.Module):
+        self.settings = settings
+        self.pad_token_id = pad_token_id(first_model)
+        self.vocabulary = num_labels_of(first_model)
+        config = unwrap(first_model).config
+        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        context = settings.probe_context
+        if context is None:  # the default window, shortened for a model with fewer positions
+            context = min(DEFAULT_PROBE_CONTEXT, positions or DEFAULT_PROBE_CONTEXT)
+        elif positions is not None and isinstance(context, int) and context > positions:
+            raise SelectionError(f"probe_context={context} is longer than the snapshots' {positions} positions; pass "
+                                 f"probe_context <= {positions} (e.g. {min(positions, DEFAULT_PROBE_CONTEXT)})")
+        self.context = context
+
+    def label_space(self, dataset) -> tuple[list[str] | None, int]:
+        # The labels are token ids, checked against the vocabulary when the probe is drawn.
+        self._source_rows = len(dataset)
+        return None, 0
+
+    def draw(self, dataset) -> DrawnProbe:
+        s = self.settings
+        probe = DrawnProbe(*draw_lm_probe(dataset, s.max_probe_samples, s.seed, self.context, s.batch_size,
+                                          self.pad_token_id))
+        top = max(int(probe.labels.max()), max(int(b["input_ids"].max()) for b in probe.batches))
+        if top >= self.vocabulary:
+            raise ClassCountMismatchError(
+                f"the probe holds token id {top} but the snapshots' vocabulary has {self.vocabulary} tokens; tokenize "
+                "the probe text with the teachers' tokenizer (on the command line: --tokenizer, or leave it out to use "
+                "the one saved in the snapshots)")
+        return probe
+
+    def describe(self, probe: DrawnProbe) -> dict[str, Any]:
+        return {"labels": "next tokens", "source_rows": self._source_rows,
+                "distinct_next_tokens": int(torch.unique(probe.labels).numel()),
+                "probe_context": self.context, "vocabulary": self.vocabulary}
+
+
 class CausalLanguageModeling(Task):
     name = "causal-lm"
+    model_description = "a causal LM"
     token_level = True
+    labelled = False
+
+    def handles(self, model: nn.Module) -> bool:
+        return is_causal_lm(model)
+
+    def probe_source(self, settings: SelectionSettings, dataset, first_model: nn.Module, first_path) -> TokenProbe:
+        return TokenProbe(settings, first_model)
+
+    def probe_dataset(self, dataset, data: DataConfig, tokenizer):
+        return tokenized_probe(dataset, data, lambda ds: lm_blocks(ds, tokenizer, data.text_column, data.max_length))
 
     def prepare(self, data: DataConfig, splits: Splits, *, where: str) -> RunData:
         if not data.text_column or not data.tokenizer:
@@ -68,7 +123,7 @@ class CausalLanguageModeling(Task):
                                        for ds in (splits.train, splits.validation, splits.test))
         except DataError as e:
             raise ConfigError(f"{where}: {e}") from e
-        return RunData(self, train, validation, test, [], LM_LABEL_COLUMN, data, tokenizer=tokenizer)
+        return RunData(self, train, validation, test, [], MODEL_LABEL_COLUMN, data, tokenizer=tokenizer)
 
     def model_ready(self, run: RunData) -> tuple[Any, Any, Any]:
         return run.train, run.validation, run.test

@@ -2,27 +2,78 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from torch import nn
 
-from ..data.loading import (
+from ..config import ConfigError
+from ..data.config import DataConfig, Splits
+from ..data.loading import default_normalisation
+from ..data.images import (
     ImageColumns,
     ImageTransformConfig,
     build_image_transform,
-    default_normalisation,
+    check_image_columns,
     image_collator,
     is_random_transform,
     with_image_transform,
 )
-from ..data.config import DataConfig, Splits
+from ..models.build import build_model, is_text_model
 from ..models.inputs import InputSpec
-from ..models.build import build_model
+from ..selection.probe import draw_probe, image_batches, probe_transform_config
+from ..selection.probe_sources import ClassifierProbe, DrawnProbe
+from ..selection.settings import SelectionSettings
 from .base import RunData, Task
+
+
+class ImageProbe(ClassifierProbe):
+    """Images through the evaluation transform: the one given, or the one the first model records."""
+
+    def __init__(self, settings: SelectionSettings, dataset, first_model: nn.Module, first_path):
+        super().__init__(settings, dataset)
+        transform = settings.transform
+        self.transform_config = None
+        if transform is None:
+            self.transform_config = probe_transform_config(first_model, first_path, settings.default_transform)
+            transform = build_image_transform(self.transform_config, train=False)
+        elif isinstance(transform, ImageTransformConfig):
+            self.transform_config, transform = transform, build_image_transform(transform, train=False)
+        self.transform = transform
+
+    def draw(self, dataset) -> DrawnProbe:
+        columns = ImageColumns(image=self.settings.image_column, label=self.label_column_of(dataset))
+        check_image_columns(dataset, columns)
+        images, labels, _ = draw_probe(dataset, self.settings.max_probe_samples, self.settings.seed, self.transform,
+                                       columns)
+        return DrawnProbe(image_batches(images, self.settings.batch_size), images, labels)
+
+    def describe(self, probe: DrawnProbe) -> dict[str, Any]:
+        config = self.transform_config
+        return {**super().describe(probe), "transform": asdict(config) if config is not None else repr(self.transform)}
 
 
 class ImageClassification(Task):
     name = "image-classification"
+    model_description = "an image classifier"
+
+    def handles(self, model: nn.Module) -> bool:
+        return not is_text_model(model)
+
+    def inferred_from(self, data: DataConfig) -> bool:
+        return not data.text_column  # a run without a text column trains on images
+
+    def probe_source(self, settings: SelectionSettings, dataset, first_model: nn.Module, first_path) -> ImageProbe:
+        return ImageProbe(settings, dataset, first_model, first_path)
+
+    def probe_dataset(self, dataset, data: DataConfig, tokenizer):
+        if data.image_column not in dataset.column_names:
+            texts = [c for c, f in dataset.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+            hint = (f"; for text teachers add --text_column {texts[0]} (and --tokenizer unless the snapshots hold "
+                    "theirs)") if texts else ""
+            raise ConfigError(f"--image_column {data.image_column!r} is not a column of {data.dataset} (its columns: "
+                              f"{', '.join(dataset.column_names)}); name the image column with --image_column{hint}")
+        return dataset
 
     def prepare(self, data: DataConfig, splits: Splits, *, where: str) -> RunData:
         # Fashion-MNIST's own statistics for its pixels, else 0.5 per channel, unless the data says otherwise.

@@ -7,18 +7,48 @@ from typing import Any
 from torch import nn
 from transformers import DataCollatorWithPadding
 
-from ..config import ConfigError
+from ..config import MODEL_LABEL_COLUMN, ConfigError
 from ..data.loading import tokenize_text_dataset
 from ..data.config import DataConfig, Splits
-from ..models.build import build_model
-from .base import RunData, Task, shared_tokenizer
+from ..models.build import build_model, is_causal_lm, is_text_model
+from ..selection.probe import draw_text_probe
+from ..selection.probe_sources import ClassifierProbe, DrawnProbe, pad_token_id
+from ..selection.settings import SelectionSettings
+from .base import RunData, Task, shared_tokenizer, tokenized_probe
 
-# `tokenize_text_dataset` keeps the labels under the name transformers models take.
-TOKENIZED_LABEL_COLUMN = "labels"
+
+class TextProbe(ClassifierProbe):
+    """Tokenized texts of a sequence classifier, right-padded per batch; X is each text's bag of tokens."""
+
+    def __init__(self, settings: SelectionSettings, dataset, first_model: nn.Module):
+        super().__init__(settings, dataset)
+        self.pad_token_id = pad_token_id(first_model)
+
+    def draw(self, dataset) -> DrawnProbe:
+        s = self.settings
+        return DrawnProbe(*draw_text_probe(dataset, s.max_probe_samples, s.seed, self.label_column_of(dataset),
+                                           s.batch_size, self.pad_token_id))
+
+    def describe(self, probe: DrawnProbe) -> dict[str, Any]:
+        return {**super().describe(probe), "transform": "tokenized text (bag of tokens for X)"}
 
 
 class TextClassification(Task):
     name = "text-classification"
+    model_description = "a text classifier"
+
+    def handles(self, model: nn.Module) -> bool:
+        return is_text_model(model) and not is_causal_lm(model)
+
+    def inferred_from(self, data: DataConfig) -> bool:
+        return bool(data.text_column)  # a text column without a task names text classification
+
+    def probe_source(self, settings: SelectionSettings, dataset, first_model: nn.Module, first_path) -> TextProbe:
+        return TextProbe(settings, dataset, first_model)
+
+    def probe_dataset(self, dataset, data: DataConfig, tokenizer):
+        return tokenized_probe(dataset, data, lambda ds: tokenize_text_dataset(
+            ds, tokenizer, data.text_column, data.label_column, data.max_length))
 
     def prepare(self, data: DataConfig, splits: Splits, *, where: str) -> RunData:
         if not data.tokenizer:
@@ -28,7 +58,8 @@ class TextClassification(Task):
         train, validation, test = (
             tokenize_text_dataset(ds, tokenizer, data.text_column, splits.label_column, data.max_length)
             for ds in (splits.train, splits.validation, splits.test))
-        return RunData(self, train, validation, test, splits.label_names, TOKENIZED_LABEL_COLUMN, data,
+        # `tokenize_text_dataset` keeps the labels under the name transformers models take.
+        return RunData(self, train, validation, test, splits.label_names, MODEL_LABEL_COLUMN, data,
                        tokenizer=tokenizer)
 
     def model_ready(self, run: RunData) -> tuple[Any, Any, Any]:

@@ -8,16 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..models.build import (
-    TRANSFORMERS,
-    TimmForImageClassification,
-    _is_image_config,
-    is_causal_lm,
-    label_names_of,
-    model_family,
-    num_labels_of,
-    unwrap,
-)
+from ..models.build import TimmForImageClassification, is_text_model, label_names_of, num_labels_of, unwrap
+from ..tasks import task_of_model
 
 
 class LabelSpaceError(ValueError):
@@ -40,20 +32,59 @@ def describe_module(model: nn.Module) -> str:
 
 def vocab_size_of(model: nn.Module) -> int | None:
     """The input vocabulary size of a text model; None for image models."""
-    inner = unwrap(model)
-    if isinstance(inner, TimmForImageClassification) or model_family(inner) != TRANSFORMERS:
-        return None
-    config = inner.config
-    if _is_image_config(config):
-        return None
-    return getattr(config, "vocab_size", None)
+    return unwrap(model).config.vocab_size if is_text_model(model) else None
 
 
 def model_kind(model: nn.Module) -> str:
-    """What a model predicts, in words: "a causal LM", "a text classifier" or "an image classifier"."""
-    if is_causal_lm(model):
-        return "a causal LM"
-    return "a text classifier" if vocab_size_of(model) is not None else "an image classifier"
+    """What a model predicts, in words ("a causal LM", "a text classifier", ...): its task's description."""
+    return task_of_model(model).model_description
+
+
+def members_kind(members: Sequence[nn.Module], references: Sequence[str]) -> str:
+    """What an ensemble's members predict, in words; they must all predict the same."""
+    kinds = [model_kind(m) for m in members]
+    for i, kind in enumerate(kinds[1:], 1):
+        if kind != kinds[0]:
+            raise LabelSpaceError(f"teacher {references[i]!r} is {kind} but teacher {references[0]!r} is "
+                                  f"{kinds[0]}; an ensemble's members must predict the same thing")
+    return kinds[0]
+
+
+def members_label_space(members: Sequence[nn.Module], references: Sequence[str]) -> tuple[int, list[str] | None]:
+    """(number of labels, label names or None) the members share; they must share one label space."""
+    counts = [num_labels_of(m) for m in members]
+    for i, n in enumerate(counts[1:], 1):
+        if n != counts[0]:
+            raise LabelSpaceError(
+                f"teacher {references[i]!r} predicts {n} labels but teacher {references[0]!r} predicts "
+                f"{counts[0]}; all members of an ensemble must share one label space (use teachers of one run or "
+                "dataset)")
+    names = [label_names_of(m) for m in members]
+    named = [(i, n) for i, n in enumerate(names) if n is not None]
+    for i, n in named[1:]:
+        j, first = named[0]
+        if n != first:
+            k = next(p for p, (a, b) in enumerate(zip(first, n)) if a != b)
+            raise LabelSpaceError(
+                f"teachers {references[j]!r} and {references[i]!r} name their labels differently "
+                f"(label {k} is {first[k]!r} for the first and {n[k]!r} for the second; labels "
+                f"{first} vs {n}); all members of an ensemble must share one label space in one order")
+    return counts[0], (list(named[0][1]) if named else None)
+
+
+def members_vocab_size(members: Sequence[nn.Module], references: Sequence[str]) -> int | None:
+    """The vocabulary the members share (None for image models); they must read the same inputs."""
+    sizes = [(r, vocab_size_of(m)) for r, m in zip(references, members)]
+    texts = [(r, v) for r, v in sizes if v is not None]
+    if texts and len(texts) != len(sizes):
+        image = next(r for r, v in sizes if v is None)
+        raise LabelSpaceError(f"teacher {texts[0][0]!r} is a text model but teacher {image!r} is not; an "
+                              "ensemble's members must read the same inputs")
+    for r, v in texts[1:]:
+        if v != texts[0][1]:
+            raise LabelSpaceError(f"teacher {r!r} has a vocabulary of {v} tokens but teacher {texts[0][0]!r} has "
+                                  f"{texts[0][1]}; an ensemble's members must share one tokenizer")
+    return texts[0][1] if texts else None
 
 
 def check_finite(logits: torch.Tensor, batch_index: int, *, references: Sequence[str] | None = None) -> None:
@@ -146,4 +177,5 @@ def check_label_space(ensemble: nn.Module, student: nn.Module, *,
 
 
 __all__ = ["LabelSpaceError", "TeacherOutputError", "check_finite", "check_label_space", "describe_module",
+           "members_kind", "members_label_space", "members_vocab_size", "model_kind",
            "vocab_size_of"]

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ENSEMBLE_MODES, TEACHER_DTYPES, TEACHER_FUSIONS
+from ..config import (DEFAULT_ENSEMBLE_MODE, DEFAULT_TEACHER_DTYPE, DEFAULT_TEACHER_FUSION, DEFAULT_TEMPERATURE,
+                      ENSEMBLE_MODES, TEACHER_DTYPES, TEACHER_FUSIONS)
 from .fused_teachers import (
     FUSED_MARGIN,
     FUSION_CHECK_TOL,
@@ -48,7 +49,7 @@ from .fused_teachers import (
     synchronize,
 )
 from ..models.inputs import describe_remap, match_inputs, recorded_input
-from ..models.build import label_names_of, model_inputs, num_labels_of
+from ..models.build import model_inputs
 # The reference forms and their error are defined in references.py and re-exported here, where
 # callers of load_teachers look for them.
 from ..references import REFERENCE_FORMS, TeacherReferenceError, is_hub_reference, parse_hub_reference
@@ -59,8 +60,9 @@ from .teacher_checks import (
     check_finite,
     check_label_space,
     describe_module,
-    model_kind,
-    vocab_size_of,
+    members_kind,
+    members_label_space,
+    members_vocab_size,
 )
 from .teacher_loading import as_teacher_model, load_teacher, teacher_folder
 
@@ -105,8 +107,9 @@ class TeacherEnsemble(nn.Module):
     is a normal (not inference-mode) float32 tensor that does not require grad.
     """
 
-    def __init__(self, members: Sequence[nn.Module], *, mode: str = "mean_logits", temperature: float = 4.0,
-                 weights: Sequence[float] | None = None, dtype: str | torch.dtype = "float32", fusion: str = "auto",
+    def __init__(self, members: Sequence[nn.Module], *, mode: str = DEFAULT_ENSEMBLE_MODE,
+                 temperature: float = DEFAULT_TEMPERATURE, weights: Sequence[float] | None = None,
+                 dtype: str | torch.dtype = DEFAULT_TEACHER_DTYPE, fusion: str = DEFAULT_TEACHER_FUSION,
                  compile: bool = False, references: Sequence[str] | None = None,
                  device: str | torch.device | None = None, auto_repeats: int = 5):
         super().__init__()
@@ -134,9 +137,9 @@ class TeacherEnsemble(nn.Module):
             self.members.to(device)
         self.register_buffer("_weight_tensor", torch.tensor(self.weights, dtype=torch.float32,
                                                             device=self.device), persistent=False)
-        self.kind = self._agreed_kind()
-        self.num_labels, self.label_names = self._agreed_label_space()
-        self.vocab_size = self._agreedvocab_size_of()
+        self.kind = members_kind(self.members, self.references)
+        self.num_labels, self.label_names = members_label_space(self.members, self.references)
+        self.vocab_size = members_vocab_size(self.members, self.references)
         # Per member: how the student's pixel values are turned into the member's own normalisation.
         self.input_remaps: list = [None] * len(self.members)
 
@@ -157,47 +160,6 @@ class TeacherEnsemble(nn.Module):
             self.fusion_used = "fused"
 
     # -- construction helpers --
-    def _agreed_kind(self) -> str:
-        kinds = [model_kind(m) for m in self.members]
-        for i, kind in enumerate(kinds[1:], 1):
-            if kind != kinds[0]:
-                raise LabelSpaceError(f"teacher {self.references[i]!r} is {kind} but teacher {self.references[0]!r} is "
-                                      f"{kinds[0]}; an ensemble's members must predict the same thing")
-        return kinds[0]
-
-    def _agreed_label_space(self) -> tuple[int, list[str] | None]:
-        counts = [num_labels_of(m) for m in self.members]
-        for i, n in enumerate(counts[1:], 1):
-            if n != counts[0]:
-                raise LabelSpaceError(
-                    f"teacher {self.references[i]!r} predicts {n} labels but teacher {self.references[0]!r} predicts "
-                    f"{counts[0]}; all members of an ensemble must share one label space (use teachers of one run or "
-                    "dataset)")
-        names = [label_names_of(m) for m in self.members]
-        named = [(i, n) for i, n in enumerate(names) if n is not None]
-        for i, n in named[1:]:
-            j, first = named[0]
-            if n != first:
-                k = next(p for p, (a, b) in enumerate(zip(first, n)) if a != b)
-                raise LabelSpaceError(
-                    f"teachers {self.references[j]!r} and {self.references[i]!r} name their labels differently "
-                    f"(label {k} is {first[k]!r} for the first and {n[k]!r} for the second; labels "
-                    f"{first} vs {n}); all members of an ensemble must share one label space in one order")
-        return counts[0], (list(named[0][1]) if named else None)
-
-    def _agreedvocab_size_of(self) -> int | None:
-        sizes = [(r, vocab_size_of(m)) for r, m in zip(self.references, self.members)]
-        texts = [(r, v) for r, v in sizes if v is not None]
-        if texts and len(texts) != len(sizes):
-            image = next(r for r, v in sizes if v is None)
-            raise LabelSpaceError(f"teacher {texts[0][0]!r} is a text model but teacher {image!r} is not; an "
-                                  "ensemble's members must read the same inputs")
-        for r, v in texts[1:]:
-            if v != texts[0][1]:
-                raise LabelSpaceError(f"teacher {r!r} has a vocabulary of {v} tokens but teacher {texts[0][0]!r} has "
-                                      f"{texts[0][1]}; an ensemble's members must share one tokenizer")
-        return texts[0][1] if texts else None
-
     def _fusability(self) -> tuple[bool, str]:
         if len(self.members) == 1:
             return True, "there is one teacher"
@@ -384,9 +346,10 @@ def _normalise_weights(weights: Sequence[float] | None, k: int) -> list[float]:
 # --- building the ensemble from references ------------------------------------------------
 
 def load_teachers(refs: str | Path | nn.Module | Sequence[str | Path | nn.Module], *,
-                  device: str | torch.device | None = None, dtype: str | torch.dtype = "float32",
-                  mode: str = "mean_logits", temperature: float = 4.0, weights: Sequence[float] | None = None,
-                  fusion: str = "auto", compile: bool = False) -> TeacherEnsemble:
+                  device: str | torch.device | None = None, dtype: str | torch.dtype = DEFAULT_TEACHER_DTYPE,
+                  mode: str = DEFAULT_ENSEMBLE_MODE, temperature: float = DEFAULT_TEMPERATURE,
+                  weights: Sequence[float] | None = None, fusion: str = DEFAULT_TEACHER_FUSION,
+                  compile: bool = False) -> TeacherEnsemble:
     """A frozen `TeacherEnsemble` from teacher references (see `load_teacher` for the accepted forms)."""
     if isinstance(refs, (str, Path, nn.Module)):
         refs = [refs]

@@ -15,15 +15,17 @@ from hf_ckptkd.data.loading import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     DataError,
-    ImageColumns,
-    ImageTransformConfig,
-    build_image_transform,
     default_normalisation,
-    image_collator,
-    label_names,
     load_dataset_split,
     load_fashion_mnist,
     load_fashion_mnist_rotations,
+)
+from hf_ckptkd.data.images import (
+    ImageColumns,
+    ImageTransformConfig,
+    build_image_transform,
+    image_collator,
+    label_names,
     with_image_transform,
 )
 

@@ -7,8 +7,7 @@ from datasets import ClassLabel, Dataset, Features, Image
 
 from hf_ckptkd.data import ImageColumns, ImageTransformConfig, build_image_transform, image_collator, with_image_transform
 from hf_ckptkd.models import build_model
-from hf_ckptkd.pipeline.stages import _config
-from hf_ckptkd.pipeline.recipe import load_recipe
+from hf_ckptkd.pipeline.recipe import load_recipe, section_config
 from hf_ckptkd.snapshots import write_snapshot
 from hf_ckptkd.training.trainer import CheckpointKDTrainer
 
@@ -31,14 +30,14 @@ def test_cifar100_paper_recipe_takes_one_step(tmp_path):
                                 ImageColumns(recipe.image_column, recipe.label_column))
     tiny = {"max_steps": 1, "per_device_train_batch_size": 4, "dataloader_num_workers": 0, "save_strategy": "no", "logging_steps": 1}
     teacher = build_model(recipe.teacher.model, 100, in_chans=3, image_size=32)
-    config = _config(recipe.teacher.training, tmp_path / "t", seed=0, **tiny)
+    config = section_config(recipe.teacher.training, tmp_path / "t", seed=0, **tiny)
     assert config.optim == "sgd" and config.learning_rate == 0.05
     CheckpointKDTrainer(model=teacher, args=config, train_dataset=data, data_collator=image_collator).train()
     snapshots = sorted(p.name for p in (tmp_path / "t" / "snapshots").iterdir())
     assert snapshots == ["index.json", "step-000001"]
     write_snapshot(teacher, tmp_path / "s", "epoch-0020", epoch=20, global_step=1)
     student = build_model(recipe.student.model, 100, in_chans=3, image_size=32)
-    config = _config(recipe.student.training, tmp_path / "st", seed=0, teachers=[f"{tmp_path / 's'}:epoch-0020"], **tiny)
+    config = section_config(recipe.student.training, tmp_path / "st", seed=0, teachers=[f"{tmp_path / 's'}:epoch-0020"], **tiny)
     trainer = CheckpointKDTrainer(model=student, args=config, train_dataset=data, data_collator=image_collator)
     trainer.train()
     assert any("loss_kd" in e for e in trainer.state.log_history)

@@ -10,15 +10,12 @@ import torch
 
 from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer, SnapshotIndex
 from hf_ckptkd.cli.main import main
-from hf_ckptkd.data.loading import (
-    FASHION_MNIST_LABELS,
-    FASHION_MNIST_MEAN,
-    FASHION_MNIST_STD,
+from hf_ckptkd.data.loading import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from hf_ckptkd.data.images import (
     ImageTransformConfig,
     build_image_transform,
     image_collator,
     label_names,
-    load_fashion_mnist,
     with_image_transform,
 )
 from hf_ckptkd.metrics import compute_metrics

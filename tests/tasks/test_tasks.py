@@ -2,19 +2,24 @@
 
 import pytest
 import torch
+from torch import nn
 
 from hf_ckptkd.config import ConfigError
 from hf_ckptkd.data.loading import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from hf_ckptkd.data.config import DataConfig, cli_splits
-from hf_ckptkd.models import label_names_of
+from hf_ckptkd.models import build_causal_lm, build_model, label_names_of
 from hf_ckptkd.metrics import compute_metrics
+from hf_ckptkd.selection import SelectionSettings
+from hf_ckptkd.selection.probe_sources import _KINDS, probe_source
 from hf_ckptkd.tasks import (
     TASKS,
     CausalLanguageModeling,
     ImageClassification,
     TextClassification,
     prepare_run_data,
+    register_task,
     task_for,
+    task_of_model,
 )
 from text_data import write_tiny_text_set
 
@@ -69,3 +74,46 @@ def test_a_text_dataset_without_a_tokenizer_names_what_to_pass(tmp_path):
     data = DataConfig(dataset=str(tmp_path / "data"), text_column="sentence")
     with pytest.raises(ConfigError, match="--text_column needs --tokenizer"):
         prepare_run_data(data, cli_splits(data, 8, 8), where="the command line")
+
+
+def test_each_model_has_exactly_one_task_and_its_probe_source():
+    image = build_model("timm:test_resnet", 3)
+    text = build_model("transformers:BertConfig", 3, model_kwargs={"vocab_size": 50, "hidden_size": 8,
+                                                                   "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                                   "intermediate_size": 8})
+    lm = build_causal_lm("transformers:GPT2Config", vocab_size=50, model_kwargs={"n_layer": 1, "n_embd": 8, "n_head": 2})
+    for model, task in ((image, ImageClassification), (text, TextClassification), (lm, CausalLanguageModeling)):
+        assert isinstance(task_of_model(model), task)
+        assert [t.name for t in TASKS.values() if t.handles(model)] == [task.name]
+    source = probe_source(SelectionSettings(), None, lm, None)
+    assert type(source).__name__ == "TokenProbe" and source.token_labels
+
+
+def test_a_new_task_is_one_class_and_one_registration():
+    """What ARCHITECTURE.md shows: a Task subclass, `register_task`, and the trainer's and the selector's
+    lookups find it; nothing else changes."""
+    class Tabular(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+    class TabularClassification(ImageClassification):
+        name = "tabular-classification"
+        model_description = "a tabular classifier"
+
+        def handles(self, model):
+            return isinstance(model, Tabular)
+
+        def probe_source(self, settings, dataset, first_model, first_path):
+            return ("tabular probe", settings.max_probe_samples)
+
+    assert isinstance(task_of_model(Tabular()), ImageClassification)  # before: the general image task takes it
+    register_task(TabularClassification())
+    try:
+        assert task_of_model(Tabular()).name == "tabular-classification"
+        assert task_for(DataConfig(task="tabular-classification")).model_description == "a tabular classifier"
+        assert probe_source(SelectionSettings(max_probe_samples=7), None, Tabular(), None) == ("tabular probe", 7)
+        assert task_of_model(build_model("timm:test_resnet", 3)).name == "image-classification"
+    finally:
+        TASKS.pop("tabular-classification")
+        _KINDS.pop("tabular-classification")
