@@ -24,6 +24,7 @@ from hf_ckptkd.models.folders import save_model
 from hf_ckptkd.models import build_model
 from hf_ckptkd.selection import SelectionError
 from hf_ckptkd.snapshots import write_snapshot
+from selection_reports import assert_same_report
 
 PROBE = 200
 STEPS = (0, 4, 8, 12)  # checkpoints of one run, the first the initialisation
@@ -296,8 +297,6 @@ def test_text_classifier_revisions(hub, tmp_path):
 @pytest.mark.slow
 def test_two_processes_share_the_revisions_and_write_the_single_process_report(hub, published, probe, tmp_path,
                                                                                accelerate_launch, capsys):
-    from test_selection_processes import assert_same_report
-
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     probe.to_parquet(str(data_dir / "train.parquet"))

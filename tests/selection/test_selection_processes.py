@@ -14,27 +14,10 @@ from hf_ckptkd.data import load_fashion_mnist
 from hf_ckptkd.models import build_model
 from hf_ckptkd.selection.processes import gather_in_order, selection_state, share_of
 from hf_ckptkd.snapshots import write_snapshot
+from selection_reports import assert_same_report
 
 SNAPSHOTS = 5
 PROBE = "150"
-
-
-def comparable(report: dict) -> dict:
-    """A selection.json without what differs between runs by design: timings, the processes, the device."""
-    extra = {k: v for k, v in report["extra"].items() if k not in ("timing_s", "processes", "device")}
-    return {**report, "extra": extra}
-
-
-def assert_same_report(one: dict, two: dict) -> None:
-    assert two["selected"] == one["selected"]
-    assert [s["name"] for s in two["scores"]] == [s["name"] for s in one["scores"]]
-    for a, b in zip(one["scores"], two["scores"]):
-        for key in ("i_xf", "i_yf", "i_xp", "i_yp", "j", "accuracy"):
-            assert b[key] == pytest.approx(a[key], abs=1e-6), (a["name"], key)
-    drop = ("scores", "ensemble")
-    assert {k: v for k, v in comparable(two).items() if k not in drop} == \
-        {k: v for k, v in comparable(one).items() if k not in drop}
-    assert two["ensemble"]["members"] == one["ensemble"]["members"]
 
 
 @pytest.fixture(scope="module")
