@@ -110,6 +110,9 @@ class TeacherEnsemble(nn.Module):
                  compile: bool = False, references: Sequence[str] | None = None,
                  device: str | torch.device | None = None, auto_repeats: int = 5):
         super().__init__()
+        # How the members are split over the processes ("fsdp1", "fsdp2", "zero3": teacher_sharding), or None.
+        self.sharding: str | None = None
+        self._sharded_device: torch.device | None = None
         members = list(members)
         if not members:
             raise TeacherReferenceError("a TeacherEnsemble needs at least one teacher")
@@ -231,7 +234,15 @@ class TeacherEnsemble(nn.Module):
     # -- properties --
     @property
     def device(self) -> torch.device:
+        if self._sharded_device is not None:  # sharded (and perhaps offloaded) weights may sit elsewhere
+            return self._sharded_device
         return next(itertools.chain(self.members.parameters(), self.members.buffers())).device
+
+    def mark_sharded(self, kind: str, device: torch.device) -> None:
+        """Record that `teacher_sharding` split the members (`kind`) to compute on `device`: they run one after
+        another from now on (the fused path stacks whole copies of the weights)."""
+        self.sharding, self._sharded_device = kind, torch.device(device)
+        self.fusion_used, self._fused = "loop", None
 
     def train(self, mode: bool = True) -> "TeacherEnsemble":
         """Teachers are frozen: the ensemble and its members stay in eval mode whatever `mode` says."""
