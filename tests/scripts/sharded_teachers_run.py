@@ -21,10 +21,16 @@ from torch.distributed.device_mesh import init_device_mesh
 from tokenizers import Tokenizer, models
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
-from hf_ckptkd.tasks.losses import token_kd
 from hf_ckptkd.models import build_causal_lm
+from hf_ckptkd.tasks.losses import token_kd
 from hf_ckptkd.training.teacher_checks import LabelSpaceError, check_label_space
-from hf_ckptkd.training.teacher_sharding import TeacherShardingError, check_one_way, local_fraction, shard_teachers, sharding_of
+from hf_ckptkd.training.teacher_sharding import (
+    TeacherShardingError,
+    check_one_way,
+    local_fraction,
+    shard_teachers,
+    sharding_of,
+)
 from hf_ckptkd.training.teachers import TeacherEnsemble
 from hf_ckptkd.training.topk_cache import cache_key
 from hf_ckptkd.training.topk_cache_writer import write_topk_cache

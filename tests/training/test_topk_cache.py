@@ -13,9 +13,10 @@ from transformers import AutoTokenizer, DataCollatorForLanguageModeling
 from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer
 from hf_ckptkd.config import ConfigError
 from hf_ckptkd.data import lm_blocks
-from hf_ckptkd.tasks.losses import kd_per_row, token_kd
-from hf_ckptkd.model_folders import save_model
 from hf_ckptkd.models import build_causal_lm
+from hf_ckptkd.models.folders import save_model
+from hf_ckptkd.tasks.losses import kd_per_row, token_kd
+from hf_ckptkd.tasks.topk_losses import MISSING_MASS, TopKTeacher, topk_token_kd
 from hf_ckptkd.training.teacher_checks import LabelSpaceError
 from hf_ckptkd.training.teacher_logits import CachedLogitsError
 from hf_ckptkd.training.teachers import TeacherEnsemble
@@ -32,7 +33,6 @@ from hf_ckptkd.training.topk_cache import (
     teacher_fingerprint,
 )
 from hf_ckptkd.training.topk_cache_writer import write_topk_cache
-from hf_ckptkd.tasks.topk_losses import MISSING_MASS, TopKTeacher, topk_token_kd
 
 TINY_GPT2 = dict(n_layer=1, n_embd=16, n_head=2, n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
