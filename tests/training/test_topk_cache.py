@@ -301,3 +301,39 @@ def test_students_learn_from_one_cache_as_from_the_live_teacher(tmp_path, tokeni
         CheckpointKDTrainer(model=build_causal_lm("transformers:GPT2Config", vocab_size=17, model_kwargs=TINY_GPT2),
                             args=second.args, train_dataset=lm_data["blocks"],
                             data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+
+
+def test_a_cached_teacher_composes_with_the_users_own_loss(tmp_path, tokenizer, lm_data):
+    """alpha * L + (1 - alpha) * T^2 * D with L the user's loss (compute_loss_func) and D over the cached top-k: with
+    k = vocabulary the step's loss and its terms are those of the live teacher."""
+    from user_losses import smoothed_token_loss
+
+    def trainer(name, **config):
+        values = dict(output_dir=str(tmp_path / name), per_device_train_batch_size=4, report_to="none",
+                      teachers=[str(lm_data["teacher"])], temperature=2.0, alpha=0.3, max_grad_norm=0.0)
+        return CheckpointKDTrainer(model=_lm(tokenizer, 10), args=CheckpointKDConfig(**{**values, **config}),
+                                   train_dataset=lm_data["blocks"], processing_class=tokenizer,
+                                   compute_loss_func=smoothed_token_loss,
+                                   data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+
+    cached = trainer("cached", cache_teacher_logits=True, teacher_logits_dir=str(tmp_path / "cache"),
+                     teacher_logits_top_k=16)
+    batch = next(iter(cached.get_train_dataloader()))
+    assert TOPK_IDS in batch and cached.teachers is None
+    live = trainer("live")
+    plain = {k: v for k, v in batch.items() if k not in (TOPK_IDS, TOPK_LOGPROBS)}
+    tokens = int((batch["labels"][:, 1:] != -100).sum())
+    losses = {}
+    for name, run, inputs in (("cached", cached, batch), ("live", live, plain)):
+        run.model.train()
+        losses[name] = run.compute_loss(run.model, dict(inputs), num_items_in_batch=torch.tensor(tokens))
+    torch.testing.assert_close(losses["cached"], losses["live"], atol=2e-4, rtol=1e-3)
+    # the composition itself: L is the user's smoothed loss, not the model's own cross-entropy
+    with torch.no_grad():
+        outputs = live.model(**{k: v for k, v in plain.items() if k != "labels"})
+        teacher = live.teachers(**{k: v for k, v in plain.items() if k != "labels"})
+    user = smoothed_token_loss(outputs, plain["labels"], tokens)
+    kd = token_kd(outputs.logits, teacher, plain["labels"], temperature=2.0).total / tokens
+    torch.testing.assert_close(losses["live"].detach(), 0.3 * user + 0.7 * kd, atol=2e-4, rtol=1e-3)
+    assert set(cached._kd_sums) >= {"loss_task", "loss_kd"}
+    torch.testing.assert_close(cached._kd_sums["loss_task"], live._kd_sums["loss_task"], atol=2e-4, rtol=1e-3)
