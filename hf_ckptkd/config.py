@@ -31,7 +31,12 @@ DEFAULT_TEMPERATURE = 4.0
 ENSEMBLE_MODES = ("mean_logits", "mean_probs")
 TEACHER_FUSIONS = ("auto", "fused", "loop")
 TEACHER_DTYPES = ("float32", "float16", "bfloat16")
+# How a causal LM's top-k teacher-logit cache treats the mass outside the top k (topk_losses.MISSING_MASS).
+TOPK_MISSING_MASS = ("tail", "renormalize")
 DEFAULT_ENSEMBLE_MODE, DEFAULT_TEACHER_FUSION, DEFAULT_TEACHER_DTYPE = ENSEMBLE_MODES[0], TEACHER_FUSIONS[0], TEACHER_DTYPES[0]
+DEFAULT_TOPK_MISSING_MASS = TOPK_MISSING_MASS[0]
+# The teacher's most likely tokens a causal LM's top-k teacher-logit cache keeps per position (~4*k bytes a token).
+DEFAULT_TEACHER_LOGITS_TOP_K = 64
 # A dataset's columns unless told otherwise. Trainer's models take their labels as "labels", which is
 # what tokenising and the collators name the column; either name is found wherever a label column is read.
 DEFAULT_LABEL_COLUMN = "label"
@@ -74,7 +79,8 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 # The fields that act only when a student has teachers: a student trained without one ignores them.
 DISTILLATION_FIELDS = ("teachers", "temperature", "alpha", "kd_loss", "jsd_beta", "kd_chunk_size", "ensemble_mode",
-                       "teacher_weights", "teacher_dtype", "teacher_fusion", "cache_teacher_logits")
+                       "teacher_weights", "teacher_dtype", "teacher_fusion", "cache_teacher_logits", "teacher_logits_dir",
+                       "teacher_logits_top_k", "teacher_logits_missing_mass")
 
 
 @dataclass
@@ -155,8 +161,22 @@ class CheckpointKDConfig(TrainingArguments):
         "Run same-architecture teachers as one batched forward ('fused', stacked weights with "
         "torch.func.vmap), one after another ('loop'), or pick the faster on this device ('auto').")
     cache_teacher_logits: bool = help_field(False,
-        "Compute the teachers' logits for the training set once and reuse them every epoch. "
-        "Needs a deterministic training transform (no random augmentation).")
+        "Compute the teachers' outputs for the training set once and reuse them every epoch. Classifiers: "
+        "their logits, kept in memory (needs a deterministic training transform, no random augmentation). "
+        "Causal LMs: the top-k log-probabilities of every token (teacher_logits_top_k), written to "
+        "teacher_logits_dir in one pass of the teachers; a later run with the same teachers, training set, "
+        "temperature and k reads them from there without loading the teachers.")
+    teacher_logits_dir: str | None = help_field(None,
+        "Causal LMs with cache_teacher_logits: the folder of the top-k cache (default "
+        "<output_dir>/teacher-logits). Point several students (seeds, sizes) at one folder to run the "
+        "teachers once; a folder written for other teachers, data, temperature or k is refused, never overwritten.")
+    teacher_logits_top_k: int = help_field(DEFAULT_TEACHER_LOGITS_TOP_K,
+        "Causal LMs with cache_teacher_logits: how many of the teacher's most likely tokens are kept per "
+        "position (at most the vocabulary size); about 4*k bytes per token on disk.")
+    teacher_logits_missing_mass: str = choice_field(DEFAULT_TOPK_MISSING_MASS, TOPK_MISSING_MASS,
+        "Causal LMs with cache_teacher_logits: what the KD term does with the teacher's mass outside its top k. "
+        "'tail': one more bin holding all other tokens on both sides (the student learns how much mass the "
+        "teacher leaves to them); 'renormalize': both distributions restricted to the k tokens and renormalised.")
 
     def __post_init__(self):
         if launched_distributed_without_accelerator():
@@ -172,6 +192,7 @@ class CheckpointKDConfig(TrainingArguments):
         _choice("ensemble_mode", self.ensemble_mode, ENSEMBLE_MODES)
         _choice("teacher_fusion", self.teacher_fusion, TEACHER_FUSIONS)
         _choice("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
+        _choice("teacher_logits_missing_mass", self.teacher_logits_missing_mass, TOPK_MISSING_MASS)
         if not isinstance(self.snapshot_every, int) or self.snapshot_every <= 0:
             raise ConfigError(f"snapshot_every={self.snapshot_every!r} must be a positive integer (epochs or steps "
                               "between snapshots)")
@@ -193,12 +214,26 @@ class CheckpointKDConfig(TrainingArguments):
             raise ConfigError(f"kd_chunk_size={self.kd_chunk_size!r} must be a positive integer (token positions "
                               "per chunk of the KD term)")
         _check_lr_decay(self)
+        _check_teacher_logits_cache(self)
         if self.teacher_weights is not None:
             if not self.teachers or len(self.teacher_weights) != len(self.teachers):
                 raise ConfigError(f"teacher_weights has {len(self.teacher_weights)} values but there are "
                                   f"{len(self.teachers or [])} teachers; give one weight per teacher")
             if any(w < 0 for w in self.teacher_weights) or sum(self.teacher_weights) <= 0:
                 raise ConfigError(f"teacher_weights={self.teacher_weights} must be non-negative with a positive sum")
+
+
+def _check_teacher_logits_cache(config: CheckpointKDConfig) -> None:
+    k = config.teacher_logits_top_k
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"teacher_logits_top_k={k!r} must be a positive integer (the teacher's most likely tokens "
+                          f"kept per position, e.g. {DEFAULT_TEACHER_LOGITS_TOP_K})")
+    if config.teacher_logits_dir is not None and not config.cache_teacher_logits:
+        raise ConfigError(f"teacher_logits_dir={config.teacher_logits_dir!r} is where cache_teacher_logits writes and "
+                          "reads a causal LM's top-k teacher logits; set cache_teacher_logits=True "
+                          "(--cache_teacher_logits) or drop teacher_logits_dir")
+    if config.teacher_logits_dir is not None and Path(config.teacher_logits_dir).is_file():
+        raise ConfigError(f"teacher_logits_dir={config.teacher_logits_dir!r} is a file, not a folder; choose another path")
 
 
 def _check_keep_top(config: CheckpointKDConfig) -> None:

@@ -21,6 +21,13 @@ def _declared() -> set[str]:
     return {_canonical(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]) for spec in project["dependencies"]}
 
 
+def _optional() -> set[str]:
+    """The distributions of the extras a user installs for a feature (not dev or docs): imported only where used."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("optional-dependencies", {})
+    return {_canonical(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0])
+            for name, specs in extras.items() if name not in ("dev", "docs") for spec in specs}
+
+
 def _imported_top_level_modules() -> dict[str, str]:
     """Top-level module -> the first file importing it, over the package and the Hub scripts."""
     found: dict[str, str] = {}
@@ -42,7 +49,7 @@ def test_every_third_party_import_is_a_declared_dependency():
     declared = _declared()
     undeclared = []
     for module, where in _imported_top_level_modules().items():
-        if module in sys.stdlib_module_names or module in ("hf_ckptkd", "__future__"):
+        if module in sys.stdlib_module_names or module in ("hf_ckptkd", "__future__") or _canonical(module) in _optional():
             continue
         owners = {_canonical(d) for d in distributions.get(module, [])}
         assert owners, f"{where} imports {module}, which no installed distribution provides"

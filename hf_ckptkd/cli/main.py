@@ -35,6 +35,9 @@ from ..snapshots.folders import SnapshotError, SnapshotIndex
 from ..pipeline.study import run_study
 from ..tasks import perplexity, prepare_run_data, task_for
 from ..training.teacher_checks import LabelSpaceError
+from ..training.teacher_logits import CachedLogitsError
+from ..training.teacher_sharding import TeacherShardingError
+from ..training.topk_cache import TeacherLogitsCacheError
 from ..training.trainer import CheckpointKDTrainer
 
 EXIT_BAD_INPUT, EXIT_FAILURE = 2, 1
@@ -186,7 +189,8 @@ def cmd_push(args) -> int:
 
 # The errors that mean "the input is wrong" (exit status 2), as opposed to a failure while running (1).
 BAD_INPUT_ERRORS = (ConfigError, DataError, ModelSpecError, SnapshotError, TeacherReferenceError, LabelSpaceError,
-                    InputMismatchError, SelectionError, HubInputError)
+                    InputMismatchError, SelectionError, HubInputError, CachedLogitsError, TeacherLogitsCacheError,
+                    TeacherShardingError)
 
 
 def main(argv: list[str] | None = None) -> int:

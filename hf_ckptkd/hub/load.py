@@ -64,6 +64,17 @@ def load_hub_teacher(reference: str) -> nn.Module:
                                 f"not be loaded ({type(e).__name__}: {e})") from e
 
 
+def hub_teacher_folder(reference: str) -> tuple[Path, str | None]:
+    """(the folder of the Hub cache holding a Hub teacher's config and verified weights, in its subfolder when the
+    reference names one; the commit its revision resolved to), downloading what is missing."""
+    repo_id, revision, subfolder = parse_hub_reference(reference)
+    config_path = Path(_fetch(reference, repo_id, "config.json", revision, subfolder))
+    folder = config_path.parents[len(subfolder.split("/")) if subfolder else 0]
+    commit = folder.name if COMMIT_SHA_RE.fullmatch(folder.name) else revision
+    _verify_weights(reference, repo_id, commit, subfolder)  # downloads the weight files it checks
+    return config_path.parent, commit
+
+
 def _fetch(reference: str, repo_id: str, filename: str, revision: str | None, subfolder: str | None = None) -> str:
     """`hf_hub_download` with errors that name the reference and what to fix."""
     with download_errors(reference, repo_id, filename, revision):
@@ -101,4 +112,4 @@ def _verify_weights(reference: str, repo_id: str, commit: str | None, subfolder:
                                     "they are not loaded")
 
 
-__all__ = ["load_hub_teacher"]
+__all__ = ["hub_teacher_folder", "load_hub_teacher"]

@@ -2,7 +2,8 @@
 
 Every position predicts the next token, so a batch has (batch, seq, vocab) logits and the loss
 counts the positions that carry a label (`labels != -100`, shifted as transformers shifts them).
-Teachers and student share the tokenizer; the KD term is token-level (`losses.token_kd`).
+Teachers and student share the tokenizer; the KD term is token-level (`losses.token_kd`, or
+`topk_losses.topk_token_kd` against the top-k teacher of a teacher-logit cache).
 Accuracy is next-token accuracy; the held-out loss is the mean next-token cross-entropy, whose
 exponential is the perplexity.
 """
@@ -21,6 +22,7 @@ from ..config import MODEL_LABEL_COLUMN, ConfigError
 from ..data.loading import DataError, lm_blocks
 from ..data.config import DataConfig, Splits
 from .losses import IGNORE_INDEX, token_kd
+from .topk_losses import TopKTeacher, topk_token_kd
 from ..models.build import build_causal_lm, is_causal_lm, num_labels_of, unwrap
 from ..selection.errors import ClassCountMismatchError, SelectionError
 from ..selection.lm_probe import draw_lm_probe
@@ -147,10 +149,14 @@ class CausalLanguageModeling(Task):
         return {"compute_metrics": next_token_metrics, "preprocess_logits_for_metrics": argmax_logits}
 
     def kd_term(self, student_logits, teacher_logits, labels, *, args) -> KDTerm:
-        """The batch's soft-label term, summed over its labelled tokens (in chunks of `args.kd_chunk_size` positions)."""
-        kd = token_kd(student_logits, teacher_logits, labels, temperature=args.temperature, kind=args.kd_loss,
-                      beta=args.jsd_beta, chunk_size=args.kd_chunk_size,
-                      compiled=args.torch_compile)  # torch_compile: the term's chunk math too
+        """The batch's soft-label term, summed over its labelled tokens (in chunks of `args.kd_chunk_size` positions);
+        against a `TopKTeacher` (read from a teacher-logit cache) the term over its top-k bins."""
+        common = dict(temperature=args.temperature, kind=args.kd_loss, beta=args.jsd_beta, chunk_size=args.kd_chunk_size)
+        if isinstance(teacher_logits, TopKTeacher):
+            kd = topk_token_kd(student_logits, teacher_logits, labels, missing_mass=args.teacher_logits_missing_mass,
+                               **common)
+        else:  # torch_compile: the term's chunk math too
+            kd = token_kd(student_logits, teacher_logits, labels, compiled=args.torch_compile, **common)
         logs = {"loss_kd": kd.total.detach() / kd.tokens, "teacher_accuracy": kd.teacher_correct.float() / kd.tokens}
         return KDTerm(kd.total, kd.tokens, logs)
 

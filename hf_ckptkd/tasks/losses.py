@@ -6,14 +6,18 @@ the trainer divides it by whatever the student's own loss was divided by (the ba
 tokens, or Trainer's count over the whole optimizer step), so both terms are reduced alike under
 gradient accumulation and several processes. `kd_per_row` is the one definition of every
 soft-label term, per row of (rows, classes) logits; `token_kd` sums it over a causal LM's labelled
-positions in chunks, with its gradient in the same pass.
+positions in chunks, with its gradient in the same pass. `topk_losses` builds the same term
+against a teacher kept as its top-k tokens per position on `chunked_token_kd` and
+`autograd_chunk_kd`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -116,8 +120,8 @@ def _compiled_forward_kl_terms():
     return _COMPILED["forward_kl"]
 
 
-def _chunk_terms(student_flat: torch.Tensor, teacher_flat: torch.Tensor, part: torch.Tensor, targets: torch.Tensor,
-                 temperature: float, kind: str, beta: float, wants_grad: bool, compiled: bool = False
+def _chunk_terms(student_flat: torch.Tensor, part: torch.Tensor, targets: torch.Tensor, wants_grad: bool, *,
+                 teacher_flat: torch.Tensor, temperature: float, kind: str, beta: float, compiled: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(KD sum, its gradient with respect to s or None, the teacher's correct next tokens) of the logits' rows
     `part`, one chunk of positions.
@@ -140,13 +144,21 @@ def _chunk_terms(student_flat: torch.Tensor, teacher_flat: torch.Tensor, part: t
     t = teacher_flat.index_select(0, part).float()
     correct = (t.argmax(-1) == targets).sum()
     if kind in ("jsd", "mse") and not (kind == "jsd" and beta in (0.0, 1.0)):
-        with torch.enable_grad():
-            s = s.requires_grad_(wants_grad)
-            kd = kd_per_row(s, t, temperature, kind, beta).sum()
-            grad = torch.autograd.grad(kd, s)[0] if wants_grad else None
-        return kd.detach(), grad, correct
+        kd, grad = autograd_chunk_kd(s, wants_grad, lambda s: kd_per_row(s, t, temperature, kind, beta).sum())
+        return kd, grad, correct
     kd, grad = _kl_terms(s, t, temperature, reverse=not forward, wants_grad=wants_grad)
     return kd, grad, correct
+
+
+def autograd_chunk_kd(s: torch.Tensor, wants_grad: bool, kd_sum: Callable[[torch.Tensor], torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(KD sum, its gradient with respect to s or None) of a chunk's float32 student logits `s`, the gradient by a
+    local autograd pass over the chunk alone; `kd_sum(s)` is the chunk's summed KD term."""
+    with torch.enable_grad():
+        s = s.requires_grad_(wants_grad)
+        kd = kd_sum(s)
+        grad = torch.autograd.grad(kd, s)[0] if wants_grad else None
+    return kd.detach(), grad
 
 
 def _kl_terms(s, t, temperature, *, reverse: bool, wants_grad: bool):
@@ -175,7 +187,9 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class _ChunkedTokenKD(torch.autograd.Function):
     """(KD, teacher's correct next tokens) summed over labelled positions, one chunk of positions at a time.
 
-    Each chunk's gradient is computed in the forward pass (a local backward over that chunk alone)
+    `chunk_terms(student_flat, part, targets, wants_grad)` gives one chunk's KD sum, its gradient and
+    the teacher's correct next tokens (`_chunk_terms` against full teacher logits, `topk_losses`
+    against a top-k teacher). Each chunk's gradient is computed in the forward pass (a local backward over that chunk alone)
     and written into one gradient buffer the size of the logits, which backward scales and returns.
     So beyond the logits, the teacher's logits and that buffer (the logits' gradient, which any
     backward allocates), only one chunk's (positions, vocab) probabilities exist at a time, and
@@ -183,7 +197,7 @@ class _ChunkedTokenKD(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student_flat, teacher_flat, index, targets, temperature, kind, beta, chunk_size, compiled):
+    def forward(ctx, student_flat, index, targets, chunk_terms, chunk_size):
         wants_grad = ctx.needs_input_grad[0]
         grad = None
         if wants_grad:  # every labelled row is written below; only the others need zeros
@@ -195,8 +209,7 @@ class _ChunkedTokenKD(torch.autograd.Function):
         correct = torch.zeros((), dtype=torch.long, device=student_flat.device)
         for start in range(0, index.numel(), chunk_size):
             part = index[start:start + chunk_size]
-            kd, g, right = _chunk_terms(student_flat, teacher_flat, part, targets[start:start + chunk_size],
-                                        temperature, kind, beta, wants_grad, compiled)
+            kd, g, right = chunk_terms(student_flat, part, targets[start:start + chunk_size], wants_grad)
             correct += right  # the teacher's next-token accuracy, while the chunk is at hand
             if wants_grad:
                 grad.index_copy_(0, part, g.to(grad.dtype))  # each position occurs once
@@ -208,7 +221,21 @@ class _ChunkedTokenKD(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_kd, grad_correct):
         grad, ctx.grad = ctx.grad, None
-        return grad.mul_(grad_kd.to(grad.dtype)), None, None, None, None, None, None, None, None
+        return grad.mul_(grad_kd.to(grad.dtype)), None, None, None, None
+
+
+def chunked_token_kd(student_logits: torch.Tensor, labels: torch.Tensor, chunk_terms, chunk_size: int) -> TokenKD:
+    """`_ChunkedTokenKD` over the labelled positions of `labels` with one chunk's math `chunk_terms`."""
+    index, targets = labelled_positions(labels)
+    tokens = int(index.numel())
+    if tokens == 0:
+        raise NoLabelledTokensError(
+            f"a batch of {labels.shape[0]} sequences has no labelled token (every label after the shift is -100): "
+            "set labels to the input_ids (DataCollatorForLanguageModeling(tokenizer, mlm=False) does) and keep "
+            "sequences of at least 2 tokens")
+    student_flat = student_logits.reshape(-1, student_logits.shape[-1])
+    total, correct = _ChunkedTokenKD.apply(student_flat, index, targets, chunk_terms, max(1, int(chunk_size)))
+    return TokenKD(total, correct, tokens)
 
 
 def token_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *, temperature: float,
@@ -226,15 +253,7 @@ def token_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ; teachers and student must share the tokenizer "
                          "and read the same batch")
-    index, targets = labelled_positions(labels)
-    tokens = int(index.numel())
-    if tokens == 0:
-        raise NoLabelledTokensError(
-            f"a batch of {labels.shape[0]} sequences has no labelled token (every label after the shift is -100): "
-            "set labels to the input_ids (DataCollatorForLanguageModeling(tokenizer, mlm=False) does) and keep "
-            "sequences of at least 2 tokens")
-    vocab = student_logits.shape[-1]
-    total, correct = _ChunkedTokenKD.apply(
-        student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab).detach(), index, targets,
-        float(temperature), kind, float(beta), max(1, int(chunk_size)), bool(compiled))
-    return TokenKD(total, correct, tokens)
+    teacher_flat = teacher_logits.reshape(-1, teacher_logits.shape[-1]).detach()
+    terms = partial(_chunk_terms, teacher_flat=teacher_flat, temperature=float(temperature), kind=kind,
+                    beta=float(beta), compiled=bool(compiled))
+    return chunked_token_kd(student_logits, labels, terms, chunk_size)

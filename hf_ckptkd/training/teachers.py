@@ -9,28 +9,19 @@ for causal LMs (the same combination per token): the weighted mean of the member
 logits (`mean_logits`, the paper's) or `T * log(sum_i w_i softmax(z_i / T))` (`mean_probs`, so
 that `softmax(out / T)` is exactly the weighted mean of the members' tempered probabilities).
 
-Members that share one architecture can run as one batched forward: their weights and buffers are
-stacked with `torch.func.stack_module_state` and a weightless ("meta") copy of the first member is
-called with `torch.func.functional_call` under `torch.vmap` — the model-ensembling recipe of the
-PyTorch docs. BatchNorm in eval mode reads its running statistics, so it vmaps. On an idle
-2-core CPU this ran at 0.75x the speed of a plain loop over the members (k=4 resnet18, batch 128;
-benchmarks/kd_step.py), and torch.compile made it slower still; on the same CPU under heavy load
-from other processes the fused path, which runs fewer and larger kernels, came out ahead. So
+Members that share one architecture can run as one batched forward (`fused_teachers`);
 `fusion="auto"` times both paths on the first real batch and keeps the faster one on that device
 (`.fusion_used`, `.fusion_times`).
 
 The ensemble is a separate object the trainer holds: never a submodule of the student, never
-wrapped by DDP/FSDP, never saved with the student. (Its own `state_dict()` holds the members'
-weights, but nothing in the project saves it.) It always stays in eval mode.
+wrapped by DDP, never saved with the student; under an FSDP or ZeRO-3 student its members are
+sharded the same way (`teacher_sharding`, `mark_sharded`). It always stays in eval mode.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import statistics
-import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,14 +31,7 @@ from torch import nn
 
 from ..config import (DEFAULT_ENSEMBLE_MODE, DEFAULT_TEACHER_DTYPE, DEFAULT_TEACHER_FUSION, DEFAULT_TEMPERATURE,
                       ENSEMBLE_MODES, TEACHER_DTYPES, TEACHER_FUSIONS)
-from .fused_teachers import (
-    FUSED_MARGIN,
-    FUSION_CHECK_TOL,
-    FusedForward,
-    architecture_signature,
-    logits_of,
-    synchronize,
-)
+from .fused_teachers import FusedForward, architecture_signature, logits_of, time_fusion
 from ..models.inputs import describe_remap, match_inputs, recorded_input
 from ..models.build import model_inputs
 # The reference forms and their error are defined in references.py and re-exported here, where
@@ -113,6 +97,9 @@ class TeacherEnsemble(nn.Module):
                  compile: bool = False, references: Sequence[str] | None = None,
                  device: str | torch.device | None = None, auto_repeats: int = 5):
         super().__init__()
+        # How the members are split over the processes ("fsdp1", "fsdp2", "zero3": teacher_sharding), or None.
+        self.sharding: str | None = None
+        self._sharded_device: torch.device | None = None
         members = list(members)
         if not members:
             raise TeacherReferenceError("a TeacherEnsemble needs at least one teacher")
@@ -193,7 +180,15 @@ class TeacherEnsemble(nn.Module):
     # -- properties --
     @property
     def device(self) -> torch.device:
+        if self._sharded_device is not None:  # sharded (and perhaps offloaded) weights may sit elsewhere
+            return self._sharded_device
         return next(itertools.chain(self.members.parameters(), self.members.buffers())).device
+
+    def mark_sharded(self, kind: str, device: torch.device) -> None:
+        """Record that `teacher_sharding` split the members (`kind`) to compute on `device`: they run one after
+        another from now on (the fused path stacks whole copies of the weights)."""
+        self.sharding, self._sharded_device = kind, torch.device(device)
+        self.fusion_used, self._fused = "loop", None
 
     def train(self, mode: bool = True) -> "TeacherEnsemble":
         """Teachers are frozen: the ensemble and its members stay in eval mode whatever `mode` says."""
@@ -265,49 +260,17 @@ class TeacherEnsemble(nn.Module):
         return t * torch.logsumexp(torch.log_softmax(stacked / t, dim=-1) + torch.log(w), dim=0)
 
     def _choose_fusion(self, inputs: dict[str, Any]) -> torch.Tensor:
-        """Time the fused and the loop path on this batch (one warm-up, then interleaved repeats); keep the faster."""
-        device = self.device
-        loop_out = self._run("loop", inputs)
-        try:
-            fused_out = self._run("fused", inputs)  # warm-up (and compilation)
-        except Exception as e:  # an architecture whose forward does not vmap
-            self._fused = None
-            self.fusion_used, self.fusion_times = "loop", None
-            warnings.warn(f"teacher fusion: the fused forward failed on this model ({type(e).__name__}: {e}); "
-                          "using the loop over the teachers", RuntimeWarning, stacklevel=3)
-            return loop_out
-        scale = 1.0 + loop_out.float().abs().max().item()
-        error = (fused_out.float() - loop_out.float()).abs().max().item()
-        if not error <= FUSION_CHECK_TOL * scale:
-            self._fused = None
-            self.fusion_used, self.fusion_times = "loop", None
-            warnings.warn(f"teacher fusion: the fused forward disagrees with the loop (max difference {error:.3g}); "
-                          "using the loop over the teachers", RuntimeWarning, stacklevel=3)
-            return loop_out
-        times: dict[str, list[float]] = {"fused": [], "loop": []}
-        for round_ in range(self.auto_repeats):
-            # Alternate which path goes first, so neither always runs right after the other.
-            for path in (("fused", "loop") if round_ % 2 == 0 else ("loop", "fused")):
-                synchronize(device)
-                start = time.perf_counter()
-                self._run(path, inputs)
-                synchronize(device)
-                times[path].append(time.perf_counter() - start)
-        # Paired comparison: each round times both paths back to back, so load that changes slowly (other
-        # processes on a shared machine) cancels in the per-round ratio; the median discards outlier rounds.
-        ratio = statistics.median(f / max(lp, 1e-12) for f, lp in zip(times["fused"], times["loop"]))
-        self.fusion_times = {path: statistics.median(ts) for path, ts in times.items()}
-        self.fusion_times["fused/loop"] = ratio
-        # The fused path holds a second copy of the weights: it must win clearly, not by noise.
-        self.fusion_used = "fused" if ratio < FUSED_MARGIN else "loop"
+        """Time the fused and the loop path on this batch (`fused_teachers.time_fusion`); keep the faster."""
+        self.fusion_used, self.fusion_times, out = time_fusion(self._run, inputs, self.device, self.auto_repeats)
         if self.fusion_used == "loop":
             self._fused = None  # free the stacked copy of the weights
-        batch = next((v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim()), "?")
-        logger.info("teacher fusion: auto chose %r on %s for %d teachers (per batch of %s: fused %.4f s%s, "
-                    "loop %.4f s, median fused/loop %.2f)", self.fusion_used, device, len(self.members), batch,
-                    self.fusion_times["fused"], " compiled" if self.compile_fused else "",
-                    self.fusion_times["loop"], ratio)
-        return fused_out if self.fusion_used == "fused" else loop_out
+        if self.fusion_times is not None:
+            batch = next((v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim()), "?")
+            logger.info("teacher fusion: auto chose %r on %s for %d teachers (per batch of %s: fused %.4f s%s, "
+                        "loop %.4f s, median fused/loop %.2f)", self.fusion_used, self.device, len(self.members),
+                        batch, self.fusion_times["fused"], " compiled" if self.compile_fused else "",
+                        self.fusion_times["loop"], self.fusion_times["fused/loop"])
+        return out
 
     def __repr__(self) -> str:  # compact: the members' module trees would fill a log
         return f"TeacherEnsemble({len(self.members)} teachers, {self.extra_repr()})"

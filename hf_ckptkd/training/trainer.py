@@ -11,7 +11,11 @@ accuracy beside `loss`. Everything else — gradient accumulation, mixed precisi
 launch` on several processes — is `Trainer`'s own.
 All of it lives in `CheckpointKDMixin`, so a user's own `Trainer` subclass gains it by listing the
 mixin first: `class MyTrainer(CheckpointKDMixin, MyTrainerBase)`.
-The teachers are a separate frozen object: never wrapped by DDP/FSDP, never in a checkpoint.
+The teachers are a separate frozen object, never in a checkpoint and never wrapped by DDP: each
+process holds a whole copy, except when the student runs under FSDP or DeepSpeed ZeRO-3, where
+they are sharded the same way (`teacher_sharding`). With `cache_teacher_logits` their outputs are
+computed once for the training set (`teacher_logits`); a causal LM's top-k cache on disk serves
+later students without loading the teachers at all.
 With `lr_decay_epochs` set, `create_scheduler` builds a step-decay `LambdaLR` (linear warm-up, then
 `lr_decay_factor` per milestone), saved in and restored from checkpoints like any other schedule.
 """
@@ -23,11 +27,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import Dataset
 from transformers import Trainer
 
 from ..config import CheckpointKDConfig, ConfigError, lr_decay_milestone_steps
@@ -37,22 +41,32 @@ from ..models.build import model_inputs, unwrap
 from ..selection.settings import SelectionSettings
 from .snapshot_callback import SnapshotCallback
 from ..tasks import task_of_model
+from ..tasks.topk_losses import TopKTeacher
 from .teacher_checks import check_finite, check_label_space
 from .teacher_loading import saved_tokenizer
+from .teacher_logits import (
+    TEACHER_KEYS,
+    CachedLogitsError,
+    cache_classifier_logits,
+    cached_teacher,
+    check_student_against_cache,
+    complete_topk_cache,
+    topk_key,
+    without_teacher,
+)
+from .teacher_sharding import check_one_way, shard_teachers, sharding_for
 from .teachers import TeacherEnsemble, TeacherReferenceError, load_teachers
+from .topk_cache import TeacherLogitsCacheError, TopKTeacherCollator, WithTopKTeacher, tokenizer_fingerprint
+from .topk_cache_writer import write_topk_cache
 
 logger = logging.getLogger(__name__)
 
-TEACHER_LOGITS = "teacher_logits"
 LOSS_TASK = "loss_task"  # the log key of the student's own loss while distilling
+TEACHER_LOGITS_DIR = "teacher-logits"  # the top-k cache's folder in output_dir unless teacher_logits_dir names one
 
 
 class StudentOutputError(ValueError):
     """The student outputs a Trainer's `compute_loss` returned cannot be distilled (no logits, or another shape)."""
-
-
-class CachedLogitsError(ValueError):
-    """`cache_teacher_logits` asked for with a training set whose examples change between epochs."""
 
 
 class CheckpointKDMixin:
@@ -90,24 +104,47 @@ class CheckpointKDMixin:
                                                **_keep_top_options(self.args, probe_dataset, probe_settings)))
         teachers = teachers if teachers is not None else self.args.teachers
         self.teachers: TeacherEnsemble | None = None
+        self.distilling = bool(teachers)
+        self._topk = None  # a causal LM's top-k cache: its key, then the opened cache
         if teachers:
-            self.teachers = teachers if isinstance(teachers, TeacherEnsemble) else load_teachers(
-                list(teachers), device=self.accelerator.device, dtype=self.args.teacher_dtype,
-                mode=self.args.ensemble_mode, temperature=self.args.temperature,
-                weights=self.args.teacher_weights, fusion=self.args.teacher_fusion)
-            self.teachers.to(self.accelerator.device)
             if student_tokenizer is None and hasattr(self.processing_class, "get_vocab"):
                 student_tokenizer = self.processing_class
-            if teacher_tokenizer is None and student_tokenizer is not None and self.task.token_level:
-                teacher_tokenizer = _saved_teacher_tokenizer(self.teachers)
-            check_label_space(self.teachers, unwrap(self.model), student_label_names=label_names,
-                              teacher_tokenizer=teacher_tokenizer, student_tokenizer=student_tokenizer)
-            # Before the first step: channels and image size must agree, normalisation is remapped per teacher.
-            self.teachers.match_student_inputs(unwrap(self.model), student_input)
+            if self.task.token_level and self.args.cache_teacher_logits:
+                self._topk = _TopKRun(self.args, topk_key(teachers, self.train_dataset, self.args))
+                self._topk.cache = complete_topk_cache(self._topk.folder, self._topk.key)
+            if self._topk is not None and self._topk.cache is not None:  # the teachers are not needed at all
+                check_student_against_cache(self._topk.cache, unwrap(self.model), student_tokenizer)
+            else:
+                self.teachers = self._load_teachers(teachers)
+                if teacher_tokenizer is None and student_tokenizer is not None and self.task.token_level:
+                    teacher_tokenizer = _saved_teacher_tokenizer(self.teachers)
+                check_label_space(self.teachers, unwrap(self.model), student_label_names=label_names,
+                                  teacher_tokenizer=teacher_tokenizer, student_tokenizer=student_tokenizer)
+                # Before the first step: channels and image size must agree, normalisation is remapped per teacher.
+                self.teachers.match_student_inputs(unwrap(self.model), student_input)
+                if self._topk is not None:
+                    self._topk.check_top_k(self.teachers.num_labels)
+                    self._topk.tokenizer = tokenizer_fingerprint(
+                        teacher_tokenizer if teacher_tokenizer is not None else student_tokenizer)
+                shard_teachers(self.teachers, self._sharding, device=self.accelerator.device,
+                               mesh=_fsdp_mesh(self.accelerator))
             _warn_if_clipping_kd(self.args)
         self._kd_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.accelerator.device))
         self._kd_batches = 0
         self._logits_cache_built = False
+
+    def _load_teachers(self, teachers) -> TeacherEnsemble:
+        """The frozen teachers; on this process's device, or on the CPU until `shard_teachers` places their shards."""
+        self._sharding = sharding_for(self.accelerator)
+        logger.info("teachers: %s", self._sharding.reason)
+        if isinstance(teachers, TeacherEnsemble):
+            return teachers if self._sharding.kind else teachers.to(self.accelerator.device)
+        modules = [t for t in teachers if isinstance(t, nn.Module)]
+        check_one_way(modules, [type(m).__name__ for m in modules])
+        return load_teachers(list(teachers), device=None if self._sharding.kind else self.accelerator.device,
+                             dtype=self.args.teacher_dtype, mode=self.args.ensemble_mode,
+                             temperature=self.args.temperature, weights=self.args.teacher_weights,
+                             fusion=self.args.teacher_fusion)
 
     # --- the step-decay schedule -------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
@@ -122,25 +159,23 @@ class CheckpointKDMixin:
 
     # --- the loss -------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The next class's loss L; while distilling, `alpha * L + (1 - alpha) * T^2 * D` on the outputs L came from."""
-        teacher_logits = inputs.get(TEACHER_LOGITS)
-        inputs = {k: v for k, v in inputs.items() if k != TEACHER_LOGITS}
-        if self.teachers is None or not model.training:
+        """The next class's loss L; while distilling, `alpha * L + (1 - alpha) * T^2 * D` on the outputs L came from.
+
+        The teachers' side of D is their live logits or, with `cache_teacher_logits`, what the batch carries
+        from the cache (a classifier's logits, or a causal LM's top-k log-probabilities, `TopKTeacher`)."""
+        teacher_logits = cached_teacher(inputs)  # a cache's outputs were checked when it was computed
+        inputs = without_teacher(inputs)
+        if not self.distilling or not model.training:
             # Evaluation reports the student's own loss, the L of training; without teachers this is the next class.
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         if teacher_logits is None:
             teacher_logits = self.teachers(**model_inputs(inputs))
-        # Before the student's forward, which would already update its BatchNorm statistics on a bad batch.
-        check_finite(teacher_logits, batch_index=self.state.global_step, references=self.teachers.references)
+            # Before the student's forward, which would already update its BatchNorm statistics on a bad batch.
+            check_finite(teacher_logits, batch_index=self.state.global_step, references=self.teachers.references)
         # A copy: Trainer.compute_loss pops the labels (and other Trainers add keys) in the dict it is given.
         own = super().compute_loss(model, dict(inputs), return_outputs=True, num_items_in_batch=num_items_in_batch)
         own_loss, outputs, student_logits = self._own_loss_and_logits(own)
-        if student_logits.shape != teacher_logits.shape:
-            raise StudentOutputError(
-                f"the student logits {self._loss_owner()}.compute_loss returned have shape {tuple(student_logits.shape)} "
-                f"but the teachers' logits of the same batch have shape {tuple(teacher_logits.shape)}; distilling "
-                "compares them item by item, so compute_loss(..., return_outputs=True) must return the outputs of "
-                "the model's forward on the whole batch (not a slice of them, nor logits_to_keep)")
+        self._check_teacher_shape(student_logits, teacher_logits)
         kd = self.task.kd_term(student_logits, teacher_logits, inputs.get("labels"), args=self.args)
         scale = self._kd_scale(kd.items, num_items_in_batch)
         loss = self.args.alpha * own_loss + (1 - self.args.alpha) * (kd.total * scale)
@@ -149,6 +184,21 @@ class CheckpointKDMixin:
             self._kd_sums[key] += value.detach().float()
         self._kd_batches += 1
         return (loss, outputs) if return_outputs else loss
+
+    def _check_teacher_shape(self, student_logits: torch.Tensor, teacher) -> None:
+        """The student's logits must cover the teachers' positions (and, for live logits, their classes)."""
+        if isinstance(teacher, TopKTeacher):  # a cache's top-k: the vocabulary was checked against the cache
+            student_shape, teacher_shape = tuple(student_logits.shape[:-1]), tuple(teacher.ids.shape[:-1])
+            what = "the cached top-k teacher's positions"
+        else:
+            student_shape, teacher_shape = tuple(student_logits.shape), tuple(teacher.shape)
+            what = "the teachers' logits of the same batch"
+        if student_shape != teacher_shape:
+            raise StudentOutputError(
+                f"the student logits {self._loss_owner()}.compute_loss returned have shape {tuple(student_logits.shape)} "
+                f"but {what} have shape {teacher_shape}; distilling "
+                "compares them item by item, so compute_loss(..., return_outputs=True) must return the outputs of "
+                "the model's forward on the whole batch (not a slice of them, nor logits_to_keep)")
 
     def _kd_scale(self, items: int, num_items_in_batch) -> float | torch.Tensor:
         """What the KD term's sum over this batch's `items` is multiplied by so that it is reduced as Trainer reduces
@@ -208,43 +258,30 @@ class CheckpointKDMixin:
 
     # --- cached teacher logits ------------------------------------------------------------
     def get_train_dataloader(self):
-        if self.teachers is not None and self.args.cache_teacher_logits and not self._logits_cache_built:
-            self._cache_teacher_logits()
+        if self.distilling and self.args.cache_teacher_logits and not self._logits_cache_built:
+            if self._topk is not None:
+                self._read_topk_cache()
+            else:
+                self.train_dataset, self.data_collator = cache_classifier_logits(
+                    self.teachers, self.train_dataset, self.data_collator, self.accelerator,
+                    self.args.per_device_eval_batch_size)
+            self._logits_cache_built = True
         return super().get_train_dataloader()
 
-    def _cache_teacher_logits(self) -> None:
-        if self.task.token_level:
-            raise CachedLogitsError(
-                f"cache_teacher_logits=True is for classifiers; a {self.task.name} student's teacher logits are "
-                "(tokens x vocabulary) per example, too large to keep for a training set. Set "
-                "cache_teacher_logits=False (the teachers then run on every batch, in teacher_dtype).")
-        dataset = self.train_dataset
-        if not _is_deterministic(dataset):
-            raise CachedLogitsError(
-                "cache_teacher_logits=True needs a deterministic training transform, but the training set returns "
-                "different inputs for the same example on two reads (random augmentation). Turn augmentation off "
-                "(e.g. --crop_padding 0 --hflip false) or set cache_teacher_logits=False.")
-        collate = self.data_collator
-        indices = list(range(len(dataset)))
-        batch_size = self.args.per_device_eval_batch_size
-        shard_logits, shard_indices = [], []
-        # Each process computes the logits of its shard once; the gathered table serves every epoch.
-        with self.accelerator.split_between_processes(indices, apply_padding=True) as shard:
-            for start in range(0, len(shard), batch_size):
-                chunk = shard[start:start + batch_size]
-                batch = collate([dataset[i] for i in chunk])
-                batch = {k: v.to(self.accelerator.device) for k, v in model_inputs(batch).items()}
-                logits = self.teachers(**batch)
-                check_finite(logits, batch_index=start // batch_size)
-                shard_logits.append(logits)
-                shard_indices.append(torch.tensor(chunk, device=self.accelerator.device))
-        all_logits = self.accelerator.gather(torch.cat(shard_logits)).cpu()
-        all_indices = self.accelerator.gather(torch.cat(shard_indices)).cpu()
-        table = torch.empty(len(dataset), all_logits.shape[-1], dtype=all_logits.dtype)
-        table[all_indices] = all_logits  # padding repeats an index with its own logits: harmless
-        self.train_dataset = _WithTeacherLogits(dataset, table)
-        self.data_collator = _TeacherLogitsCollator(collate)
-        self._logits_cache_built = True
+    def _read_topk_cache(self) -> None:
+        if self._topk.cache is None:  # one pass of the teachers writes it (or finishes an interrupted one)
+            self._topk.cache = write_topk_cache(
+                self._topk.folder, self._topk.key, self.teachers, self.train_dataset,
+                batch_size=self.args.per_device_eval_batch_size, accelerator=self.accelerator,
+                tokenizer=self._topk.tokenizer)
+            self.teachers = None  # every step reads the cache from now on: free the teachers' memory
+        self.train_dataset = WithTopKTeacher(self.train_dataset, self._topk.cache)
+        self.data_collator = TopKTeacherCollator(self.data_collator)
+
+    def _set_signature_columns_if_needed(self):
+        # Trainer keeps only the columns the model's forward takes; a cached batch's teacher outputs must survive.
+        super()._set_signature_columns_if_needed()
+        self._signature_columns += [k for k in TEACHER_KEYS if k not in self._signature_columns]
 
 
 class CheckpointKDTrainer(CheckpointKDMixin, Trainer):
@@ -322,32 +359,20 @@ def _warn_if_clipping_kd(args: CheckpointKDConfig) -> None:
                        args.max_grad_norm, kd_weight)
 
 
-def _is_deterministic(dataset: Dataset, probe: int = 4) -> bool:
-    for i in range(min(probe, len(dataset))):
-        a, b = dataset[i], dataset[i]
-        for key, value in a.items():
-            if isinstance(value, torch.Tensor) and not torch.equal(value, b[key]):
-                return False
-    return True
+class _TopKRun:
+    """A causal LM run's top-k cache: where it lives, its key, and once opened the cache itself."""
+
+    def __init__(self, args: CheckpointKDConfig, key: dict):
+        self.folder = Path(args.teacher_logits_dir or Path(args.output_dir) / TEACHER_LOGITS_DIR)
+        self.key, self.cache, self.tokenizer = key, None, None
+
+    def check_top_k(self, vocab: int) -> None:
+        if self.key["top_k"] > vocab:
+            raise TeacherLogitsCacheError(f"teacher_logits_top_k={self.key['top_k']} is larger than the teachers' "
+                                          f"vocabulary of {vocab} tokens; use at most {vocab}")
 
 
-class _WithTeacherLogits(Dataset):
-    def __init__(self, dataset, logits: torch.Tensor):
-        self.dataset, self.logits = dataset, logits
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return {**self.dataset[i], TEACHER_LOGITS: self.logits[i]}
-
-
-class _TeacherLogitsCollator:
-    def __init__(self, collate):
-        self.collate = collate
-
-    def __call__(self, examples):
-        batch = self.collate([{k: v for k, v in e.items() if k != TEACHER_LOGITS} for e in examples])
-        if TEACHER_LOGITS in examples[0]:  # training batches; evaluation sets have no cached logits
-            batch[TEACHER_LOGITS] = torch.stack([e[TEACHER_LOGITS] for e in examples])
-        return batch
+def _fsdp_mesh(accelerator):
+    """The FSDP dimensions of accelerate's device mesh when it has one (else FSDP2 spans every process)."""
+    mesh = getattr(accelerator, "torch_device_mesh", None)
+    return mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)] if mesh is not None else None

@@ -313,17 +313,6 @@ def test_nan_lm_teacher_logits_stop_training_before_a_step(tmp_path, corpus):
     assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
 
 
-def test_cached_teacher_logits_are_refused_for_lms(tmp_path, lm_run, corpus):
-    from hf_ckptkd.training.trainer import CachedLogitsError
-
-    trainer = CheckpointKDTrainer(model=_lm(corpus["tokenizer"]),
-                                  args=_student_args(tmp_path, [str(lm_run.final.path)], cache_teacher_logits=True),
-                                  train_dataset=corpus["blocks"], processing_class=corpus["tokenizer"],
-                                  data_collator=DataCollatorForLanguageModeling(corpus["tokenizer"], mlm=False))
-    with pytest.raises(CachedLogitsError, match="cache_teacher_logits=True is for classifiers"):
-        trainer.train()
-
-
 # --- the step's token count: gradient accumulation and two processes --------------------------------
 
 @pytest.fixture(scope="module")

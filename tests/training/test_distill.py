@@ -27,7 +27,8 @@ from hf_ckptkd.pipeline.recipe import recipe_from_dict
 from hf_ckptkd.snapshots import write_snapshot
 from hf_ckptkd.tasks import TASKS
 from hf_ckptkd.training.teachers import LabelSpaceError, TeacherOutputError, TeacherReferenceError
-from hf_ckptkd.training.trainer import CachedLogitsError, step_decay_schedule
+from hf_ckptkd.training.teacher_logits import CachedLogitsError
+from hf_ckptkd.training.trainer import step_decay_schedule
 from user_losses import USER_LOSSES
 
 ROOT = Path(__file__).resolve().parents[2]
