@@ -26,6 +26,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy, size_based_auto_wrap_policy
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +114,6 @@ def _repeated_classes(member: nn.Module) -> list[str]:
 
 def fsdp_units(member: nn.Module, plugin, reference: str) -> list[nn.Module]:
     """The submodules that get their own FSDP unit, innermost first (the member itself is always the root unit)."""
-    from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
-
     policy = getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy)
     if policy is size_based_auto_wrap_policy and plugin.min_num_params:
         found = [m for m in member.modules() if m is not member
@@ -137,8 +138,6 @@ def _depth(root: nn.Module, module: nn.Module) -> int:
 # --- the sharders -----------------------------------------------------------------------------
 
 def _shard_fsdp2(member: nn.Module, sharding: TeacherSharding, device: torch.device, mesh, reference: str):
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     plugin = sharding.fsdp_plugin
     options = {"mesh": mesh, "reshard_after_forward": True, "offload_policy": plugin.cpu_offload,
                "mp_policy": MixedPrecisionPolicy()}
@@ -149,9 +148,6 @@ def _shard_fsdp2(member: nn.Module, sharding: TeacherSharding, device: torch.dev
 
 
 def _shard_fsdp1(member: nn.Module, sharding: TeacherSharding, device: torch.device, mesh, reference: str):
-    from torch.distributed.fsdp import FullyShardedDataParallel
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
     plugin = sharding.fsdp_plugin
     units = fsdp_units(member, plugin, reference)
     return FullyShardedDataParallel(
@@ -195,8 +191,6 @@ SHARDERS = {"fsdp1": _shard_fsdp1, "fsdp2": _shard_fsdp2, "zero3": _shard_zero3}
 
 def is_sharded(module: nn.Module) -> bool:
     """Whether a model is already wrapped or partitioned by FSDP (1 or 2) or DeepSpeed ZeRO-3."""
-    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-
     if isinstance(module, (FSDPModule, FullyShardedDataParallel)) or type(module).__name__ == "DeepSpeedEngine":
         return True
     return any(hasattr(p, "ds_id") for p in module.parameters())
@@ -227,8 +221,6 @@ def shard_teachers(ensemble, sharding: TeacherSharding, *, device: torch.device,
             f"teacher_fusion='fused' stacks whole copies of the teachers' weights, which sharded teachers ({sharding.kind}"
             f") do not have; use teacher_fusion='auto' or 'loop' (both run sharded teachers one after another)")
     if sharding.kind == "fsdp2" and mesh is None:
-        from torch.distributed.device_mesh import init_device_mesh
-
         mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     for i, member in enumerate(ensemble.members):
         sharded = SHARDERS[sharding.kind](member, sharding, device, mesh, ensemble.references[i])
@@ -241,8 +233,6 @@ def shard_teachers(ensemble, sharding: TeacherSharding, *, device: torch.device,
 
 def local_fraction(module: nn.Module) -> float:
     """The fraction of a sharded model's parameters this process holds (1.0 for a whole model)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
     flat = [m._flat_param for m in FullyShardedDataParallel.fsdp_modules(module) if m._flat_param is not None]
     if flat:  # FSDP1: each unit's parameters are one flat tensor, of which this process holds a slice
         return sum(f.numel() for f in flat) / sum(f._unpadded_unsharded_size.numel() for f in flat)
