@@ -2,10 +2,10 @@
 
 Three kinds: images (a label-stratified sample through the deterministic evaluation transform),
 tokenized text for sequence classifiers (a label-stratified sample; X its bag of tokens), and
-causal LMs (seeded token positions; Y the next token, see `lm_probe`). A `ProbeSource` draws a
-probe from a dataset (the probe set and the held-out probe alike), says what labels the data has
-(checked against the snapshots before they run) and whether its labels are next tokens, and
-describes itself for the report. `selector` asks it and never branches on the kind of model.
+causal LMs (seeded segments of text, every position read; Y the next token, see `lm_probe`). A
+`ProbeSource` draws a probe from a dataset (the probe set and the held-out probe alike), says what
+labels the data has (checked against the snapshots before they run), gives next-token labels the
+counts of the text they come from, and describes itself for the report. `selector` asks it and never branches on the kind of model.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 from ..data.loading import ImageColumns, ImageTransformConfig, build_image_transform, check_image_columns, resolve_label_column
 from ..models.build import is_causal_lm, num_labels_of, unwrap
 from .errors import ClassCountMismatchError, SelectionError
-from .lm_probe import draw_lm_probe
+from .lm_probe import draw_lm_probe, next_token_counts
 from .probe import (
     dataset_label_names,
     draw_probe,
@@ -34,11 +34,13 @@ from .settings import DEFAULT_PROBE_CONTEXT, SelectionSettings
 
 @dataclass
 class DrawnProbe:
-    """A probe as model inputs (`batches`), the inputs X of the kernel, and the labels Y (one per example)."""
+    """A probe as model inputs (`batches`), the inputs X of the kernel, and the labels Y (one per example);
+    for next tokens, `token_counts`: how often each token follows a position of the whole text drawn from."""
 
     batches: list[dict[str, torch.Tensor]]
     inputs: torch.Tensor
     labels: torch.Tensor
+    token_counts: torch.Tensor | None = None
 
 
 def _pad_token_id(model: nn.Module) -> int:
@@ -48,8 +50,6 @@ def _pad_token_id(model: nn.Module) -> int:
 
 class _ClassifierProbe:
     """A label-stratified sample of a labelled dataset; the label space is the dataset's labels."""
-
-    token_labels = False
 
     def __init__(self, settings: SelectionSettings, dataset):
         self.settings = settings
@@ -112,9 +112,7 @@ class TextProbe(_ClassifierProbe):
 
 
 class TokenProbe:
-    """Seeded token positions of tokenized text for a causal LM: the window before each, and the next token."""
-
-    token_labels = True
+    """Seeded segments of tokenized text for a causal LM: every position of each, and the token after it."""
 
     def __init__(self, settings: SelectionSettings, first_model: nn.Module):
         self.settings = settings
@@ -123,7 +121,7 @@ class TokenProbe:
         config = unwrap(first_model).config
         positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
         context = settings.probe_context
-        if context is None:  # the default window, shortened for a model with fewer positions
+        if context is None:  # the default segment, shortened for a model with fewer positions
             context = min(DEFAULT_PROBE_CONTEXT, positions or DEFAULT_PROBE_CONTEXT)
         elif positions is not None and isinstance(context, int) and context > positions:
             raise SelectionError(f"probe_context={context} is longer than the snapshots' {positions} positions; pass "
@@ -145,10 +143,13 @@ class TokenProbe:
                 f"the probe holds token id {top} but the snapshots' vocabulary has {self.vocabulary} tokens; tokenize "
                 "the probe text with the teachers' tokenizer (on the command line: --tokenizer, or leave it out to use "
                 "the one saved in the snapshots)")
+        probe.token_counts = next_token_counts(dataset, self.vocabulary)
         return probe
 
     def describe(self, probe: DrawnProbe) -> dict[str, Any]:
         return {"labels": "next tokens", "source_rows": self._source_rows,
+                "source_tokens": int(probe.token_counts.sum()) if probe.token_counts is not None else None,
+                "segments": sum(len(b["input_ids"]) for b in probe.batches),
                 "distinct_next_tokens": int(torch.unique(probe.labels).numel()),
                 "probe_context": self.context, "vocabulary": self.vocabulary}
 
