@@ -236,8 +236,9 @@ class SelectionReport:
         tokens = self.estimator_options.get("next_tokens")
         if not tokens:
             return f"Ĩ(Y;·) is a share of H(Y){bits}"
-        return (f"the labels are next tokens: Ĩ(Y;P) is a share of H_u(Y){bits} per token, the cross-entropy of a "
-                f"leave-one-out unigram of the probe text, and Ĩ(Y;F) of H_u(Y_N) = "
+        return (f"the labels are next tokens: Ĩ(Y;P) and Ĩ(Y;P₁) are shares of H_u(Y){bits} per token, the "
+                f"cross-entropy of a leave-one-out unigram of the probe text (the held-out loss is nats per token), "
+                f"and Ĩ(Y;F) of H_u(Y_N) = "
                 f"{tokens['top_token_entropy_bits']:.3f} bits, Y_N the next token among the text's "
                 f"{tokens['top_tokens']} most frequent or 'another token'")
 

@@ -13,8 +13,16 @@ import math
 import pytest
 import torch
 
-from hf_ckptkd.selection import Candidate, ClassCountMismatchError, SelectionError, select_from_candidates
+from hf_ckptkd.selection import (
+    Candidate,
+    ClassCountMismatchError,
+    SelectionError,
+    SelectionSettings,
+    select_from_candidates,
+)
+from hf_ckptkd.selection.choice import choose, report_choice, score_candidates
 from hf_ckptkd.selection.label_information import shannon_entropy_bits
+from hf_ckptkd.selection.objectives import OBJECTIVES
 from hf_ckptkd.selection.token_information import (
     NextTokenLabelTerms,
     UnigramBaseline,
@@ -173,6 +181,51 @@ def test_the_held_out_objective_reads_next_tokens_as_they_are_over_the_baseline(
     assert scores["overconfident"].i_yp1 < 0 < scores["right"].i_yp1
     assert scores["overconfident"].i_yp > 0.3  # interpolated with the baseline, it keeps its right positions' bits
     assert report.selected == ["right"]
+
+
+def test_held_out_ranks_next_token_lms_by_their_outputs_as_they_are_over_the_same_unigram_unit(text, terms):
+    """Ĩ(Y;P₁) and the probe loss on next tokens, in the unit of Ĩ(Y;P) (H_u(Y)): an LM that is right almost
+    everywhere scores near 1, one that predicts the token frequencies (from other text) near 0, and one that
+    is sharp on a token everywhere but right on a quarter of the positions (a memorising LM on held-out text)
+    below 0, although its accuracy is above the unigram's and its interpolated Ĩ(Y;P) too. The loss objective
+    and the label term of held_out rank the three alike; accuracy prefers the sharp, wrong one. Keep-top's score
+    of one snapshot (`score_snapshot`) is the selector's."""
+    probe, counts, other = text
+    g = _gen(11)
+    frequencies = torch.bincount(other, minlength=V).double() + 0.5
+    lms = {"oracle": torch.log(_oracle_probs(probe)),
+           "unigram": torch.log(frequencies / frequencies.sum()).float().expand(N, V).clone(),
+           "sharp_wrong": torch.log(_oracle_probs(_corrupted(probe, 0.75))) * 2}
+    candidates = [Candidate(name, torch.randn(N, 16, generator=g), logits, step=i + 1)
+                  for i, (name, logits) in enumerate(lms.items())]
+    settings = SelectionSettings.of(objective="held_out", temperature=1.0)
+    scored = score_candidates(candidates, torch.randn(N, 8, generator=g), probe, settings, token_counts=counts)
+    report = report_choice(scored, settings, *choose(scored, settings))
+    scores = {s.name: s for s in report.scores}
+    assert report.label_entropy_bits == pytest.approx(terms.entropy_bits)  # one unit, H_u(Y), for both terms
+    for name, logits in lms.items():
+        own = -float(torch.log_softmax(logits.double(), dim=1)[torch.arange(N), probe].mean())  # nats per token
+        assert scores[name].probe_loss == pytest.approx(own, rel=1e-6)
+        assert scores[name].i_yp1 == pytest.approx(1 - own / math.log(2) / terms.entropy_bits, rel=1e-6)
+    assert scores["oracle"].i_yp1 > 0.95
+    assert abs(scores["unigram"].i_yp1) < 0.03
+    assert scores["sharp_wrong"].i_yp1 < -0.5
+    assert scores["sharp_wrong"].accuracy > scores["unigram"].accuracy
+    assert scores["sharp_wrong"].i_yp > scores["unigram"].i_yp  # the interpolated term keeps its right positions
+    assert report.selected == ["oracle"]
+    saved = report.to_dict()["scores"]
+    assert max(OBJECTIVES["loss"].values_from_scores(saved).items(), key=lambda kv: kv[1])[0] == "oracle"
+    label_only = OBJECTIVES["held_out"].values_from_scores(saved, beta=0.0)
+    by_loss = OBJECTIVES["loss"].values_from_scores(saved)
+    assert sorted(label_only, key=label_only.get) == sorted(by_loss, key=by_loss.get) == ["sharp_wrong", "unigram",
+                                                                                          "oracle"]
+    by_accuracy = OBJECTIVES["accuracy"].values_from_scores(saved)
+    assert by_accuracy["sharp_wrong"] > by_accuracy["unigram"]
+    for i, name in enumerate(lms):
+        alone = OBJECTIVES["held_out"].score_snapshot(scored.estimator, candidates[i].features, candidates[i].logits,
+                                                      1.0, "cpu")
+        assert alone.y == pytest.approx(scores[name].i_yp1, rel=1e-6)
+        assert alone.x == pytest.approx(scores[name].i_xp, rel=1e-6)
 
 
 def test_bad_token_counts_are_clear_errors(text):
