@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence, Union
+from typing import Protocol, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -23,9 +23,7 @@ from .errors import (
     SingleClassProbeError,
     SparseClassError,
 )
-
-if TYPE_CHECKING:
-    from .label_information import LabelTerms
+from .label_information import LabelTerms
 
 DEFAULT_KAPPA = 0.25
 OUTPUT_KERNEL_WIDTH = 0.25
