@@ -88,7 +88,8 @@ def select_parser() -> argparse.ArgumentParser:
                         help="Truncate probe texts to this many tokens (causal LMs: the probe text is cut into "
                              "blocks of this many tokens).")
     parser.add_argument("--probe_context", type=int, default=None,
-                        help=f"Causal LMs: tokens of context up to each probe position (default {DEFAULT_PROBE_CONTEXT}, "
+                        help=f"Causal LMs: the probe text is cut into segments of this many tokens, each read in one "
+                             f"forward, a position's context its segment up to it (default {DEFAULT_PROBE_CONTEXT}, "
                              "or the snapshots' positions if fewer; at most those).")
     parser.add_argument("--disable_tqdm", action="store_true", help="No progress bars.")
     return parser

@@ -86,17 +86,18 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("HF_CKPTKD_CACHE", Path.home() / ".cache" / "hf_ckptkd")) / "tokenizers"
 
 
-def fortunes_tokenizer(cache_dir: str | Path | None = None):
-    """The WordPiece tokenizer of the fortunes training split (trained once, then loaded from the cache)."""
+def fortunes_tokenizer(cache_dir: str | Path | None = None, vocab_size: int = TOKENIZER_VOCAB):
+    """The WordPiece tokenizer of the fortunes training split (trained once, then loaded from the cache);
+    `vocab_size` tokens (the recipes' `tokenizer: fortunes` is the default 8,000)."""
     folder = Path(cache_dir) if cache_dir is not None else _cache_dir()
-    folder = folder / f"fortunes-wordpiece-{TOKENIZER_VOCAB}"
+    folder = folder / f"fortunes-wordpiece-{vocab_size}"
     if (folder / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(str(folder))
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=_SPECIAL)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=_SPECIAL)
     tok.train_from_iterator(load_fortunes_topics("train")["text"], trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",

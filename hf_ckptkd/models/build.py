@@ -275,17 +275,17 @@ def forward_with_features(model: nn.Module, batch: dict[str, Any]) -> tuple[torc
 
     timm: `forward_head(forward_features(x), pre_logits=True)`; transformers: the input of the
     final classification Linear layer (the pooled representation the head reads); a causal LM:
-    the last hidden state and the next-token logits at each row's last real token (rows are
-    right-padded, `attention_mask` marks the real tokens), so a row is one prediction.
+    the last hidden state and the next-token logits at every real token (`attention_mask` marks
+    them; all tokens without one), row by row: every real token is one prediction, its context the
+    tokens before it in its row (the causal mask), so one forward reads a whole row's predictions.
     """
     model = unwrap(model)
     if is_causal_lm(model):
         out = model(**model_inputs(batch), output_hidden_states=True)
         mask = batch.get("attention_mask")
-        last = (mask.sum(1) - 1 if mask is not None else
-                torch.full((out.logits.shape[0],), out.logits.shape[1] - 1, device=out.logits.device)).long()
-        rows = torch.arange(out.logits.shape[0], device=out.logits.device)
-        return out.hidden_states[-1][rows, last], out.logits[rows, last]
+        real = mask.bool() if mask is not None else torch.ones(out.logits.shape[:2], dtype=torch.bool,
+                                                                 device=out.logits.device)
+        return out.hidden_states[-1][real], out.logits[real]
     if isinstance(model, TimmForImageClassification):
         inner = model.model
         feature_map = inner.forward_features(batch["pixel_values"])

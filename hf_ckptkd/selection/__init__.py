@@ -4,14 +4,16 @@
 - `estimators`: matrix-based Rényi alpha=2 mutual information (default) and a k-means plug-in
   estimator for cross-checks, behind one interface (`ESTIMATORS`, `build_estimator`).
 - `label_information`: the label terms Ĩ(Y;P), Ĩ(Y;F), variational lower bounds in bits.
+- `token_information`: the same for a causal LM's next tokens, in bits per token over a unigram
+  baseline of the probe text.
 - `settings`: `SelectionSettings`, the probe's and the objective's settings in one dataclass.
 - `objectives`: the registry of objectives (`OBJECTIVES`), one class each: J of a candidate and of
   a set, whether the objective is trivial, how reports describe it.
 - `choice`: `Candidate`, scoring the candidates and choosing k teachers (`select_from_candidates`).
 - `report`: `SelectionReport` (`selection.json`, `table.md`, `information_plane.png`).
-- `probe`, `lm_probe`: drawing the probe set of images, texts or (for causal LMs) token positions;
-  `probe_sources`: the registry in which each task (`hf_ckptkd.tasks`) registers how its models'
-  probe is drawn, asked once with the first snapshot's model.
+- `probe`, `lm_probe`: drawing the probe set of images, texts or (for causal LMs) text segments,
+  every position of each read from one forward; `probe_sources`: the registry in which each task
+  (`hf_ckptkd.tasks`) registers how its models' probe is drawn, asked once with the first snapshot's model.
 - `candidates`: `ModelCandidate`, what the selector chooses among (local snapshots, Hub revisions),
   and the registry of candidate sources.
 - `processes`: the split of the candidates between processes under `accelerate launch`.

@@ -35,7 +35,7 @@ from .errors import (
     TooManyTeachersError,
 )
 from .estimators import build_estimator
-from .label_information import LOG2E, predictive_label_bits, shannon_entropy_bits
+from .label_information import LOG2E
 from .kernels import (
     MutualInformation,
     check_probe,
@@ -48,6 +48,7 @@ from .settings import (
     DEFAULT_EXHAUSTIVE_LIMIT,
     SelectionSettings,
 )
+from .token_information import next_token_terms
 
 # Softened outputs whose largest and smallest probability differ by less than this are uniform to
 # float precision: the temperature has washed out everything the snapshot says.
@@ -209,9 +210,9 @@ def _information(candidates: Sequence[Candidate], probs: Sequence[Tensor], est, 
         except ShapeMismatchError as e:
             raise ShapeMismatchError(f"snapshot {c.name!r}: {e}") from None
         accuracy.append(float((c.logits.argmax(dim=1).cpu() == labels).float().mean()))
-        bits = predictive_label_bits(c.logits, labels)
-        predictive.append(bits / est.entropy_y if est.entropy_y > 0 else 0.0)
-        probe_loss.append((shannon_entropy_bits(labels) - bits) / LOG2E)  # nats, as Trainer's eval_loss
+        unit, bits = est.label_terms.entropy_bits, est.label_terms.predictive(c.logits)
+        predictive.append(bits / unit if unit > 0 else 0.0)
+        probe_loss.append((unit - bits) / LOG2E)  # nats, as Trainer's eval_loss
     return feats, outs, accuracy, predictive, probe_loss
 
 
@@ -227,17 +228,18 @@ def accuracy_warnings(candidates: Sequence[Candidate], accuracy: Sequence[float]
 
 
 def score_candidates(candidates: Sequence[Candidate], inputs: Tensor, labels: Tensor, settings: SelectionSettings, *,
-                     device=None, progress: bool = False, token_labels: bool = False) -> ScoredCandidates:
+                     device=None, progress: bool = False, token_counts: Tensor | None = None) -> ScoredCandidates:
     """Check the probe and the candidates, then estimate every candidate's information terms (the
     settings checked themselves when they were made)."""
     s = settings
     _, y = check_probe(inputs, labels)
     num_classes = _check_candidates(candidates)
-    check_probe_classes(y, num_classes, token_labels=token_labels)
+    check_probe_classes(y, num_classes, token_labels=token_counts is not None)
     eligible = _eligible(candidates, s.k)
     device = _pick_device(inputs, candidates, device)
     est = build_estimator(s.estimator, inputs, labels, kappa=s.kappa, seed=s.seed, chunk_size=s.chunk_size,
-                          dtype=s.dtype, device=device, num_classes=num_classes, token_labels=token_labels,
+                          dtype=s.dtype, device=device, num_classes=num_classes,
+                          label_terms=next_token_terms(y, token_counts, num_classes, s.temperature, s.seed),
                           **(s.estimator_options or {}))
     probs = _softened_outputs(candidates, eligible, s.temperature, device)
     feats, outs, accuracy, predictive, probe_loss = _information(candidates, probs, est, y.cpu(), progress)
@@ -297,7 +299,7 @@ def report_choice(scored: ScoredCandidates, settings: SelectionSettings, chosen:
 
 def select_from_candidates(candidates: Sequence[Candidate], inputs: Tensor, labels: Tensor,
                            settings: SelectionSettings | None = None, *, device: torch.device | str | None = None,
-                           progress: bool = False, token_labels: bool = False, **overrides: Any) -> SelectionReport:
+                           progress: bool = False, token_counts: Tensor | None = None, **overrides: Any) -> SelectionReport:
     """Score every candidate snapshot on the probe set and choose `settings.k` teachers.
 
     Args:
@@ -314,10 +316,9 @@ def select_from_candidates(candidates: Sequence[Candidate], inputs: Tensor, labe
         device: where to compute; default the first accelerator among the inputs and the first
             candidate's tensors, else the inputs' device.
         progress: show a progress bar over the candidates.
-        token_labels: the labels are next tokens of a causal LM (the classes are its vocabulary,
-            most seen once or twice in a probe): the probe is not refused for sparse classes or
-            for being smaller than the vocabulary, and the features' label term pools rare tokens
-            (see `label_information`).
+        token_counts: for a causal LM's next-token labels, the next-token counts of the text the
+            probe is drawn from (`ProbeCandidates.token_counts`, or `torch.bincount(labels, minlength=V)`):
+            sparse classes are then accepted, and the label terms are those of `token_information`.
 
     Returns:
         a `SelectionReport` (`.selected` in rank order, `.scores` in the candidates' order,
@@ -331,5 +332,5 @@ def select_from_candidates(candidates: Sequence[Candidate], inputs: Tensor, labe
     """
     settings = SelectionSettings.of(settings, **overrides)
     scored = score_candidates(candidates, inputs, labels, settings, device=device, progress=progress,
-                              token_labels=token_labels)
+                              token_counts=token_counts)
     return report_choice(scored, settings, *choose(scored, settings))

@@ -13,7 +13,7 @@ class EmptyProbeError(SelectionError):
 
 
 class SingleClassProbeError(SelectionError):
-    """The probe set holds one class only, so S2(Y) = 0 and Î(Y;·) is undefined."""
+    """The probe set holds one class only, so H(Y) = 0 and Ĩ(Y;·) is undefined."""
 
 
 class ShapeMismatchError(SelectionError):

@@ -32,7 +32,8 @@ order of 1e-6), which `unit` clips.
 
 The label terms Ĩ(Y;F), Ĩ(Y;P) are not kernel estimates: Y is discrete, so they are variational
 lower bounds in bits, normalised by the Shannon entropy H(Y) of the probe labels (see
-`label_information`). A kernel estimate of I(Y;P) barely moved between a 79 % and a 99 % snapshot;
+`label_information`), or for a causal LM's next tokens by the bits per token of a unigram baseline
+(see `token_information`). A kernel estimate of I(Y;P) barely moved between a 79 % and a 99 % snapshot;
 these bounds move with what the representation says about the label.
 
 A second, plug-in estimator on k-means cells (`BinningEstimator`, name "binning") has the same
@@ -71,13 +72,7 @@ from .kernels import (
     shannon,
     unit,
 )
-from .label_information import (
-    features_label_bits,
-    normalised,
-    outputs_label_bits,
-    shannon_entropy_bits,
-    token_features_label_bits,
-)
+from .label_information import ClassLabelTerms, LabelTerms, shannon_entropy_bits
 
 
 class Renyi2Estimator:
@@ -100,8 +95,8 @@ class Renyi2Estimator:
         dtype: float32 by default (each block is summed in `dtype`, blocks are added in float64).
         device: where to compute; default the device of `inputs`.
         num_classes: the number of classes of the outputs, if known (checked against the labels).
-        token_labels: the labels are a causal LM's next tokens (`num_classes` its vocabulary): the
-            features' label term pools the tokens too rare to fit (`token_features_label_bits`).
+        label_terms: the label terms over these labels; default `ClassLabelTerms` (a classifier's),
+            for a causal LM's next tokens `token_information.NextTokenLabelTerms`.
 
     Only the squares K∘K of the kernels ever enter the sums (sum_ij A_ij^2), so they are computed
     directly as exp(-d^2 / width^2). The examples are reordered by label once, which makes K_Y block
@@ -113,7 +108,7 @@ class Renyi2Estimator:
     def __init__(self, inputs: Tensor, labels: Tensor, *, kappa: float = DEFAULT_KAPPA,
                  output_width: float = OUTPUT_KERNEL_WIDTH, max_pairs: int = MAX_MEDIAN_PAIRS, seed: int = 0,
                  chunk_size: int | None = None, dtype: torch.dtype = torch.float32, device=None,
-                 num_classes: int | None = None, token_labels: bool = False):
+                 num_classes: int | None = None, label_terms: LabelTerms | None = None):
         if kappa <= 0:
             raise ValueError(f"kappa must be positive, got {kappa}")
         if output_width <= 0:
@@ -126,12 +121,12 @@ class Renyi2Estimator:
         self.max_pairs, self.seed, self.chunk_size = int(max_pairs), int(seed), chunk_size
         self.n = n = y.numel()
         self.num_classes = _num_classes(y, num_classes)
-        self.token_labels = bool(token_labels)
         self._block = block_rows(n, chunk_size)
         self._member_scales: dict = {}
 
-        self._y = self.labels = y.to(self.device)  # `labels`: the probe's labels, for label terms outside
-        self.entropy_y = shannon_entropy_bits(y)  # H(Y), the label terms' scale
+        self.labels = y.to(self.device)  # the probe's labels, for label terms outside
+        self.label_terms = label_terms if label_terms is not None else ClassLabelTerms(y, self.num_classes, self.seed)
+        self.entropy_y = self.label_terms.entropy_bits  # H(Y) (H_u(Y) for next tokens), the label terms' scale
         self._order = torch.argsort(y.cpu(), stable=True).to(self.device)  # examples sorted by label
 
         self._kx = self._relative_kernel(self._sorted(x.to(device=self.device, dtype=dtype)))
@@ -157,7 +152,7 @@ class Renyi2Estimator:
     def options(self) -> dict:
         return {"kappa": self.kappa, "output_width": self.output_width, "max_pairs": self.max_pairs,
                 "seed": self.seed, "chunk_size": self.chunk_size, "dtype": str(self.dtype).replace("torch.", ""),
-                **({"token_labels": True} if self.token_labels else {})}
+                **self.label_terms.options()}
 
     def _sorted(self, t: Tensor) -> Tensor:
         return t.index_select(0, self._order)
@@ -194,12 +189,8 @@ class Renyi2Estimator:
             s_xf += float(kf2.mul_(self._kx2_rows(a, b)).sum())
         n = self.n
         i_x = self.entropy_x + entropy_from_sum(s_f, n) - entropy_from_sum(s_xf, n)
-        if self.token_labels:
-            i_y = token_features_label_bits(z, self._y, self.num_classes, seed=self.seed)
-        else:
-            i_y = features_label_bits(z, self._y, seed=self.seed, num_classes=self.num_classes)
-        return MutualInformation(x=unit(i_x / self.entropy_x), y=normalised(i_y, self.entropy_y), x_bits=i_x,
-                                 y_bits=i_y)
+        i_y, share = self.label_terms.features(z)
+        return MutualInformation(x=unit(i_x / self.entropy_x), y=share, x_bits=i_x, y_bits=i_y)
 
     def outputs(self, probs: Tensor) -> MutualInformation:
         """Î(X;P) = S2(K_P)/log2 N on s = sqrt(P) with absolute width 0.25, and Ĩ(Y;P) (recalibrated P)."""
@@ -209,9 +200,8 @@ class Renyi2Estimator:
         for a, b in self._blocks():
             s_p += float(kernel.rows(a, b, power=2).sum())
         h_p = entropy_from_sum(s_p, self.n)
-        i_y = outputs_label_bits(p, self._y)
-        return MutualInformation(x=unit(h_p / math.log2(self.n)), y=normalised(i_y, self.entropy_y), x_bits=h_p,
-                                 y_bits=i_y)
+        i_y, share = self.label_terms.outputs(p)
+        return MutualInformation(x=unit(h_p / math.log2(self.n)), y=share, x_bits=h_p, y_bits=i_y)
 
 
 def _num_classes(y: Tensor, num_classes: int | None) -> int:
@@ -267,19 +257,22 @@ class BinningEstimator:
 
     def __init__(self, inputs: Tensor, labels: Tensor, *, n_bins: int | None = None, seed: int = 0,
                  max_pairs: int = MAX_MEDIAN_PAIRS, dtype: torch.dtype = torch.float32, device=None,
-                 num_classes: int | None = None, token_labels: bool = False, **_ignored):
+                 num_classes: int | None = None, label_terms: LabelTerms | None = None, **_ignored):
         _, y = check_probe(inputs, labels)
         self.device = resolve_device(inputs, device)
         self.dtype, self.seed, self.max_pairs = dtype, int(seed), int(max_pairs)
         self.n = n = y.numel()
         self.num_classes = _num_classes(y, num_classes)
         # Two cells per class would give a vocabulary of next tokens a cell per example (every I(Y;T) = H(Y)).
-        default_bins = math.ceil(math.sqrt(n)) if token_labels else max(2 * self.num_classes, math.ceil(math.sqrt(n)))
+        next_tokens = label_terms is not None and label_terms.next_tokens
+        default_bins = math.ceil(math.sqrt(n)) if next_tokens else max(2 * self.num_classes, math.ceil(math.sqrt(n)))
         self.n_bins = int(min(n, n_bins if n_bins is not None else default_bins))
         if self.n_bins < 2:
             raise ValueError(f"n_bins must be at least 2, got {n_bins}")
         self._y = self.labels = y.to(self.device)
-        self.entropy_y = shannon_entropy_bits(y)
+        self.entropy_y = shannon_entropy_bits(y)  # its own plug-in terms' unit
+        # The label terms of the outputs as they are (the held-out objective), as the Rényi estimator's.
+        self.label_terms = label_terms if label_terms is not None else ClassLabelTerms(y, self.num_classes, self.seed)
 
     def options(self) -> dict:
         return {"n_bins": self.n_bins, "seed": self.seed}

@@ -27,8 +27,11 @@ logger = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def _run(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device,
-         bar=None) -> tuple[torch.Tensor, torch.Tensor]:
+def run_model(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device,
+              bar=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, logits) of a model over the probe batches, on `device` in eval mode (float32, in the
+    probe's order); `bar` is advanced by one per batch."""
+    model.to(device).eval()
     features, logits = [], []
     for batch in batches:
         f, z = forward_with_features(model, {k: v.to(device, non_blocking=True) for k, v in batch.items()})
@@ -90,14 +93,13 @@ def run_candidates(candidates: Sequence[ModelCandidate], indices: Sequence[int],
                 outcomes.append(Outcome(source.name, skipped=str(e)))
                 continue
             space.check(source.name, model)
-            model.to(device).eval()
             if bar is not None:
                 bar.reset(total=n_batches)
                 bar.set_description(source.name)
-            features, logits = _run(model, batches, device, bar)
+            features, logits = run_model(model, batches, device, bar)
             metadata = dict(source.metadata)
             for name, (extra_batches, extra_labels) in extra_probes.items():
-                _, extra_logits = _run(model, extra_batches, device, bar)
+                _, extra_logits = run_model(model, extra_batches, device, bar)
                 metadata[f"{name}_accuracy"] = float((extra_logits.argmax(dim=1) == extra_labels).float().mean())
             del model
             if i == first_index:
@@ -124,4 +126,4 @@ def notes_of(outcomes: Sequence[Outcome]) -> list[str]:
     return notes + [f"{o.name} was skipped: it could not be loaded ({o.skipped})" for o in outcomes if o.skipped]
 
 
-__all__ = ["Outcome", "first_loadable", "notes_of", "outcome_to_cpu", "run_candidates"]
+__all__ = ["Outcome", "first_loadable", "notes_of", "outcome_to_cpu", "run_candidates", "run_model"]

@@ -23,6 +23,7 @@ from .errors import (
     SingleClassProbeError,
     SparseClassError,
 )
+from .label_information import LabelTerms
 
 DEFAULT_KAPPA = 0.25
 OUTPUT_KERNEL_WIDTH = 0.25
@@ -39,8 +40,8 @@ def check_probe_classes(labels: Tensor, num_classes: int, *, token_labels: bool 
 
     Next-token labels (`token_labels`, a causal LM's probe) are exempt: a vocabulary of thousands of
     tokens is larger than any probe, and most tokens occur once or twice in one, which is what the
-    label terms then expect (the features' term pools rare tokens instead of cross-fitting each, see
-    `label_information`). They still need two distinct tokens, as every probe needs two classes
+    label terms then expect (a unigram baseline of the whole text, and a feature term over the most
+    frequent tokens, see `token_information`). They still need two distinct tokens, as every probe needs two classes
     (`check_probe`).
     """
     if token_labels:
@@ -250,7 +251,7 @@ def check_probe(inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     if only is not None:
         raise SingleClassProbeError(
             f"the probe set holds a single class (label {only}), so S2(Y) = 0 and the "
-            "normalised Î(Y;F), Î(Y;P) are undefined; draw the probe set as a shuffled (or stratified) "
+            "normalised Ĩ(Y;F), Ĩ(Y;P) are undefined; draw the probe set as a shuffled (or stratified) "
             "sample of the training data with at least two classes")
     return inputs.reshape(n, -1), labels.long()
 
@@ -342,12 +343,13 @@ class InformationEstimator(Protocol):
     num_classes: int
     labels: Tensor      # the probe's labels, on the estimator's device
     entropy_y: float    # H(Y) of the probe's labels in bits, the label terms' unit
+    label_terms: LabelTerms  # the label terms over the probe's labels (`label_information`)
 
     def features(self, features: FeatureInput) -> MutualInformation:
-        """Î(X;F), Î(Y;F) of an N × D feature matrix (or a list: an ensemble's features)."""
+        """Î(X;F), Ĩ(Y;F) of an N × D feature matrix (or a list: an ensemble's features)."""
 
     def outputs(self, probs: Tensor) -> MutualInformation:
-        """Î(X;P), Î(Y;P) of N × C probabilities (already softened at the temperature)."""
+        """Î(X;P), Ĩ(Y;P) of N × C probabilities (already softened at the temperature)."""
 
     def options(self) -> dict:
         """The estimator's settings, for the report."""

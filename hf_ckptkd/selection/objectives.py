@@ -43,7 +43,6 @@ from torch import Tensor
 
 from .errors import UnknownObjectiveError
 from .kernels import MutualInformation, output_embedding
-from .label_information import predictive_label_bits
 
 # How many units of input information one unit of label information is worth in J.
 DEFAULT_BETA = 1.0
@@ -286,20 +285,21 @@ class HeldOutInformationObjective(InformationObjective):
         return f"objective on the outputs as they are (T=1) and at T={temperature:g}, β={beta:g}"
 
     def terms(self, scored: ScoredCandidates) -> list[MutualInformation]:
-        entropy = scored.estimator.entropy_y
+        entropy = scored.estimator.label_terms.entropy_bits
         return [_with_label_term(o, y * entropy, entropy) for o, y in zip(scored.outputs, scored.predictive)]
 
     def information(self, scored: ScoredCandidates, members: tuple[int, ...]) -> MutualInformation:
         if len(members) == 1:
             return self.terms(scored)[members[0]]
         mean = torch.stack([torch.softmax(scored.candidates[i].logits.double(), dim=1) for i in members]).mean(dim=0)
-        bits = predictive_label_bits(mean.clamp(min=1e-300).log(), scored.labels)
-        return _with_label_term(super().information(scored, members), bits, scored.estimator.entropy_y)
+        terms = scored.estimator.label_terms
+        bits = terms.predictive(mean.clamp(min=1e-300).log())
+        return _with_label_term(super().information(scored, members), bits, terms.entropy_bits)
 
     def score_snapshot(self, estimator, features, logits, temperature, device) -> MutualInformation:
         softened = estimator.outputs(output_embedding(logits.to(device), temperature))
-        bits = predictive_label_bits(logits.to(device), estimator.labels)
-        return _with_label_term(softened, bits, estimator.entropy_y)
+        bits = estimator.label_terms.predictive(logits.to(device))
+        return _with_label_term(softened, bits, estimator.label_terms.entropy_bits)
 
 
 def _with_label_term(info: MutualInformation, bits: float, entropy_y: float) -> MutualInformation:

@@ -26,14 +26,16 @@ import torch
 
 from ..config import DEFAULT_KEEP_TOP_OBJECTIVE, DEFAULT_KEEP_TOP_PROBE_SAMPLES
 from ..data.loading import resolve_label_column
-from ..models.build import forward_with_features
 from ..snapshots.folders import Snapshot
 from .errors import ClassCountMismatchError, SelectionError
 from .estimators import build_estimator
+from .forward import run_model
+from .lm_probe import check_token_text, is_token_text
 from .objectives import OBJECTIVES, Objective, objective_named, objective_value
-from .probe import image_batches, labels_of
+from .probe import labels_of
 from .selector import extract_candidates
 from .settings import SelectionSettings
+from .token_information import next_token_terms
 
 
 def keep_top_settings(objective: str = DEFAULT_KEEP_TOP_OBJECTIVE,
@@ -65,8 +67,9 @@ class SnapshotScorer:
     """Score single snapshots on a fixed probe set: `scorer(snapshot) -> {"value": J, ...}`.
 
     Args:
-        probe_dataset: what `select_teachers` takes: raw images and integer labels, or tokenized
-            text, normally the teachers' training data.
+        probe_dataset: what `select_teachers` takes: raw images and integer labels, tokenized
+            labelled text, or for a causal LM tokenized text (its next tokens are the labels),
+            normally the teachers' training data.
         settings: the probe's and the objective's `SelectionSettings`; default `keep_top_settings()`
             ("outputs", 1,000 probe examples, T = 4, β = 1). The objective must score one snapshot
             alone ("outputs", "features" or "held_out"; `keep_top_objective` checks it).
@@ -76,8 +79,9 @@ class SnapshotScorer:
     terms), `probe_accuracy`, and the settings that make it reproducible.
 
     The probe is drawn once, at the first snapshot, and the estimator built once over it (its input
-    kernel is the same for every snapshot); each later snapshot costs one forward pass over the
-    probe and the objective's two terms only. The values are those `select_teachers` computes (the
+    kernel, and for a causal LM the unigram baseline of the probe text, are the same for every
+    snapshot); each later snapshot costs one forward pass over the probe (for a causal LM, one per
+    segment of text) and the objective's two terms only. The values are those `select_teachers` computes (the
     same probe tensors, batches, eval mode and estimator calls); tests/test_keep_top.py checks it.
     A scorer serves the snapshots of one run: they must share the first one's label space.
     """
@@ -88,31 +92,35 @@ class SnapshotScorer:
         s = self.settings
         self.objective = keep_top_objective(s.objective)
         # Fail before training on a probe set that cannot be scored, not at the first snapshot.
-        labels = labels_of(probe_dataset, resolve_label_column(probe_dataset, s.label_column))
-        if len(set(labels.tolist())) < 2:
-            raise SelectionError(f"the keep_top probe_dataset holds {len(labels)} examples of "
-                                 f"{len(set(labels.tolist()))} class(es); the label information needs at least two "
-                                 "classes: pass the teachers' training data")
+        if is_token_text(probe_dataset, s.label_column):
+            check_token_text(probe_dataset)
+        else:
+            labels = labels_of(probe_dataset, resolve_label_column(probe_dataset, s.label_column))
+            if len(set(labels.tolist())) < 2:
+                raise SelectionError(f"the keep_top probe_dataset holds {len(labels)} examples of "
+                                     f"{len(set(labels.tolist()))} class(es); the label information needs at least "
+                                     "two classes: pass the teachers' training data")
         self.probe_dataset, self.device = probe_dataset, device
         self._probe: dict[str, Any] | None = None  # drawn at the first snapshot, then reused
 
     def __call__(self, snapshot: Snapshot) -> dict[str, Any]:
         s = self.settings
-        if self._probe is None or self._probe["batches"] is None:
-            # The first snapshot draws the probe (its model fixes the transform and the label space) as
-            # select_teachers does; image probes are kept, tokenized text is cheap to draw again.
+        if self._probe is None:
+            # The first snapshot draws the probe (its model fixes the kind of probe, the transform and the
+            # label space) as select_teachers does; its batches serve every later snapshot.
             probe = extract_candidates([snapshot], self.probe_dataset, s, device=self.device, progress=False)
             features, logits = probe.candidates[0].features, probe.candidates[0].logits
-            if self._probe is None:
-                images = probe.inputs.dim() == 4
-                self._probe = {"inputs": probe.inputs, "labels": probe.labels, "device": probe.device,
-                               "batches": image_batches(probe.inputs.cpu(), s.batch_size) if images else None,
-                               "estimator": build_estimator(
-                                   s.estimator, probe.inputs, probe.labels, kappa=s.kappa, seed=s.seed,
-                                   chunk_size=s.chunk_size, dtype=s.dtype, device=probe.device,
-                                   num_classes=int(logits.shape[1]), **(s.estimator_options or {}))}
+            self._probe = {"labels": probe.labels, "device": probe.device, "batches": probe.batches,
+                           "estimator": build_estimator(
+                               s.estimator, probe.inputs, probe.labels, kappa=s.kappa, seed=s.seed,
+                               chunk_size=s.chunk_size, dtype=s.dtype, device=probe.device,
+                               num_classes=int(logits.shape[1]),
+                               label_terms=next_token_terms(probe.labels, probe.token_counts, int(logits.shape[1]),
+                                                            s.temperature, s.seed),
+                               **(s.estimator_options or {}))}
         else:
-            features, logits = _run(snapshot.load_model(verify=True), self._probe["batches"], self._probe["device"])
+            features, logits = run_model(snapshot.load_model(verify=True), self._probe["batches"],
+                                         self._probe["device"])
         return self._score(features, logits)
 
     def _score(self, features: torch.Tensor, logits: torch.Tensor) -> dict[str, Any]:
@@ -127,15 +135,6 @@ class SnapshotScorer:
         return {"value": objective_value(info, s.beta), "objective": s.objective, "i_x": info.x, "i_y": info.y,
                 "probe_accuracy": accuracy, "beta": float(s.beta), "temperature": float(s.temperature),
                 "estimator": s.estimator, "probe_size": int(labels.numel()), "seed": int(s.seed)}
-
-
-@torch.inference_mode()
-def _run(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, logits) of a snapshot over the probe batches, in eval mode, as the selector runs it."""
-    model.to(device).eval()
-    outputs = [forward_with_features(model, {k: v.to(device, non_blocking=True) for k, v in batch.items()})
-               for batch in batches]
-    return torch.cat([f.float() for f, _ in outputs]), torch.cat([z.float() for _, z in outputs])
 
 
 __all__ = ["SnapshotScorer", "keep_top_objective", "keep_top_settings",

@@ -102,7 +102,7 @@ def draw_probe(dataset, size: int | None, seed: int, transform: Transform,
     classes = torch.unique(probe_labels)
     if classes.numel() < 2:
         raise SingleClassProbeError(
-            f"the probe set holds a single class (label {int(classes[0])}), so the label terms Î(Y;·) are undefined; "
+            f"the probe set holds a single class (label {int(classes[0])}), so the label terms Ĩ(Y;·) are undefined; "
             "draw the probe from a dataset with at least two classes (the training split of the teachers' dataset)")
     images = dataset.select(indices)[columns.image] if hasattr(dataset, "select") else [dataset[i][columns.image]
                                                                                         for i in indices]
@@ -169,7 +169,7 @@ def draw_text_probe(dataset, size: int | None, seed: int, label_column: str, bat
         raise EmptyProbeError(f"the probe set is empty (the dataset has {len(labels)} examples, max_probe_samples={size})")
     probe_labels = torch.from_numpy(labels[indices])
     if torch.unique(probe_labels).numel() < 2:
-        raise SingleClassProbeError("the probe set holds a single class, so the label terms Î(Y;·) are undefined; "
+        raise SingleClassProbeError("the probe set holds a single class, so the label terms Ĩ(Y;·) are undefined; "
                                     "draw the probe from a dataset with at least two classes")
     rows = dataset.select(indices)
     ids = [torch.tensor(x, dtype=torch.long) for x in rows["input_ids"]]

@@ -4,8 +4,9 @@ Each task (`hf_ckptkd.tasks`: images, tokenized text for sequence classifiers, c
 probe source and registers here with `register_probe_source`; `probe_source` asks the registered
 tasks which one handles the first snapshot's model, so the selector never branches on the kind of
 model. A `ProbeSource` draws a probe from a dataset (the probe set and the held-out probe alike),
-says what labels the data has (checked against the snapshots before they run) and whether its
-labels are next tokens, and describes itself for the report. `ClassifierProbe` is what the
+says what labels the data has (checked against the snapshots before they run), gives next-token
+labels (a causal LM's: seeded segments of text, every position read, see `lm_probe`) the counts of
+the text they come from, and describes itself for the report. `ClassifierProbe` is what the
 classifiers' sources share: a label-stratified sample whose label space is the dataset's labels.
 """
 
@@ -26,17 +27,17 @@ from .settings import SelectionSettings
 
 @dataclass
 class DrawnProbe:
-    """A probe as model inputs (`batches`), the inputs X of the kernel, and the labels Y (one per example)."""
+    """A probe as model inputs (`batches`), the inputs X of the kernel, and the labels Y (one per example);
+    for next tokens, `token_counts`: how often each token follows a position of the whole text drawn from."""
 
     batches: list[dict[str, torch.Tensor]]
     inputs: torch.Tensor
     labels: torch.Tensor
+    token_counts: torch.Tensor | None = None
 
 
 class ProbeSource(Protocol):
-    """What the selector asks of a task's probe."""
-
-    token_labels: bool  # the labels are next tokens (a causal LM's vocabulary), not classes
+    """What the selector asks of a task's probe (its labels are next tokens when `draw` gives `token_counts`)."""
 
     def label_space(self, dataset) -> tuple[list[str] | None, int]:
         """(the dataset's label names or None, the number of classes its labels span)."""
@@ -86,8 +87,6 @@ def pad_token_id(model: nn.Module) -> int:
 
 class ClassifierProbe:
     """A label-stratified sample of a labelled dataset; the label space is the dataset's labels."""
-
-    token_labels = False
 
     def __init__(self, settings: SelectionSettings, dataset):
         self.settings = settings

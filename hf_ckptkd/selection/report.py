@@ -149,7 +149,7 @@ class SelectionReport:
         """One or two sentences on why `name` was (or was not) chosen, e.g. for a model card."""
         s = self.score(name)
         n_candidates = sum(not t.init for t in self.scores)
-        values = (f"Î(X;F)={s.i_xf:.3f}, Î(Y;F)={s.i_yf:.3f}, Î(X;P)={s.i_xp:.3f}, Î(Y;P)={s.i_yp:.3f}, "
+        values = (f"Î(X;F)={s.i_xf:.3f}, Ĩ(Y;F)={s.i_yf:.3f}, Î(X;P)={s.i_xp:.3f}, Ĩ(Y;P)={s.i_yp:.3f}, "
                   f"J={s.j:.3f}, probe accuracy {s.accuracy:.1%}")
         if s.init:
             return f"{name} is the initialisation, excluded from the selection ({values})."
@@ -197,16 +197,15 @@ class SelectionReport:
             "",
             f"Selected ({self.k}): " + ", ".join(f"**{n}**" for n in self.selected),
             "",
-            f"- objective: `{self.objective}`: {what}; Ĩ(Y;·) is a share of H(Y)"
-            + (f" = {self.label_entropy_bits:.3f} bits" if self.label_entropy_bits is not None else "")
-            + ", Î(X;·) a share of a fixed bound of the probe set; the initialisation is never chosen",
+            f"- objective: `{self.objective}`: {what}; {self._label_unit()}, Î(X;·) a share of a fixed bound of the "
+            "probe set; the initialisation is never chosen",
             f"- temperature T = {self.temperature:g}, β = {self.beta:g}, κ = {self.kappa:g}, "
             f"estimator `{self.estimator}`, probe set of {self.probe_size} examples, seed {self.seed}, "
             f"{self.search} search",
         ]
         if self.k > 1 and self.ensemble:
             lines.append(f"- the ensemble, scored as a whole on {self._ensemble_representation()}: "
-                         f"Î(X;·) = {self.ensemble['i_x']:.4f}, Î(Y;·) = {self.ensemble['i_y']:.4f}, "
+                         f"Î(X;·) = {self.ensemble['i_x']:.4f}, Ĩ(Y;·) = {self.ensemble['i_y']:.4f}, "
                          f"J = {self.ensemble['j']:.4f}")
         signs = memorisation_signs(self.scores)
         if signs:
@@ -230,6 +229,18 @@ class SelectionReport:
                 f"{s.i_xf:.4f} | {s.i_yf:.4f} | {s.i_xp:.4f} | {s.i_yp:.4f} | "
                 f"{'' if s.i_yp1 is None else f'{s.i_yp1:.4f}'} | {s.j:.4f} | {chosen} |")
         return "\n".join(lines) + "\n"
+
+    def _label_unit(self) -> str:
+        """What the label terms are shares of, for table.md."""
+        bits = f" = {self.label_entropy_bits:.3f} bits" if self.label_entropy_bits is not None else ""
+        tokens = self.estimator_options.get("next_tokens")
+        if not tokens:
+            return f"Ĩ(Y;·) is a share of H(Y){bits}"
+        return (f"the labels are next tokens: Ĩ(Y;P) and Ĩ(Y;P₁) are shares of H_u(Y){bits} per token, the "
+                f"cross-entropy of a leave-one-out unigram of the probe text (the held-out loss is nats per token), "
+                f"and Ĩ(Y;F) of H_u(Y_N) = "
+                f"{tokens['top_token_entropy_bits']:.3f} bits, Y_N the next token among the text's "
+                f"{tokens['top_tokens']} most frequent or 'another token'")
 
     def save(self, directory: str | os.PathLike, *, plot: bool = True) -> Path:
         """Write selection.json, table.md and (with `plot`) information_plane.png; returns the folder."""

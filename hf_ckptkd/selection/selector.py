@@ -13,7 +13,7 @@ Those become `Candidate`s for `select_from_candidates`, which estimates the info
 makes the choice (see `objective` for J and the search). Snapshots at global step 0 are the
 initialisation: scored and reported, never chosen.
 
-The estimator computes every term, the task terms Î(Y;·) included, on one probe set (the kernels
+The estimator computes every term, the label terms Ĩ(Y;·) included, on one probe set (the kernels
 of inputs, labels, features and outputs are over the same examples), so a `held_out_probe` cannot
 feed the task terms; when given it is used for each snapshot's held-out accuracy
 (`SnapshotScore.metadata["held_out_accuracy"]`, saved in selection.json; table.md shows the probe
@@ -109,9 +109,11 @@ def default_device() -> torch.device:
 class ProbeCandidates:
     """Every snapshot's features and logits on one probe set: what `select_from_candidates` takes.
 
-    `inputs` and `labels` are the probe (on `device`); `candidates` are in training order;
+    `inputs` and `labels` are the probe (on `device`), `batches` the same probe as model inputs (on
+    the CPU); `candidates` are in training order;
     `info` describes the probe (size, seed, class counts, transform) and the time taken;
-    `token_labels` says the labels are next tokens (a causal LM's probe; see `lm_probe`).
+    `token_counts` is given when the labels are next tokens (a causal LM's probe; see `lm_probe`): how
+    often each token follows a position of the whole probe text, the label terms' unigram baseline.
     """
 
     candidates: list[Candidate]
@@ -121,7 +123,8 @@ class ProbeCandidates:
     device: torch.device
     info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    token_labels: bool = False
+    token_counts: torch.Tensor | None = None
+    batches: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
 
 # What the selector chooses among, and which revisions, folders or commits of a Hub repo.
@@ -139,7 +142,7 @@ def extract_candidates(snapshots: Snapshots, probe_dataset, settings: SelectionS
 
     The arguments mean what they mean for `select_teachers`. Useful to score the same snapshots
     under several objectives or settings without running the models again:
-    `select_from_candidates(pc.candidates, pc.inputs, pc.labels, objective=..., token_labels=pc.token_labels)`. Under
+    `select_from_candidates(pc.candidates, pc.inputs, pc.labels, objective=..., token_counts=pc.token_counts)`. Under
     `accelerate launch` each process runs its share and every process gets all the candidates.
     """
     settings = SelectionSettings.of(settings, **overrides)
@@ -168,7 +171,7 @@ def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, h
     probe = drawing.draw(probe_dataset)
     batches, inputs, labels = probe.batches, probe.inputs, probe.labels
     check_probe_classes(labels, max(num_labels_of(first_model), int(labels.max()) + 1),
-                        token_labels=drawing.token_labels)
+                        token_labels=probe.token_counts is not None)
     extra_probes = {}
     for name, dataset in (("held_out", held_out_probe), ("training", training_probe)):
         if dataset is not None:
@@ -199,7 +202,7 @@ def _extract(source: CandidateSet, probe_dataset, settings: SelectionSettings, h
         info["source"] = source.source
     loaded = [o.candidate for o in outcomes if o.candidate is not None]
     return ProbeCandidates(loaded, inputs.to(device), labels.to(device), source.snapshot_dir, device, info,
-                           notes_of(outcomes), token_labels=drawing.token_labels)
+                           notes_of(outcomes), token_counts=probe.token_counts, batches=batches)
 
 
 def select_teachers(snapshots: Snapshots, probe_dataset, k: int | None = None, *, revisions: Revisions = None,
@@ -290,7 +293,7 @@ def select_teachers(snapshots: Snapshots, probe_dataset, k: int | None = None, *
     def score() -> SelectionReport:
         t0 = time.perf_counter()
         report = select_from_candidates(probe.candidates, probe.inputs, probe.labels, settings, device=probe.device,
-                                        progress=progress and state.is_main_process, token_labels=probe.token_labels)
+                                        progress=progress and state.is_main_process, token_counts=probe.token_counts)
         report.snapshot_dir = probe.snapshot_dir
         report.notes = list(probe.notes)
         report.extra.update(probe.info)

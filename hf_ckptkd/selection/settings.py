@@ -29,9 +29,9 @@ DEFAULT_EXHAUSTIVE_LIMIT = 500
 DEFAULT_ACCURACY_MARGIN = 0.05
 DEFAULT_MAX_PROBE_SAMPLES = 2000
 DEFAULT_BATCH_SIZE = 256
-# Tokens of context in front of each probe position of a causal LM: enough for a small LM's
-# predictions to depend on the text (the fortunes recipe trains on blocks of 128), short enough that
-# 2,000 windows run in seconds on a CPU.
+# Tokens per segment of a causal LM's probe (one forward each; a position's context is the segment
+# up to it): a small LM's training block (the fortunes recipe trains on blocks of 64), and short
+# enough that 2,000 positions come from some 30 places in the text rather than a handful.
 DEFAULT_PROBE_CONTEXT = 64
 
 
@@ -44,9 +44,10 @@ class SelectionSettings:
     `ImageTransformConfig`, whose evaluation transform is used, or a callable PIL image → tensor;
     default derived from the first snapshot's model) and `default_transform` (what to assume for
     what the model does not record: transformers models record channels and size, not the
-    normalisation); for causal LMs `probe_context` (each probe position is the window of at most
-    this many tokens ending at it, and the model predicts the token after it; None: 64, or the
-    snapshots' number of positions when that is smaller).
+    normalisation); for causal LMs `probe_context` (the text is cut into segments of at most this
+    many tokens, each run as one forward, and every position of a drawn segment predicts the token
+    after it from the segment's tokens up to it; None: 64, or the snapshots' number of positions
+    when that is smaller), and `max_probe_samples` counts positions.
     Choice: `k` teachers by `objective` (a name in `objectives.OBJECTIVES`: "outputs", "features",
     "held_out", or the trivial "final", "accuracy", "loss") at `temperature`, with `beta` weighing the input term, `kappa` the kernel width, `estimator`
     ("renyi2" or "binning"); `chunk_size` rows per Gram block (None: dense up to 20k examples);

@@ -25,7 +25,7 @@ from .losses import IGNORE_INDEX, token_kd
 from .topk_losses import TopKTeacher, topk_token_kd
 from ..models.build import build_causal_lm, is_causal_lm, num_labels_of, unwrap
 from ..selection.errors import ClassCountMismatchError, SelectionError
-from ..selection.lm_probe import draw_lm_probe
+from ..selection.lm_probe import draw_lm_probe, next_token_counts
 from ..selection.probe_sources import DrawnProbe, pad_token_id
 from ..selection.settings import DEFAULT_PROBE_CONTEXT, SelectionSettings
 from .base import KDTerm, RunData, Task, shared_tokenizer, tokenized_probe
@@ -59,9 +59,7 @@ def perplexity(mean_token_loss: float) -> float:
 
 
 class TokenProbe:
-    """Seeded token positions of tokenized text for a causal LM: the window before each, and the next token."""
-
-    token_labels = True
+    """Seeded segments of tokenized text for a causal LM: every position of each, and the token after it."""
 
     def __init__(self, settings: SelectionSettings, first_model: nn.Module):
         self.settings = settings
@@ -70,7 +68,7 @@ class TokenProbe:
         config = unwrap(first_model).config
         positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
         context = settings.probe_context
-        if context is None:  # the default window, shortened for a model with fewer positions
+        if context is None:  # the default segment, shortened for a model with fewer positions
             context = min(DEFAULT_PROBE_CONTEXT, positions or DEFAULT_PROBE_CONTEXT)
         elif positions is not None and isinstance(context, int) and context > positions:
             raise SelectionError(f"probe_context={context} is longer than the snapshots' {positions} positions; pass "
@@ -92,10 +90,13 @@ class TokenProbe:
                 f"the probe holds token id {top} but the snapshots' vocabulary has {self.vocabulary} tokens; tokenize "
                 "the probe text with the teachers' tokenizer (on the command line: --tokenizer, or leave it out to use "
                 "the one saved in the snapshots)")
+        probe.token_counts = next_token_counts(dataset, self.vocabulary)
         return probe
 
     def describe(self, probe: DrawnProbe) -> dict[str, Any]:
         return {"labels": "next tokens", "source_rows": self._source_rows,
+                "source_tokens": int(probe.token_counts.sum()) if probe.token_counts is not None else None,
+                "segments": sum(len(b["input_ids"]) for b in probe.batches),
                 "distinct_next_tokens": int(torch.unique(probe.labels).numel()),
                 "probe_context": self.context, "vocabulary": self.vocabulary}
 

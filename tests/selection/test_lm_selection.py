@@ -1,22 +1,25 @@
-"""`select_teachers` on causal-LM snapshots: the token-position probe, the label terms over a
-vocabulary of next tokens, the choice among snapshots of a tiny trained LM, and `hf-ckptkd select`.
+"""`select_teachers` on causal-LM snapshots: the probe of text segments (every position of a segment
+read from one forward), the label terms over a vocabulary of next tokens, the choice among snapshots
+of a tiny trained LM, keep-top scoring of LM snapshots, and `hf-ckptkd select`.
 
-Known answers: a teacher whose next-token distribution puts its mass on the true next token
-keeps about all of H(Y) (Ĩ(Y;P) near 1), a uniform or random one about none of it; features that
-identify the next token beat noise; a 1-layer GPT-2 trained on a sequence whose next token is a
-function of the current one gains Ĩ(Y;P) from initialisation to the end of training, and the end is
-chosen. Models are built from configs (nothing downloads) and tiny.
+Known answers: one forward over a segment gives at every position the logits the model gives to
+that position's context alone; a teacher whose next-token distribution puts its mass on the true
+next token keeps about all of the unigram baseline's bits (Ĩ(Y;P) near 1), a uniform or random
+one none of them; a 1-layer GPT-2 trained on a sequence whose next token is a function of the
+current one gains Ĩ(Y;P) from initialisation to the end of training, and the end is chosen. The
+label terms' controlled cases are in test_token_information.py. Models are built from configs
+(nothing downloads) and tiny.
 """
 
 import dataclasses
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
 from datasets import Dataset
 
+from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer
 from hf_ckptkd.cli.main import main
 from hf_ckptkd.data import DataError, lm_blocks
 from hf_ckptkd.data.fortunes import FORTUNES_DIR
@@ -32,8 +35,9 @@ from hf_ckptkd.selection import (
     select_from_candidates,
     select_teachers,
 )
-from hf_ckptkd.selection.label_information import random_halves, shannon_entropy_bits, token_features_label_bits
-from hf_ckptkd.selection.lm_probe import draw_lm_probe, probe_positions
+from hf_ckptkd.selection.label_information import shannon_entropy_bits
+from hf_ckptkd.selection.lm_probe import draw_lm_probe, next_token_counts, probe_segments
+from hf_ckptkd.selection.online import SnapshotScorer, keep_top_settings
 from hf_ckptkd.selection.selector import extract_candidates
 from hf_ckptkd.snapshots import SnapshotIndex, write_snapshot
 
@@ -80,35 +84,45 @@ def lm_run(tmp_path_factory):
 # The probe
 
 
-def test_positions_cover_every_prediction_in_dataset_order_and_are_seeded():
-    rows, t = probe_positions(np.array([5, 1, 3, 0]), None, seed=0)
-    # A row of L tokens has L - 1 positions with a next token; rows of 0 or 1 token have none.
-    assert rows.tolist() == [0, 0, 0, 0, 2, 2] and t.tolist() == [0, 1, 2, 3, 0, 1]
+def _positions(segments):
+    return [(r, s + i) for r, s, k in segments for i in range(k)]
+
+
+def test_segments_cover_every_prediction_once_in_dataset_order_and_are_seeded():
+    # Rows of 5, 1, 3 and 0 tokens cut every 3 tokens: a row of L tokens has L - 1 positions with a next token.
+    assert probe_segments(np.array([5, 1, 3, 0]), None, seed=0, context=3) == [(0, 0, 3), (0, 3, 1), (2, 0, 2)]
     lengths = np.array([40, 2, 17, 64, 9])
-    a, b = probe_positions(lengths, 30, seed=3), probe_positions(lengths, 30, seed=3)
-    assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist()
-    other = probe_positions(lengths, 30, seed=4)
-    assert (a[0].tolist(), a[1].tolist()) != (other[0].tolist(), other[1].tolist())
-    flat = [(r, p) for r, p in zip(*a)]
-    assert flat == sorted(set(flat)) and len(flat) == 30  # distinct, in dataset order
-    assert all(0 <= p <= lengths[r] - 2 for r, p in flat)
+    a, b = probe_segments(lengths, 30, seed=3, context=8), probe_segments(lengths, 30, seed=3, context=8)
+    assert a == b and a != probe_segments(lengths, 30, seed=4, context=8)
+    positions = _positions(a)
+    assert len(positions) == 30 and positions == sorted(set(positions))  # distinct, in dataset order
+    assert all(0 <= t <= lengths[r] - 2 for r, t in positions)
+    # Whole segments (they start on the cuts, and all but the one cut short hold every position they have).
+    whole = {(r, s): k for r, s, k in probe_segments(lengths, None, seed=0, context=8)}
+    assert all(s % 8 == 0 for _, s, _ in a) and sum(k < whole[(r, s)] for r, s, k in a) <= 1
+    assert len(_positions(probe_segments(lengths, None, seed=0, context=8))) == int((lengths - 1).sum())
 
 
-def test_each_probe_item_is_the_window_before_a_position_and_its_next_token():
+def test_each_probe_position_reads_its_segment_up_to_it_and_predicts_the_next_token():
     ids = [[10, 11, 12, 13, 14, 15], [20, 21, 22, 0, 0], [30, 31]]
     masks = [[1] * 6, [1, 1, 1, 0, 0], [1, 1]]  # the second row is right-padded: its padding is no token
     data = Dataset.from_dict({"input_ids": ids, "attention_mask": masks})
     batches, bags, labels = draw_lm_probe(data, None, seed=0, context=3, batch_size=4, pad_token_id=0)
-    windows = [b["input_ids"][i][b["attention_mask"][i].bool()].tolist() for b in batches for i in range(len(b["input_ids"]))]
-    assert windows == [[10], [10, 11], [10, 11, 12], [11, 12, 13], [12, 13, 14], [20], [20, 21], [30]]
+    segments = [b["input_ids"][i][b["attention_mask"][i].bool()].tolist() for b in batches
+                for i in range(len(b["input_ids"]))]
+    assert segments == [[10, 11, 12], [13, 14], [20, 21], [30]]  # one forward each, every token a position
     assert labels.tolist() == [11, 12, 13, 14, 15, 21, 22, 31]
-    # X: each window's bag of tokens, as many counts as tokens in the window.
-    assert bags.sum(dim=1).tolist() == [len(w) for w in windows]
-    assert [len(b["input_ids"]) for b in batches] == [4, 4]
-    # Right-padded: the attention mask marks a prefix of each row.
+    # X: each position's context (its segment up to it) as a bag: as many counts as tokens in that context.
+    assert bags.sum(dim=1).tolist() == [1, 2, 3, 1, 2, 1, 2, 1]
+    assert bags[2].nonzero().flatten().tolist() == [10, 11, 12]
+    # Batches of at most 4 positions (a segment is never split), right-padded.
+    assert [int(b["attention_mask"].sum()) for b in batches] == [3, 4, 1]
     for b in batches:
         m = b["attention_mask"]
         assert torch.equal(m, torch.sort(m, dim=1, descending=True).values)
+    # The baseline's counts: every real token of the text but each row's first.
+    assert next_token_counts(data, 40).tolist() == torch.bincount(torch.tensor([11, 12, 13, 14, 15, 21, 22, 31]),
+                                                                  minlength=40).tolist()
 
 
 def test_the_same_seed_gives_the_same_probe_and_scores(lm_run):
@@ -123,23 +137,28 @@ def test_the_same_seed_gives_the_same_probe_and_scores(lm_run):
     assert [dataclasses.asdict(s) for s in a.scores] == [dataclasses.asdict(s) for s in b.scores]
 
 
-def test_one_probe_row_is_one_prediction_of_the_model(lm_run):
-    """The logits the selector scores for a probe item are the model's next-token logits after its window."""
+def test_one_forward_per_segment_gives_each_position_the_prediction_of_its_context_alone(lm_run):
+    """The logits the selector scores for a probe position are the model's next-token logits after its context
+    (the segment up to it), as a forward over that context alone gives them: the causal mask at work."""
     data = synthetic_blocks(20, seed=8)
     pc = extract_candidates(lm_run, data, max_probe_samples=50, probe_context=6, batch_size=16, progress=False)
-    assert pc.token_labels and pc.info["probe"]["labels"] == "next tokens"
+    assert pc.token_counts is not None and pc.info["probe"]["labels"] == "next tokens"
+    assert pc.info["probe"]["segments"] == len(probe_segments(np.full(20, 24), 50, seed=0, context=6))
     batches, _, labels = draw_lm_probe(data, 50, seed=0, context=6, batch_size=16, pad_token_id=0)
     assert torch.equal(pc.labels.cpu(), labels)
     model = lm_run["step-0060"].load_model().eval()
     end = next(c for c in pc.candidates if c.name == "step-0060")
-    item = 0
-    window = batches[0]["input_ids"][item][batches[0]["attention_mask"][item].bool()]
+    contexts = [row[mask.bool()][:t + 1] for b in batches for row, mask in zip(b["input_ids"], b["attention_mask"])
+                for t in range(int(mask.sum()))]
+    assert len(contexts) == 50
     with torch.inference_mode():
-        direct = model(input_ids=window[None]).logits[0, -1]
-    assert torch.allclose(end.logits[item], direct, atol=1e-4)
+        for item in (0, 3, 5, 6, 49):
+            direct = model(input_ids=contexts[item][None]).logits[0, -1]
+            assert torch.allclose(end.logits[item], direct, atol=1e-4)
     # The probe accuracy in the report is next-token accuracy.
     accuracy = float((end.logits.argmax(dim=1) == pc.labels.cpu()).float().mean())
-    report = select_from_candidates(pc.candidates, pc.inputs, pc.labels, token_labels=True, objective="outputs")
+    report = select_from_candidates(pc.candidates, pc.inputs, pc.labels, token_counts=pc.token_counts,
+                                    objective="outputs")
     assert next(s for s in report.scores if s.name == "step-0060").accuracy == pytest.approx(accuracy)
 
 
@@ -171,14 +190,15 @@ def test_outputs_label_term_over_a_vocabulary_has_the_known_answers():
     uniform[:, 0] = 1e-3  # not exactly constant (a constant output is refused as carrying nothing)
     random = torch.randn(n, vocabulary, generator=g) * 3.0
     report = select_from_candidates([candidate("oracle", oracle), candidate("uniform", uniform),
-                                     candidate("random", random)], inputs, y, token_labels=True,
+                                     candidate("random", random)], inputs, y,
+                                    token_counts=torch.bincount(y, minlength=vocabulary),
                                     objective="outputs", temperature=1.0)
     scores = {s.name: s for s in report.scores}
     assert scores["oracle"].i_yp > 0.95
     assert scores["uniform"].i_yp == pytest.approx(0.0, abs=0.02)
     assert scores["random"].i_yp < 0.05
     assert report.selected == ["oracle"]
-    assert report.label_entropy_bits == pytest.approx(shannon_entropy_bits(y))
+    assert report.label_entropy_bits > shannon_entropy_bits(y)  # the unigram's held-out bits, not the plug-in H(Y)
     assert scores["oracle"].accuracy == 1.0
 
 
@@ -196,40 +216,10 @@ def test_classifier_guards_refuse_the_sparse_probe_that_next_tokens_accept():
     small = [Candidate("a", candidates[0].features, candidates[0].logits[:, :200], step=1)]
     with pytest.raises(SparseClassError, match="single example"):
         select_from_candidates(small, inputs, y_small)
-    assert select_from_candidates(small, inputs, y_small, token_labels=True).selected == ["a"]
-    report = select_from_candidates(candidates, inputs, y, token_labels=True, objective="features")
-    assert report.selected == ["a"] and report.estimator_options["token_labels"] is True
-
-
-def perfect_pooled_bits(y: torch.Tensor, vocabulary: int, seed: int) -> float:
-    """The features' bound for features that give the next token away: every token with a class of its own
-    predicted with certainty, every rarer one known to be rarer and spread over the V - m others."""
-    fold, total = random_halves(y.numel(), seed), 0.0
-    for part in (fold, ~fold):
-        own = torch.bincount(y[~part], minlength=vocabulary) >= 2
-        total += math.log2(vocabulary - int(own.sum())) * int((~own[y[part]]).sum())
-    return shannon_entropy_bits(y) - total / y.numel()
-
-
-def test_features_that_identify_the_next_token_reach_the_pooled_bound_and_noise_does_not():
-    n, vocabulary, d = 800, 3000, 16
-    y = sparse_tokens(n, vocabulary, seed=4)
-    g = torch.Generator().manual_seed(5)
-    codebook = torch.randn(vocabulary, d, generator=g)
-    informative = codebook[y] + 0.1 * torch.randn(n, d, generator=g)
-    noise = torch.randn(n, d, generator=g)
-    h = shannon_entropy_bits(y)
-    best = perfect_pooled_bits(y, vocabulary, seed=0)
-    good = token_features_label_bits(informative, y, vocabulary, seed=0)
-    bad = token_features_label_bits(noise, y, vocabulary, seed=0)
-    # The tail of tokens seen once costs every representation the same log2(V - m) bits per position,
-    # so the bound is far below H(Y) even for a perfect representation, and the same for all snapshots.
-    assert 0 < best < h
-    assert best - 0.5 < good <= best + 1e-9
-    assert bad < 0  # noise predicts no better than the frequencies, and pays for the tail too
-    # Every half's predictor is a distribution over the vocabulary: the cross-entropy is at most log2 V.
-    assert bad >= h - math.log2(vocabulary) - 1e-9
-    assert token_features_label_bits(informative, y, vocabulary, seed=0) == good  # seeded halves
+    assert select_from_candidates(small, inputs, y_small, token_counts=torch.bincount(y_small)).selected == ["a"]
+    report = select_from_candidates(candidates, inputs, y, token_counts=torch.bincount(y, minlength=vocabulary),
+                                    objective="features")
+    assert report.selected == ["a"] and report.estimator_options["next_tokens"]["top_tokens"] == 32
 
 
 def test_a_probe_whose_next_tokens_are_all_one_token_is_a_clear_error():
@@ -239,7 +229,7 @@ def test_a_probe_whose_next_tokens_are_all_one_token_is_a_clear_error():
     y = torch.full((50,), 3)
     candidates = [Candidate("a", torch.randn(50, 4), torch.randn(50, 10), step=1)]
     with pytest.raises(SingleClassProbeError):
-        select_from_candidates(candidates, torch.randn(50, 4), y, token_labels=True)
+        select_from_candidates(candidates, torch.randn(50, 4), y, token_counts=torch.bincount(y, minlength=10))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +282,48 @@ def test_bad_lm_probe_inputs_are_clear_errors(lm_run):
     outside = Dataset.from_dict({"input_ids": [[1, 2, VOCAB + 5, 3, 4]]})
     with pytest.raises(ClassCountMismatchError, match=rf"token id {VOCAB + 5}.*vocabulary has {VOCAB} tokens.*tokenizer"):
         select_teachers(lm_run, outside, probe_context=8, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keep-top: LM snapshots scored as they are written
+
+
+def _collate_blocks(rows):
+    ids = torch.tensor([r["input_ids"] for r in rows])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def test_keep_top_scores_lm_snapshots_with_the_selectors_probe_and_terms(tmp_path):
+    out = tmp_path / "run"
+    config = CheckpointKDConfig(output_dir=str(out), num_train_epochs=4, per_device_train_batch_size=8,
+                                learning_rate=1e-2, save_strategy="no", logging_steps=100, snapshot_strategy="epoch",
+                                snapshot_every=1, snapshot_keep_top=1, snapshot_probe_samples=200, report_to="none",
+                                remove_unused_columns=False, disable_tqdm=True, seed=0, use_cpu=True)
+    torch.manual_seed(0)
+    model = build_causal_lm("transformers:GPT2Config", vocab_size=VOCAB, model_kwargs=TINY_GPT2)
+    probe = synthetic_blocks(16, seed=14)
+    CheckpointKDTrainer(model=model, args=config, train_dataset=synthetic_blocks(32, seed=13),
+                        data_collator=_collate_blocks, probe_dataset=probe).train()
+    entries = json.loads((out / "snapshots" / "index.json").read_text())["snapshots"]
+    assert [e["name"] for e in entries] == [f"epoch-{i:04d}" for i in range(1, 5)]
+    assert all(e["score"]["objective"] == "outputs" and e["score"]["probe_size"] == 200 for e in entries)
+    index = SnapshotIndex.load(out / "snapshots")
+    assert len(index.names) == 2 and len(index.removed) == 2 and index.final.name == "epoch-0004"
+    # The recorded score is the selector's J on the same probe, with the next-token terms.
+    report = select_teachers(index, probe, objective="outputs", max_probe_samples=200, progress=False)
+    assert {s.name: s.j for s in report.scores} == pytest.approx({s.name: s.score["value"] for s in index}, rel=1e-6)
+    assert {s.name: s.i_yp for s in report.scores} == pytest.approx({s.name: s.score["i_y"] for s in index}, rel=1e-6)
+    assert report.estimator_options["next_tokens"]["top_tokens"] == VOCAB
+    kept = next(s for s in index if not s.final)
+    assert kept.score["value"] >= max(e["score"]["value"] for e in index.removed)
+
+
+def test_keep_top_refuses_lm_probe_text_of_one_token_before_training():
+    with pytest.raises(SelectionError, match=r"followed by 1 distinct token.*at least two"):
+        SnapshotScorer(Dataset.from_dict({"input_ids": [[7] * 10, [7] * 6]}), keep_top_settings())
+    # Text with a label column of token sequences (as transformers' run_clm copies input_ids) is next-token text too.
+    ids = [[1, 2, 3, 4], [4, 3, 2, 1]]
+    assert SnapshotScorer(Dataset.from_dict({"input_ids": ids, "labels": ids}), keep_top_settings()) is not None
 
 
 # ---------------------------------------------------------------------------------------------
