@@ -17,14 +17,17 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian's Fashion-MNIST package when we can install it (otherwise the data layer says so and
-# falls back to the Hub copy of the dataset), and Debian's fortunes, the offline English text.
+# falls back to the Hub copy of the dataset), Debian's fortunes, the offline English text, and
+# WordNet's definitions (wordnet-base), the short-text classification task.
 FORTUNES := /usr/share/games/fortunes/computers
+WORDNET := /usr/share/wordnet/data.noun
+DEBIAN_DATA := dataset-fashion-mnist fortunes wordnet-base
 data:
-	@if [ ! -f $(FMNIST) ] || [ ! -f $(FORTUNES) ]; then \
+	@if [ ! -f $(FMNIST) ] || [ ! -f $(FORTUNES) ] || [ ! -f $(WORDNET) ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get install -y -qq dataset-fashion-mnist fortunes || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist fortunes)) >/dev/null \
-	      || echo "could not install dataset-fashion-mnist and fortunes; Fashion-MNIST falls back to the Hub copy, the text sets are unavailable"; \
-	  else echo "dataset-fashion-mnist or fortunes is not installed and apt-get needs root"; fi; \
+	    (apt-get install -y -qq $(DEBIAN_DATA) || (apt-get update -qq && apt-get install -y -qq $(DEBIAN_DATA))) >/dev/null \
+	      || echo "could not install $(DEBIAN_DATA); Fashion-MNIST falls back to the Hub copy, the text sets are unavailable"; \
+	  else echo "one of $(DEBIAN_DATA) is not installed and apt-get needs root"; fi; \
 	fi
 
 # The whole method where checkpoints matter: a teacher that memorises noisy labels, the default

@@ -41,16 +41,27 @@ CELLS = ROOT / "recipes" / "selector_cells"
 STUDIES = ROOT / "recipes" / "studies"
 
 
-def students_by_snapshot(run_dir: Path) -> dict[str, dict[int, float]]:
-    """Test accuracy of the students taught by each single snapshot of teacher-0, by student seed."""
+def students_by_snapshot(run_dir: Path, key: str = "test_accuracy") -> dict[str, dict[int, float]]:
+    """`key` (test accuracy, or a causal LM's test perplexity) of the students taught by each single
+    snapshot of teacher-0, by student seed."""
     teacher0 = (run_dir / "teachers" / "teacher-0").resolve()
     found: dict[str, dict[int, float]] = {}
     for path in (run_dir / "students").glob("*/seed-*/result.json"):
         result = json.loads(path.read_text())
         refs = result["teachers"]
-        if len(refs) == 1 and Path(refs[0].rpartition(":")[0]).resolve().is_relative_to(teacher0):
-            found.setdefault(refs[0].rpartition(":")[2], {})[result["seed"]] = result["test_accuracy"]
+        if len(refs) == 1 and Path(refs[0].rpartition(":")[0]).resolve().is_relative_to(teacher0) and key in result:
+            found.setdefault(refs[0].rpartition(":")[2], {})[result["seed"]] = result[key]
     return found
+
+
+def no_teacher(run_dir: Path, seeds: list[int], key: str = "test_accuracy") -> float | None:
+    """Mean `key` of the students trained without a teacher, over `seeds`."""
+    found = {}
+    for path in (run_dir / "students" / "no_kd").glob("seed-*/result.json"):
+        result = json.loads(path.read_text())
+        found[result["seed"]] = result.get(key)
+    values = [found[s] for s in seeds if found.get(s) is not None]
+    return sum(values) / len(values) if values else None
 
 
 def finished_runs(min_seeds: int, only: str = "") -> list[tuple[str, object, Path, list[int]]]:
@@ -98,15 +109,29 @@ def score_cell(name: str, recipe, run_dir: Path, seeds: list[int]) -> dict:
     as_runs = {n: [{"seed": s, "test_accuracy": per_seed[n][s]} for s in seeds] for n in student}
     cell = {"name": name, "run_dir": str(run_dir), "seeds": seeds, "oracle": oracle, "student": student,
             "final": final, "oracle_vs_final": paired_difference(as_runs[oracle], as_runs[final]) if oracle != final
-            else None, "selectors": {}}
+            else None, "no_teacher": no_teacher(run_dir, seeds), "selectors": {}}
+    # A causal LM's students are also judged by perplexity, the LM's own measure: its oracle can differ.
+    per_seed_ppl = students_by_snapshot(run_dir, "test_perplexity")
+    ppl = {n: sum(v[s] for s in seeds) / len(seeds) for n, v in per_seed_ppl.items() if set(seeds) <= set(v)}
+    if ppl:
+        best = min(ppl, key=ppl.get)
+        runs_ppl = {n: [{"seed": s, "test_perplexity": per_seed_ppl[n][s]} for s in seeds] for n in ppl}
+        cell.update(student_perplexity=ppl, oracle_perplexity=best,
+                    no_teacher_perplexity=no_teacher(run_dir, seeds, "test_perplexity"),
+                    oracle_vs_final_perplexity=paired_difference(
+                        runs_ppl[best], runs_ppl[final], "test_perplexity", scale=1.0, lower_is_better=True)
+                    if best != final else None)
     for objective in OBJECTIVES:
-        report = select_from_candidates(probe.candidates, probe.inputs, probe.labels, objective=objective, **options)
+        report = select_from_candidates(probe.candidates, probe.inputs, probe.labels, objective=objective,
+                                        token_labels=probe.token_labels, **options)
         scored = [s for s in report.scores if not s.init and s.name in student]
         pick = report.selected[0]
         cell["selectors"][objective] = {
             "pick": pick, "regret_pp": 100 * (student[oracle] - student[pick]),
             "spearman": spearman([s.j for s in scored], [student[s.name] for s in scored]),
             "warnings": report.warnings}
+        if ppl:
+            cell["selectors"][objective]["regret_perplexity"] = ppl[pick] - ppl[cell["oracle_perplexity"]]
         if objective == "outputs":
             cell["snapshots"] = [{"name": s.name, "probe_accuracy": s.accuracy, "i_yp": s.i_yp, "i_xp": s.i_xp,
                                   "i_yf": s.i_yf, "i_xf": s.i_xf, "j_outputs": s.j, "i_yp1": s.i_yp1,
@@ -178,6 +203,13 @@ def main() -> None:
             f"{c['oracle']} ({d['mean_pp']:+.2f} [{d['ci95_pp'][0]:+.2f}, {d['ci95_pp'][1]:+.2f}])" if d
             else f"{c['oracle']} (one seed: no interval)")
         print(f"| {c['name']} ({c['regime']}) | {len(c['seeds'])} | {versus} | " + " | ".join(parts) + " |")
+    for c in cells:
+        if "oracle_perplexity" in c:
+            d = c["oracle_vs_final_perplexity"]
+            versus = "the final snapshot" if d is None else (
+                f"{c['oracle_perplexity']} ({d['mean_pp']:+.2f} [{d['ci95_pp'][0]:+.2f}, {d['ci95_pp'][1]:+.2f}])")
+            print(f"{c['name']}: by student test perplexity the oracle is {versus}; regret in perplexity: "
+                  + ", ".join(f"{o} {c['selectors'][o]['regret_perplexity']:.2f}" for o in OBJECTIVES))
     print()
     worst = {}
     for o in OBJECTIVES:

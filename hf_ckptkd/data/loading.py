@@ -20,6 +20,7 @@ from transformers import AutoTokenizer
 
 from ..config import DEFAULT_LABEL_COLUMN, LABEL_COLUMN_ALIASES, MODEL_LABEL_COLUMN
 from .fortunes import FortunesMissingError, fortunes_tokenizer, load_fortunes_topics
+from .wordnet import WordnetMissingError, load_wordnet_glosses
 from ..references import is_hub_reference, parse_hub_reference
 
 logger = logging.getLogger(__name__)
@@ -146,11 +147,19 @@ def _fortunes_topics(split: str, limit: int | None = None) -> Dataset:
         raise DataError(str(e)) from None
 
 
+def _wordnet_glosses(split: str, limit: int | None = None) -> Dataset:
+    try:
+        return load_wordnet_glosses(split, limit)
+    except (WordnetMissingError, ValueError) as e:
+        raise DataError(str(e)) from None
+
+
 # The datasets that need no network: name -> loader(split, limit).
 BUILTIN_DATASETS = {
     "fashion_mnist": load_fashion_mnist,
     "fashion_mnist_rot40": load_fashion_mnist_rotations,
     "fortunes_topics": _fortunes_topics,
+    "wordnet_glosses": _wordnet_glosses,
 }
 # Built-in image datasets made from Fashion-MNIST's pixels, which are normalised with its statistics.
 FASHION_MNIST_PIXELS = ("fashion_mnist", "fashion_mnist_rot40")
