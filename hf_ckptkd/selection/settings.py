@@ -24,7 +24,7 @@ from .objectives import DEFAULT_BETA, objective_named
 
 # The default is the selector with the lowest worst-case regret over the selector-evidence cells
 # (docs/evidence.md; benchmarks/selection_studies.py), whichever it is.
-DEFAULT_OBJECTIVE = "accuracy"
+DEFAULT_OBJECTIVE = "held_out"
 DEFAULT_EXHAUSTIVE_LIMIT = 500
 DEFAULT_ACCURACY_MARGIN = 0.05
 DEFAULT_MAX_PROBE_SAMPLES = 2000
