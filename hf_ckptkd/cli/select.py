@@ -15,7 +15,7 @@ from ..data.loading import DataError, default_normalisation, load_dataset_split,
 from ..data.images import ImageTransformConfig
 from ..hub import hub_candidates
 from ..models.folders import folder_holds_causal_lm, has_saved_tokenizer
-from ..selection import DEFAULT_ESTIMATOR, ESTIMATORS, OBJECTIVES, select_teachers
+from ..selection import DEFAULT_ESTIMATOR, ESTIMATORS, OBJECTIVES, objective_named, select_teachers
 from ..selection.processes import selection_state
 from ..selection.settings import (
     DEFAULT_ACCURACY_MARGIN,
@@ -56,7 +56,10 @@ def select_parser() -> argparse.ArgumentParser:
                                                       "`hf auth login`; prefer those, a flag shows in the process list).")
     parser.add_argument("--dataset", required=True,
                         help="'fashion_mnist' (built in) or a datasets id/path: the teachers' training data.")
-    parser.add_argument("--split", default="train", help="Split the probe set is drawn from (default: train).")
+    parser.add_argument("--split", default=None,
+                        help="Split the probe set is drawn from (default: train; test instead when the objective reads "
+                             "the probe as held-out data, held_out or loss, and the snapshots record that they trained "
+                             "on train). Give a validation split where the dataset has one.")
     parser.add_argument("--max_probe_samples", type=int, default=DEFAULT_MAX_PROBE_SAMPLES,
                         help="Probe set size: a label-stratified sample seeded by --seed (causal LMs: token "
                              "positions, each predicting the token after it).")
@@ -152,6 +155,16 @@ def _select_settings(args) -> SelectionSettings:
         default_transform=ImageTransformConfig(mean=mean, std=std))
 
 
+def _trained_on(args, source) -> bool:
+    """Whether the objective reads the probe as held-out data (`held_out`, `loss`: on examples the
+    snapshots trained on it would reward memorising them) and the data record the snapshots keep says
+    they trained on the probe's dataset and split. Known before anything is loaded."""
+    if not objective_named(args.objective).needs_held_out_probe or not isinstance(source, SnapshotIndex):
+        return False
+    return any(s.dataset.get("name") == args.dataset and (s.dataset.get("train") or {}).get("split") == args.split
+               for s in source)
+
+
 def cmd_select(args) -> int:
     if args.tokenizer is not None and args.text_column is None:
         raise ConfigError("--tokenizer is for text teachers: add --text_column NAME (the dataset's text column), or "
@@ -159,6 +172,17 @@ def cmd_select(args) -> int:
     started = time.perf_counter()
     settings = _select_settings(args)  # bad settings fail before any data is read
     source, request, first, where, default_output = _select_source(args)
+    if args.split is None:
+        args.split = "train"
+        if _trained_on(args, source):
+            args.split = "test"
+            print(f"probe: the test split of {args.dataset} (the snapshots trained on its train split, and objective "
+                  f"{args.objective!r} reads the probe as held-out data; --split names another)")
+    elif _trained_on(args, source):
+        raise ConfigError(
+            f"--objective {args.objective} scores the snapshots' outputs on held-out data, but --split {args.split} of "
+            f"{args.dataset} is what they were trained on; pass a split they did not train on (e.g. --split test or a "
+            "validation split), or --objective accuracy, which reads the evaluation the run recorded")
     tokenizer = _select_tokenizer(args, first, where) if args.text_column else None
     # The task of the snapshots turns the raw split into the probe: a causal LM's corpus, or the classifiers' data.
     causal_lm = isinstance(first, Path) and folder_holds_causal_lm(first)

@@ -79,6 +79,9 @@ class Objective:
     summary: str
     trivial = False
     scores_alone = False
+    # Whether J reads the probe's labels as held-out data: on examples the snapshots trained on it
+    # would reward memorising them.
+    needs_held_out_probe = False
     # What an ensemble's information terms are measured on (reports show them for every objective).
     ensemble_representation = "the mean of the members' probabilities"
 
@@ -253,6 +256,7 @@ class HeldOutLossObjective(TrivialObjective):
     snapshot: a memorising teacher's held-out loss rises while its accuracy still creeps up."""
 
     name = "loss"
+    needs_held_out_probe = True
     summary = ("the lowest held-out loss (a trivial baseline; J = minus the recorded eval_loss, else minus the "
                "probe's cross-entropy)")
 
@@ -278,6 +282,7 @@ class HeldOutInformationObjective(InformationObjective):
     for it; an ensemble is scored on the mean of its members' probabilities at T = 1."""
 
     name = "held_out"
+    needs_held_out_probe = True
     summary = "J = Ĩ(Y;P₁) + β·Î(X;P): the outputs' label information as they are (T = 1) on the held-out probe"
     x_score, y_score = "i_xp", "i_yp1"
 

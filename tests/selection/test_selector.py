@@ -345,3 +345,29 @@ def test_selection_settings_take_keyword_overrides_and_name_unknown_ones():
     with pytest.raises(SelectionError, match="unknown selection setting 'max_probe_sample'; did you mean "
                                              "'max_probe_samples'"):
         SelectionSettings.of(max_probe_sample=100)
+
+
+def test_cli_held_out_objectives_refuse_the_split_the_snapshots_trained_on(run, probe_dir, tmp_path, capsys):
+    # Snapshots that record training on this dataset's train split: held_out (the default) and loss
+    # read the probe as held-out data, so that split is refused before anything is loaded, and with
+    # no --split the probe comes from the test split.
+    copied = tmp_path / "snapshots"
+    shutil.copytree(run.snapshot_dir, copied)
+    for meta in copied.glob("*/snapshot.json"):
+        record = json.loads(meta.read_text())
+        record["dataset"] = {"name": str(probe_dir), "train": {"split": "train", "num_examples": 256}}
+        meta.write_text(json.dumps(record))
+    for objective in ("held_out", "loss"):
+        assert _select(copied, probe_dir, "--objective", objective, "--split", "train",
+                       "--output", str(tmp_path / "s")) == 2
+        err = _one_line_error(capsys)
+        assert f"--objective {objective}" in err and "--split train" in err and "--split test" in err
+    assert not (tmp_path / "s").exists()
+    # Objectives that do not read the probe as held out take the training split as before.
+    assert _select(copied, probe_dir, "--objective", "accuracy", "--split", "train", "--max_probe_samples", "100",
+                   "--output", str(tmp_path / "a")) == 0
+    capsys.readouterr()
+    # With no --split the default objective draws its probe from the test split (here missing: a clear error).
+    assert _select(copied, probe_dir, "--output", str(tmp_path / "t")) == 2
+    captured = capsys.readouterr()
+    assert "probe: the test split" in captured.out and "test" in captured.err
