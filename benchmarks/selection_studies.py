@@ -123,7 +123,7 @@ def score_cell(name: str, recipe, run_dir: Path, seeds: list[int]) -> dict:
                     if best != final else None)
     for objective in OBJECTIVES:
         report = select_from_candidates(probe.candidates, probe.inputs, probe.labels, objective=objective,
-                                        token_labels=probe.token_labels, **options)
+                                        token_counts=probe.token_counts, **options)
         scored = [s for s in report.scores if not s.init and s.name in student]
         pick = report.selected[0]
         cell["selectors"][objective] = {
