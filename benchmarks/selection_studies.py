@@ -2,13 +2,14 @@
 
 For every finished run of a selector-evidence recipe (`recipes/selector_cells/*.yaml`, run with
 `hf-ckptkd run <recipe> --output_dir runs/cells/<name>`) and of every shipped study cell under
-`runs/`, it rescores the teacher's snapshots with the current selector on the run's validation
-split (the probe the pipeline uses) and reports, for each selector — the two information
-objectives (`outputs`, `features`) and the two trivial ones (`final`: always the last snapshot,
-`accuracy`: the best validation accuracy) — the snapshot it picks, its regret against the oracle
-(the snapshot whose students reached the best mean test accuracy, in points) and the Spearman
-correlation between its J and the students' accuracy over the snapshots. Then each selector's mean
-and worst regret: the default objective is the one with the lowest worst-case regret.
+`runs/`, it rescores the teacher's snapshots with every registered objective (`selection.OBJECTIVES`:
+the information objectives `held_out`, `outputs`, `features` and the trivial `final`, `accuracy`,
+`loss`) on the run's validation split (the probe the pipeline uses) and reports, for each, the
+snapshot it picks, its regret against the oracle (the snapshot whose students reached the best mean
+test accuracy, in points) and the Spearman correlation between its J and the students' accuracy over
+the snapshots. A causal LM's cell is also judged by its students' test perplexity (its own oracle,
+paired interval and regret). Then each selector's mean and worst regret: the default objective is
+the one with the lowest worst-case regret.
 
 The oracle and the regrets use the student seeds that every snapshot of the cell has (paired; a
 run still going is read as far as it got). Training is done by the runs; this only loads snapshots
