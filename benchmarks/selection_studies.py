@@ -17,7 +17,8 @@ and scores them (about a minute a cell).
 
     python benchmarks/selection_studies.py [--min_seeds 1] [--only paper] [--json benchmarks/results/selection_studies.json]
 
-`--only` scores only the cells whose name contains the text (`paper`: the paper-regime runs). Last, for
+`--only` scores only the cells whose name contains the text (`paper`: the paper-regime runs). Then each
+information objective's regret at β = 0 … 4 (J recomputed from the saved terms). Last, for
 each information objective, the cells where it beats both trivial selectors (lower regret than each)
 and those where it loses to either: the selector is only worth its cost where it beats both.
 """
@@ -33,6 +34,7 @@ from hf_ckptkd.pipeline.recipe import load_recipe
 from hf_ckptkd.pipeline.results import paired_difference
 from hf_ckptkd.selection import OBJECTIVES, select_from_candidates
 from hf_ckptkd.selection import extract_candidates
+from hf_ckptkd.selection.objectives import InformationObjective
 from hf_ckptkd.selection.report import held_out_loss, memorisation_signs
 from hf_ckptkd.snapshots import SnapshotError, SnapshotIndex
 from hf_ckptkd.pipeline.study import spearman, is_run_of, study_cells
@@ -134,7 +136,7 @@ def score_cell(name: str, recipe, run_dir: Path, seeds: list[int]) -> dict:
         if ppl:
             cell["selectors"][objective]["regret_perplexity"] = ppl[pick] - ppl[cell["oracle_perplexity"]]
         if objective == "outputs":
-            cell["snapshots"] = [{"name": s.name, "probe_accuracy": s.accuracy, "i_yp": s.i_yp, "i_xp": s.i_xp,
+            cell["snapshots"] = [{"name": s.name, "init": s.init, "probe_accuracy": s.accuracy, "i_yp": s.i_yp, "i_xp": s.i_xp,
                                   "i_yf": s.i_yf, "i_xf": s.i_xf, "j_outputs": s.j, "i_yp1": s.i_yp1,
                                   "held_out_loss": held_out_loss(s),
                                   "training_accuracy": s.metadata.get("training_accuracy"),
@@ -171,6 +173,31 @@ def against_baselines(cells: list[dict]) -> dict[str, dict[str, list[str]]]:
                 loses.append(c["name"])
         verdicts[objective] = {"beats_every_trivial": beats, "loses_to_a_trivial": loses}
     return verdicts
+
+
+BETAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def beta_sensitivity(cells: list[dict]) -> dict[str, dict[str, dict]]:
+    """Each information objective's regret at every β of `BETAS`, recomputed from the cells' saved terms
+    (J = Ĩ(Y;·) + β·Î(X;·) over the snapshots that taught students): how much the default β matters."""
+    found = {}
+    for objective in [o for o in OBJECTIVES.values() if isinstance(o, InformationObjective)]:
+        found[objective.name] = {}
+        for beta in BETAS:
+            regret, regret_perplexity = {}, {}
+            for c in cells:
+                values = objective.values_from_scores([s for s in c["snapshots"] if s["name"] in c["student"]], beta)
+                if values:
+                    pick = max(values, key=values.get)
+                    regret[c["name"]] = 100 * (c["student"][c["oracle"]] - c["student"][pick])
+                    if "student_perplexity" in c:
+                        ppl = c["student_perplexity"]
+                        regret_perplexity[c["name"]] = ppl[pick] - ppl[c["oracle_perplexity"]]
+            found[objective.name][f"{beta:g}"] = {"worst_pp": max(regret.values()), "mean_pp": sum(regret.values())
+                                                  / len(regret), "regret_pp": regret,
+                                                  "regret_perplexity": regret_perplexity}
+    return found
 
 
 def main() -> None:
@@ -226,9 +253,16 @@ def main() -> None:
     for objective, verdict in against.items():
         print(f"{objective:9s} beats every trivial selector in: {', '.join(verdict['beats_every_trivial']) or 'no cell'}; "
               f"loses to one in: {', '.join(verdict['loses_to_a_trivial']) or 'no cell'}")
+    betas = beta_sensitivity(cells)
+    print("\nregret (pp) at each β, worst / mean over the cells:")
+    for objective, by_beta in betas.items():
+        print(f"{objective:9s} " + "; ".join(f"β {b}: {r['worst_pp']:.2f} / {r['mean_pp']:.2f}" for b, r in by_beta.items()))
+        for name in next(iter(by_beta.values()))["regret_perplexity"]:
+            print(f"{'':9s} {name}, regret in perplexity: "
+                  + "; ".join(f"β {b}: {r['regret_perplexity'][name]:.1f}" for b, r in by_beta.items()))
     if args.json:
-        Path(args.json).write_text(json.dumps({"cells": cells, "lowest_worst_case": best,
-                                               "against_baselines": against}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"cells": cells, "lowest_worst_case": best, "against_baselines": against,
+                                               "beta_sensitivity": betas}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
