@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hf_ckptkd.selection import Candidate, SelectionReport, select_from_candidates
+from hf_ckptkd.selection.report import SnapshotScore, memorisation_signs
 
 N, C, D = 600, 6, 16
 
@@ -77,3 +78,37 @@ def test_loss_without_recorded_losses_ranks_by_the_probe_and_says_so(tmp_path):
     report.save(tmp_path)
     assert "eval_strategy" in (tmp_path / "table.md").read_text()
     assert SelectionReport.load(tmp_path).scores[1].probe_loss == pytest.approx(report.scores[1].probe_loss)
+
+
+def _scores(final_loss, final_training_accuracy, final_accuracy=0.40):
+    """Two snapshots' scores as a report holds them: epoch 6 at the lowest held-out loss, then epoch 30."""
+    def score(name, epoch, accuracy, loss, training):
+        return SnapshotScore(name, epoch, 10 * epoch, accuracy, 0.5, 0.5, 0.1, 0.4, 0.5,
+                             metadata={"eval_loss": loss, "training_accuracy": training})
+    return [score("epoch-0006", 6, 0.52, 1.50, 0.51), score("epoch-0030", 30, final_accuracy, final_loss,
+                                                          final_training_accuracy)]
+
+
+@pytest.mark.parametrize("training_accuracy", [1.0, 0.925])
+def test_the_signs_of_memorisation_name_the_lowest_loss_and_the_training_fit(training_accuracy, tmp_path):
+    # 92.5 % is what a teacher reaches on labels 40 % of which are wrong: it has learnt them by heart too.
+    scores = _scores(3.16, training_accuracy)
+    signs = memorisation_signs(scores)
+    assert signs and "1.500 (epoch-0006)" in signs and "3.160 (epoch-0030)" in signs and f"{training_accuracy:.1%}" in signs
+    report = SelectionReport(selected=["epoch-0006"], scores=scores, objective="held_out", k=1, temperature=4.0,
+                             beta=1.0, kappa=0.25, estimator="renyi2", probe_size=100, seed=0)
+    report.save(tmp_path)
+    assert "**Memorisation:**" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.parametrize("final_loss, training_accuracy", [
+    (1.60, 1.0),    # the held-out loss rose by less than 10 %
+    (3.16, 0.60),   # the training error (40 %) is not below half the held-out error (60 %): it has not fitted its data
+])
+def test_no_signs_of_memorisation_without_both_a_loss_rise_and_a_training_fit(final_loss, training_accuracy):
+    assert memorisation_signs(_scores(final_loss, training_accuracy)) is None
+
+
+def test_without_a_training_probe_the_loss_rise_alone_is_the_sign():
+    scores = _scores(3.16, None)
+    assert memorisation_signs(scores) and "training accuracy" not in memorisation_signs(scores)
