@@ -67,10 +67,12 @@ def no_teacher(run_dir: Path, seeds: list[int], key: str = "test_accuracy") -> f
     return sum(values) / len(values) if values else None
 
 
-def finished_runs(min_seeds: int, only: str = "") -> list[tuple[str, object, Path, list[int]]]:
+def finished_runs(min_seeds: int, only: str = "",
+                  missing: list[dict] | None = None) -> list[tuple[str, object, Path, list[int]]]:
     """(name, recipe, run directory, seeds) of every run whose every snapshot taught students of `min_seeds`
     common seeds (only seeds that every snapshot has are used, so comparisons stay paired); with `only`,
-    just the runs whose name contains it."""
+    just the runs whose name contains it. Each evidence cell (a selector cell or a paper-regime study's)
+    without such a run is added to `missing`, with why."""
     found: dict[str, tuple[str, object, Path, list[int]]] = {}
     candidates = [(p.stem, load_recipe(p), Path("runs/cells") / p.stem) for p in sorted(CELLS.glob("*.yaml"))]
     for study in sorted(STUDIES.glob("*.yaml")):
@@ -78,18 +80,27 @@ def finished_runs(min_seeds: int, only: str = "") -> list[tuple[str, object, Pat
         # A study whose cells all differ from its base (`fixed:`) still has the base run as its reference.
         candidates += [(f"{study.stem}: {name}", recipe, run_dir) for name, recipe, run_dir in cells]
         candidates.append((f"{base_recipe.name} (base)", base_recipe, base_dir))
+    def unscored(name: str, run_dir: Path, why: str) -> None:
+        if missing is not None and (run_dir.parent == Path("runs/cells") or "paper" in name):
+            missing.append({"name": name, "run_dir": str(run_dir), "rescored": False, "why": why})
+
     for name, recipe, run_dir in candidates:
-        if only not in name or str(run_dir) in found or not is_run_of(recipe, run_dir):
+        if only not in name or str(run_dir) in found:
+            continue
+        if not is_run_of(recipe, run_dir):
+            unscored(name, run_dir, "no run of this recipe under runs/ (its teacher's snapshots are needed)")
             continue
         try:
             index = SnapshotIndex.load(run_dir / "teachers" / "teacher-0")
-        except Exception:  # teachers not trained yet
+        except Exception:  # teachers not trained yet, or not kept
+            unscored(name, run_dir, "the run keeps no snapshots of its teacher")
             continue
         names = [s.name for s in index if s.global_step > 0]
         students = students_by_snapshot(run_dir)
         seeds = set.intersection(*(set(students.get(n, {})) for n in names)) if names else set()
         if len(seeds) < min_seeds:
             print(f"not yet {min_seeds} common seed(s) over every snapshot: {name} ({len(seeds)})")
+            unscored(name, run_dir, f"not yet {min_seeds} student seed(s) for every snapshot")
             continue
         found[str(run_dir)] = (name, recipe, run_dir, sorted(seeds))
     return list(found.values())
@@ -110,7 +121,7 @@ def score_cell(name: str, recipe, run_dir: Path, seeds: list[int]) -> dict:
     options.pop("objective", None)
     final = index.final.name
     as_runs = {n: [{"seed": s, "test_accuracy": per_seed[n][s]} for s in seeds] for n in student}
-    cell = {"name": name, "run_dir": str(run_dir), "seeds": seeds, "oracle": oracle, "student": student,
+    cell = {"name": name, "run_dir": str(run_dir), "rescored": True, "seeds": seeds, "oracle": oracle, "student": student,
             "final": final, "oracle_vs_final": paired_difference(as_runs[oracle], as_runs[final]) if oracle != final
             else None, "no_teacher": no_teacher(run_dir, seeds), "selectors": {}}
     # A causal LM's students are also judged by perplexity, the LM's own measure: its oracle can differ.
@@ -206,7 +217,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="Score only the cells whose name contains this text.")
     parser.add_argument("--json", default=None, help="Also write every figure to this JSON file.")
     args = parser.parse_args()
-    runs = finished_runs(args.min_seeds, args.only)
+    missing: list[dict] = []
+    runs = finished_runs(args.min_seeds, args.only, missing)
     if not runs:
         named = f" named *{args.only}*" if args.only else ""
         raise SystemExit(f"no run{named} under runs/ has students of {args.min_seeds} seed(s) for every snapshot; run "
@@ -260,9 +272,11 @@ def main() -> None:
         for name in next(iter(by_beta.values()))["regret_perplexity"]:
             print(f"{'':9s} {name}, regret in perplexity: "
                   + "; ".join(f"β {b}: {r['regret_perplexity'][name]:.1f}" for b, r in by_beta.items()))
+    for cell in missing:
+        print(f"not rescored: {cell['name']} ({cell['why']})")
     if args.json:
         Path(args.json).write_text(json.dumps({"cells": cells, "lowest_worst_case": best, "against_baselines": against,
-                                               "beta_sensitivity": betas}, indent=2) + "\n")
+                                               "beta_sensitivity": betas, "not_rescored": missing}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
