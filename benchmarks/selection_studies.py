@@ -80,8 +80,10 @@ def finished_runs(min_seeds: int, only: str = "",
         # A study whose cells all differ from its base (`fixed:`) still has the base run as its reference.
         candidates += [(f"{study.stem}: {name}", recipe, run_dir) for name, recipe, run_dir in cells]
         candidates.append((f"{base_recipe.name} (base)", base_recipe, base_dir))
+
     def unscored(name: str, run_dir: Path, why: str) -> None:
-        if missing is not None and (run_dir.parent == Path("runs/cells") or "paper" in name):
+        if missing is not None and (run_dir.parent == Path("runs/cells") or "paper" in name) \
+                and name not in [m["name"] for m in missing]:
             missing.append({"name": name, "run_dir": str(run_dir), "rescored": False, "why": why})
 
     for name, recipe, run_dir in candidates:
@@ -230,6 +232,7 @@ def main() -> None:
             cells.append(score_cell(*r))
         except SnapshotError as e:  # a committed study whose teacher's weights are not all kept
             print(f"cannot rescore {r[0]}: {e}")
+            missing.append({"name": r[0], "run_dir": str(r[2]), "rescored": False, "why": f"cannot rescore: {e}"})
     for cell in cells:
         print_cell(cell)
     print("\n| cell | seeds | oracle (paired vs final, 95% CI, pp) | "
