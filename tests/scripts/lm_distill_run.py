@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, default_data_collator
 
-from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer
+from hf_ckptkd import CheckpointKDConfig, CheckpointKDTrainer, exit_launched_process
 from hf_ckptkd.models import build_causal_lm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for user_losses
@@ -63,6 +63,8 @@ def main() -> None:
     if trainer.is_world_process_zero():
         Path(a.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(a.out_dir) / "weights.json").write_text(json.dumps({"world_size": trainer.args.world_size, "sums": sums}))
+    # A gloo worker left to the interpreter's teardown can abort ("terminate called without an active exception").
+    exit_launched_process()
 
 
 if __name__ == "__main__":
