@@ -21,6 +21,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from tokenizers import Tokenizer, models
 from transformers import AutoTokenizer, DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
+from hf_ckptkd import exit_launched_process
 from hf_ckptkd.models import build_causal_lm
 from hf_ckptkd.tasks.losses import token_kd
 from hf_ckptkd.training.teacher_checks import LabelSpaceError, check_label_space
@@ -123,6 +124,8 @@ def main() -> None:
                   "cache_shards": cache.manifest["num_shards"]}
         (out / f"{kind}-rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()
+    # A gloo worker left to the interpreter's teardown can abort ("terminate called without an active exception").
+    exit_launched_process()
 
 
 if __name__ == "__main__":
